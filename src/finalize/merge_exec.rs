@@ -1,0 +1,168 @@
+//! `VectorIndexMergeExec`: merges work units into segment data files, in parallel.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties};
+use futures::StreamExt;
+
+use super::merge::{merge_unit, FragmentCache};
+use super::WorkUnit;
+use crate::exec::{compute_properties, single_child};
+use crate::format::IndexLocation;
+use crate::model::Model;
+
+/// Schema of the merged files emitted by [`VectorIndexMergeExec`].
+pub fn merged_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Utf8, false),
+        Field::new("file_index", DataType::UInt32, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("segment", DataType::Utf8, false),
+        Field::new("fragments", DataType::Binary, true),
+    ]))
+}
+
+/// Merges work units (rows of [`super::plan_exec::work_unit_schema`]) into segment
+/// data files under `segments/<segment_id>/`, which no committed version references yet.
+///
+/// Partitioning: one output partition per input partition; each partition merges
+/// the units it receives one after another, streaming partition by partition with
+/// reads prefetched, so memory is bounded by the units in flight. Emits one row
+/// per file written (schema: [`merged_file_schema`]), carrying the unit's segment
+/// plan and fragment set through to the commit.
+#[derive(Debug)]
+pub struct VectorIndexMergeExec {
+    input: Arc<dyn ExecutionPlan>,
+    location: IndexLocation,
+    model: Arc<Model>,
+    properties: Arc<PlanProperties>,
+}
+
+impl VectorIndexMergeExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, location: IndexLocation, model: Arc<Model>) -> Result<Self> {
+        let partitions = input.output_partitioning().partition_count();
+        Ok(Self {
+            input,
+            location,
+            model,
+            properties: compute_properties(merged_file_schema(), partitions, EmissionType::Incremental),
+        })
+    }
+}
+
+impl DisplayAs for VectorIndexMergeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let schema = self.model.storage_schema();
+        write!(
+            f,
+            "VectorIndexMergeExec: index={}, stored=[{}], partitions={}",
+            self.location.url(),
+            schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", "),
+            self.properties.partitioning.partition_count()
+        )
+    }
+}
+
+impl ExecutionPlan for VectorIndexMergeExec {
+    fn name(&self) -> &str {
+        "VectorIndexMergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = single_child(self.name(), children)?;
+        Ok(Arc::new(Self::try_new(input, self.location.clone(), Arc::clone(&self.model))?))
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let location = self.location.clone();
+        let schema = self.model.storage_schema();
+        let state = (input, FragmentCache::default());
+        let stream = futures::stream::unfold(state, move |(mut input, mut cache)| {
+            let location = location.clone();
+            let schema = Arc::clone(&schema);
+            async move {
+                let batch = match input.next().await? {
+                    Ok(b) => b,
+                    Err(e) => return Some((Err(e), (input, cache))),
+                };
+                let out = merge_batch(&location, &schema, &batch, &mut cache).await;
+                Some((out, (input, cache)))
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(merged_file_schema(), stream)))
+    }
+}
+
+async fn merge_batch(
+    location: &IndexLocation,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    cache: &mut FragmentCache,
+) -> Result<RecordBatch> {
+    let units = batch
+        .column_by_name("unit")
+        .ok_or_else(|| exec_datafusion_err!("work units lack the unit column"))?
+        .as_string::<i32>()
+        .clone();
+    let fragments = batch
+        .column_by_name("fragments")
+        .ok_or_else(|| exec_datafusion_err!("work units lack the fragments column"))?
+        .as_binary::<i32>()
+        .clone();
+    let (mut seg_ids, mut idx, mut rows, mut bytes, mut files, mut segs, mut frags) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..batch.num_rows() {
+        let unit: WorkUnit = serde_json::from_str(units.value(i)).map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
+        let file = merge_unit(location, schema, &unit, cache).await?;
+        seg_ids.push(unit.segment.segment_id.clone());
+        idx.push(unit.file_index);
+        rows.push(unit.rows);
+        bytes.push(file.size);
+        files.push(serde_json::to_string(&file).map_err(|e| exec_datafusion_err!("{e}"))?);
+        segs.push(serde_json::to_string(&unit.segment).map_err(|e| exec_datafusion_err!("{e}"))?);
+        frags.push(fragments.is_valid(i).then(|| fragments.value(i).to_vec()));
+    }
+    Ok(RecordBatch::try_new(
+        merged_file_schema(),
+        vec![
+            Arc::new(StringArray::from(seg_ids)),
+            Arc::new(UInt32Array::from(idx)),
+            Arc::new(UInt64Array::from(rows)),
+            Arc::new(UInt64Array::from(bytes)),
+            Arc::new(StringArray::from(files)),
+            Arc::new(StringArray::from(segs)),
+            Arc::new(BinaryArray::from(frags.iter().map(|f| f.as_deref()).collect::<Vec<_>>())),
+        ],
+    )?)
+}

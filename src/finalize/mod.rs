@@ -1,0 +1,171 @@
+//! Finalize: turn staged shards into committed segments, as a DataFusion plan.
+//!
+//! ```text
+//! VectorIndexCommitExec        1 partition: writes segment manifests, commits _versions/<N+1>.json
+//!   CoalescePartitionsExec
+//!     VectorIndexMergeExec     N partitions: merges (segment, partition range) work units
+//!       RepartitionExec        round robin, one work unit per batch
+//!         VectorIndexPlanExec  1 partition: checks shards, groups segments, emits work units
+//!           CoalescePartitionsExec
+//!             DataSourceExec   the staging table (ShardManifestSource)
+//! ```
+
+mod commit_exec;
+mod merge;
+mod merge_exec;
+mod plan_exec;
+mod planning;
+mod vacuum;
+
+use std::sync::Arc;
+
+use datafusion::catalog::Session;
+use datafusion::datasource::TableProvider;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use serde::{Deserialize, Serialize};
+
+pub use commit_exec::{commit_output_schema, VectorIndexCommitExec};
+pub use merge_exec::VectorIndexMergeExec;
+pub use plan_exec::VectorIndexPlanExec;
+pub use planning::{plan_segments, PlannedShard};
+pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
+
+use crate::error::{IndexError, Result};
+use crate::format::{BlockInfo, IndexLocation};
+use crate::model::Model;
+use crate::staging::ShardsTable;
+
+/// How staged shards are grouped into segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmentGrouping {
+    /// All staged shards become one segment.
+    #[default]
+    Single,
+    /// Shards, ordered by their first fragment, are packed into segments of about this many rows.
+    TargetRows(u64),
+    /// One segment per shard.
+    PerShard,
+}
+
+/// What happens to committed segments that the new shards overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Overlap with a committed segment is an error.
+    #[default]
+    Append,
+    /// The committed segments whose fragments the new shards overlap are replaced.
+    Replace,
+}
+
+impl std::str::FromStr for CommitMode {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "replace" => Ok(Self::Replace),
+            _ => Err(IndexError::invalid_argument("mode", format!("'{s}' is not one of append, replace"))),
+        }
+    }
+}
+
+impl std::fmt::Display for CommitMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append => "append",
+            Self::Replace => "replace",
+        })
+    }
+}
+
+/// Options of a finalize.
+#[derive(Debug, Clone)]
+pub struct FinalizeOptions {
+    pub grouping: SegmentGrouping,
+    pub mode: CommitMode,
+    /// Skip incomplete shards (no `shard.json`) instead of failing.
+    pub skip_incomplete: bool,
+    /// Target size of one segment data file; a file covers a contiguous range of
+    /// IVF partitions and is also the unit of parallel merge work.
+    pub target_file_bytes: u64,
+    /// Commit attempts when another finalize commits first.
+    pub max_commit_attempts: usize,
+    /// Merge partitions; defaults to the session's target partitions.
+    pub merge_partitions: Option<usize>,
+}
+
+impl Default for FinalizeOptions {
+    fn default() -> Self {
+        Self {
+            grouping: SegmentGrouping::Single,
+            mode: CommitMode::Append,
+            skip_incomplete: false,
+            target_file_bytes: 8 << 20,
+            max_commit_attempts: 5,
+            merge_partitions: None,
+        }
+    }
+}
+
+/// A segment as planned: its shards and what the commit needs to know about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentPlan {
+    pub segment_id: String,
+    pub shards: Vec<String>,
+    pub rows: u64,
+    pub num_fragments: u64,
+    pub min_fragment: Option<u32>,
+    pub max_fragment: Option<u32>,
+    pub num_files: u32,
+    /// Committed segments this one replaces (`replace` mode).
+    pub replaces: Vec<String>,
+}
+
+/// One shard's blocks for a work unit's partition range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInput {
+    pub shard_id: String,
+    /// Object-store path of the shard folder.
+    pub dir: String,
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// The unit of parallel merge work: one segment data file, i.e. a contiguous range
+/// of IVF partitions of one segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    pub segment: SegmentPlan,
+    pub file_index: u32,
+    pub file_name: String,
+    pub partition_start: u32,
+    pub partition_end: u32,
+    pub rows: u64,
+    pub shards: Vec<ShardInput>,
+}
+
+/// Builds the finalize plan for `location` (see the module docs for its shape).
+pub async fn finalize_plan(
+    state: &dyn Session,
+    location: &IndexLocation,
+    options: &FinalizeOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let model = Arc::new(Model::read_current(location).await?);
+    let scan = ShardsTable::new(location.clone()).scan(state, None, &[], None).await?;
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(VectorIndexPlanExec::try_new(
+        Arc::new(CoalescePartitionsExec::new(scan)),
+        location.clone(),
+        Arc::clone(&model),
+        options.clone(),
+    )?);
+    let partitions = options.merge_partitions.unwrap_or(state.config().target_partitions()).max(1);
+    let spread = Arc::new(RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(partitions))?);
+    let merge = Arc::new(VectorIndexMergeExec::try_new(spread, location.clone(), Arc::clone(&model))?);
+    let commit = VectorIndexCommitExec::try_new(
+        Arc::new(CoalescePartitionsExec::new(merge)),
+        location.clone(),
+        model,
+        options.clone(),
+    )?;
+    Ok(Arc::new(commit))
+}

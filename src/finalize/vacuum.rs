@@ -1,0 +1,99 @@
+//! `vacuum_vector_index`: removes what finalize consumed or a crash left behind.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+
+use crate::catalog::{list_versions, read_version};
+use crate::error::Result;
+use crate::format::IndexLocation;
+use crate::staging::list_staged_shards;
+
+#[derive(Debug, Clone)]
+pub struct VacuumOptions {
+    /// Incomplete shards and unreferenced segment folders are removed only when
+    /// nothing in them changed for this long, so that a worker or a finalize still
+    /// running is not robbed of its files.
+    pub older_than: Duration,
+    /// Report what would be removed without removing it.
+    pub dry_run: bool,
+}
+
+impl Default for VacuumOptions {
+    fn default() -> Self {
+        Self { older_than: Duration::from_secs(3600), dry_run: false }
+    }
+}
+
+/// One removed (or removable, on a dry run) folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// `consumed_shard`, `incomplete_shard` or `unreferenced_segment`.
+    pub kind: &'static str,
+    pub id: String,
+    pub objects: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VacuumReport {
+    pub removed: Vec<Removed>,
+}
+
+/// Age of the newest object below `dir`, or `None` when `dir` is empty.
+async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<Duration>> {
+    let newest = location
+        .store()
+        .list(Some(dir))
+        .try_fold(None, |acc: Option<chrono::DateTime<chrono::Utc>>, m| async move {
+            Ok(Some(acc.map_or(m.last_modified, |a| a.max(m.last_modified))))
+        })
+        .await?;
+    Ok(newest.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)))
+}
+
+
+pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result<VacuumReport> {
+    let mut referenced = HashSet::new();
+    let mut consumed = HashSet::new();
+    for v in list_versions(location).await? {
+        for s in read_version(location, v).await?.segments {
+            consumed.extend(s.consumed_shards.iter().cloned());
+            referenced.insert(s.segment_id);
+        }
+    }
+    let mut report = VacuumReport::default();
+    let old_enough = |age: Option<Duration>| age.is_some_and(|a| a >= options.older_than);
+    for shard in list_staged_shards(location).await? {
+        let kind = if consumed.contains(&shard.shard_id) {
+            "consumed_shard"
+        } else if !shard.has_manifest && old_enough(newest_age(location, &shard.dir).await?) {
+            "incomplete_shard"
+        } else {
+            continue;
+        };
+        let objects = remove(location, &shard.dir, options.dry_run).await?;
+        report.removed.push(Removed { kind, id: shard.shard_id, objects });
+    }
+    for segment_id in location.list_dirs(&location.segments_dir()).await? {
+        if referenced.contains(&segment_id) {
+            continue;
+        }
+        let dir = location.segment_dir(&segment_id);
+        if old_enough(newest_age(location, &dir).await?) {
+            let objects = remove(location, &dir, options.dry_run).await?;
+            report.removed.push(Removed { kind: "unreferenced_segment", id: segment_id, objects });
+        }
+    }
+    Ok(report)
+}
+
+async fn remove(location: &IndexLocation, dir: &Path, dry_run: bool) -> Result<usize> {
+    if dry_run {
+        let n = location.store().list(Some(dir)).try_collect::<Vec<_>>().await?.len();
+        Ok(n)
+    } else {
+        location.delete_dir(dir).await
+    }
+}

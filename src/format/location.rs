@@ -1,0 +1,183 @@
+//! Where an index lives: an object store and a prefix, and the layout below it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{IndexError, Result};
+
+/// One index: an object-store prefix holding models, staged shards, segments
+/// and versions (see FORMAT.md for the layout).
+#[derive(Clone)]
+pub struct IndexLocation {
+    url: String,
+    store_url: ObjectStoreUrl,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl fmt::Debug for IndexLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl IndexLocation {
+    /// Resolves `url` (`file:///…`, `memory:///…`, `s3://bucket/…`) through the object
+    /// stores registered with DataFusion's runtime.
+    pub fn from_url(url: &str, runtime: &RuntimeEnv) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            IndexError::invalid_argument("index", format!("'{url}' is not a URL: {e}"))
+        })?;
+        let store_url = ObjectStoreUrl::parse(&parsed[..url::Position::BeforePath])
+            .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
+        let store = runtime.object_store(&store_url).map_err(|e| {
+            IndexError::invalid_argument(
+                "index",
+                format!("no object store for '{url}': {}", e.strip_backtrace()),
+            )
+        })?;
+        let root = Path::from_url_path(parsed.path())
+            .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
+        Ok(Self {
+            url: url.trim_end_matches('/').to_string(),
+            store_url,
+            store,
+            root,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    pub fn index_manifest(&self) -> Path {
+        self.path("index.json")
+    }
+
+    pub fn model_file(&self, fingerprint: &str) -> Path {
+        self.path(&format!("models/{fingerprint}.arrow"))
+    }
+
+    pub fn staging_dir(&self) -> Path {
+        self.path("_staging")
+    }
+
+    pub fn shard_dir(&self, shard_id: &str) -> Path {
+        self.path(&format!("_staging/partial_{shard_id}"))
+    }
+
+    pub fn segments_dir(&self) -> Path {
+        self.path("segments")
+    }
+
+    pub fn segment_dir(&self, segment_id: &str) -> Path {
+        self.path(&format!("segments/{segment_id}"))
+    }
+
+    pub fn versions_dir(&self) -> Path {
+        self.path("_versions")
+    }
+
+    pub fn version_file(&self, version: u64) -> Path {
+        self.path(&format!("_versions/{version}.json"))
+    }
+
+    pub async fn get(&self, path: &Path) -> Result<Bytes> {
+        Ok(self.store.get(path).await?.bytes().await?)
+    }
+
+    /// `None` when the object does not exist.
+    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn put(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
+        self.store.put(path, bytes.into()).await?;
+        Ok(())
+    }
+
+    /// Writes `path` only if nothing is there; `false` when something already was.
+    pub async fn put_if_absent(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self.store.put_opts(path, bytes.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Names of the immediate sub-folders of `dir`, sorted.
+    pub async fn list_dirs(&self, dir: &Path) -> Result<Vec<String>> {
+        let listing = self.store.list_with_delimiter(Some(dir)).await?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Files directly in `dir`: (name, size), sorted by name.
+    pub async fn list_files(&self, dir: &Path) -> Result<Vec<(String, u64)>> {
+        let listing = self.store.list_with_delimiter(Some(dir)).await?;
+        let mut files: Vec<(String, u64)> = listing
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Deletes everything below `dir`.
+    pub async fn delete_dir(&self, dir: &Path) -> Result<usize> {
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        let n = paths.len();
+        for p in paths {
+            match self.store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+}

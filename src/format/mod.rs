@@ -1,0 +1,18 @@
+//! The on-disk format: paths, manifests and Arrow IPC blocks (specified in FORMAT.md).
+
+mod ipc;
+mod location;
+mod manifest;
+
+pub use ipc::{decode_block, encode_partitions, BlockInfo, IpcFileSink};
+pub use location::IndexLocation;
+pub use manifest::{
+    check_version, FileInfo, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
+    ShardManifest, VersionManifest,
+};
+
+/// The format version this crate writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column holding the row id in every data file.
+pub const ROW_ID_COLUMN: &str = "row_id";

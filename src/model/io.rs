@@ -1,0 +1,158 @@
+//! The model file: `models/<fingerprint>.arrow` (see FORMAT.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Float32Array, ListArray, RecordBatch, StringArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use arrow::ipc::reader::FileReader;
+use sha2::{Digest, Sha256};
+
+use super::{Model, ModelParams, ProductQuantizer, ScalarQuantizer};
+use crate::error::{IndexError, Result};
+use crate::format::{check_version, IndexLocation, IndexManifest, encode_partitions};
+
+const PARAMS_KEY: &str = "vector_index.model";
+
+/// Tensors in canonical order: the fingerprint and the file both follow it.
+fn tensors(model: &Model) -> Vec<(&'static str, &[f32])> {
+    let mut t = vec![("centroids", model.centroids.as_slice())];
+    if let Some(pq) = &model.pq {
+        t.push(("pq_codebook", pq.codebook.as_slice()));
+    }
+    if let Some(sq) = &model.sq {
+        t.push(("sq_lower", sq.lower.as_slice()));
+        t.push(("sq_upper", sq.upper.as_slice()));
+    }
+    t
+}
+
+fn params_json(model: &Model) -> String {
+    serde_json::to_string(&model.params).unwrap_or_default()
+}
+
+/// SHA-256 of the canonical bytes (parameters JSON, then each tensor's name,
+/// length and little-endian floats), as 32 hex digits.
+pub(super) fn fingerprint(model: &Model) -> String {
+    let mut h = Sha256::new();
+    h.update(params_json(model).as_bytes());
+    for (name, values) in tensors(model) {
+        h.update(name.as_bytes());
+        h.update((values.len() as u64).to_le_bytes());
+        for v in values {
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn model_schema(params: String) -> Arc<Schema> {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("tensor", DataType::Utf8, false),
+            Field::new("values", DataType::List(item), false),
+        ],
+        HashMap::from([(PARAMS_KEY.to_string(), params)]),
+    ))
+}
+
+/// Writes the model file (put-if-absent: content addressing makes a second write a no-op)
+/// and makes it the index's model in `index.json`. Fails if the index already has
+/// another model.
+pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Result<()> {
+    let schema = model_schema(params_json(model));
+    let t = tensors(model);
+    let names = StringArray::from_iter_values(t.iter().map(|(n, _)| *n));
+    let flat: Vec<f32> = t.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let offsets = OffsetBuffer::from_lengths(t.iter().map(|(_, v)| v.len()));
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = ListArray::try_new(item, offsets, Arc::new(Float32Array::from(flat)), None)?;
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(names), Arc::new(values)])?;
+    let (bytes, _, _) = encode_partitions(&schema, [batch])?;
+    location.put_if_absent(&location.model_file(model.fingerprint()), bytes).await?;
+
+    let manifest = IndexManifest { format_version: crate::format::FORMAT_VERSION, model: model.fingerprint().to_string() };
+    let path = location.index_manifest();
+    if !location.put_if_absent(&path, serde_json::to_vec_pretty(&manifest)?).await? {
+        let existing = IndexManifest::from_json(&location.get(&path).await?)?;
+        if existing.model != manifest.model {
+            return Err(IndexError::invalid_argument(
+                "index",
+                format!(
+                    "index {} already exists with model {}; create the new model under another index location",
+                    location.url(),
+                    existing.model
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
+    let bytes = location.get_opt(&location.index_manifest()).await?.ok_or_else(|| {
+        IndexError::NotFound(format!(
+            "no vector index at {} (index.json is missing; run create_vector_index first)",
+            location.url()
+        ))
+    })?;
+    let manifest = IndexManifest::from_json(&bytes)?;
+    read_model(location, &manifest.model).await
+}
+
+pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Model> {
+    let what = format!("model {fp}");
+    let bytes = location
+        .get_opt(&location.model_file(fp))
+        .await?
+        .ok_or_else(|| IndexError::NotFound(format!("model file models/{fp}.arrow in {}", location.url())))?;
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+    let params_json = reader
+        .schema()
+        .metadata()
+        .get(PARAMS_KEY)
+        .cloned()
+        .ok_or_else(|| IndexError::corrupt(&what, "no model parameters in the schema metadata"))?;
+    let version: serde_json::Value = serde_json::from_str(&params_json)?;
+    check_version(&what, version["format_version"].as_u64().unwrap_or(0) as u32)?;
+    let params: ModelParams = serde_json::from_str(&params_json)
+        .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+    let mut found: HashMap<String, Vec<f32>> = HashMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+        let names = batch.column(0).as_string_opt::<i32>().ok_or_else(|| IndexError::corrupt(&what, "tensor names"))?;
+        let lists = batch.column(1).as_list_opt::<i32>().ok_or_else(|| IndexError::corrupt(&what, "tensor values"))?;
+        for i in 0..batch.num_rows() {
+            let v = lists.value(i);
+            let v = v.as_primitive_opt::<Float32Type>().ok_or_else(|| IndexError::corrupt(&what, "tensor type"))?;
+            found.insert(names.value(i).to_string(), v.values().to_vec());
+        }
+    }
+    let mut take = |name: &str| found.remove(name).ok_or_else(|| IndexError::corrupt(&what, format!("missing tensor {name}")));
+    let dim = params.dim as usize;
+    let centroids = take("centroids")?;
+    if centroids.len() != dim * params.num_partitions as usize {
+        return Err(IndexError::corrupt(&what, "centroids have the wrong size"));
+    }
+    let pq = match params.num_sub_vectors {
+        Some(m) => Some(ProductQuantizer {
+            num_sub_vectors: m as usize,
+            sub_dim: dim / m.max(1) as usize,
+            codebook: take("pq_codebook")?,
+        }),
+        None => None,
+    };
+    let sq = if params.index_type.quantizer() == super::Quantizer::Sq {
+        Some(ScalarQuantizer { lower: take("sq_lower")?, upper: take("sq_upper")? })
+    } else {
+        None
+    };
+    let model = Model::new(params, centroids, pq, sq);
+    if model.fingerprint() != fp {
+        return Err(IndexError::corrupt(&what, format!("contents hash to {}, not to its name", model.fingerprint())));
+    }
+    Ok(model)
+}

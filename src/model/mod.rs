@@ -1,0 +1,268 @@
+//! The shared model: IVF centroids, the metric and the quantizer, trained once by
+//! the coordinator and used by every worker, finalize and search.
+
+pub mod distance;
+mod encode;
+pub mod input;
+mod io;
+pub mod kmeans;
+pub mod pq;
+pub mod rng;
+pub mod sq;
+mod train;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IndexError;
+pub use encode::{batch_rows, rows_to_batch as encode_rows, stored_column, Encoder};
+pub use pq::ProductQuantizer;
+pub use sq::ScalarQuantizer;
+pub use train::{train_model, SampleCollector, TrainOptions};
+
+/// The six index types. HNSW types store exactly what their twin stores; the
+/// graphs are built at finalize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IndexType {
+    #[serde(rename = "IVF_FLAT")]
+    IvfFlat,
+    #[serde(rename = "IVF_PQ")]
+    IvfPq,
+    #[serde(rename = "IVF_SQ")]
+    IvfSq,
+    #[serde(rename = "IVF_HNSW_FLAT")]
+    IvfHnswFlat,
+    #[serde(rename = "IVF_HNSW_PQ")]
+    IvfHnswPq,
+    #[serde(rename = "IVF_HNSW_SQ")]
+    IvfHnswSq,
+}
+
+/// What a row stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantizer {
+    Flat,
+    Pq,
+    Sq,
+}
+
+impl IndexType {
+    pub const ALL: [IndexType; 6] = [
+        Self::IvfFlat,
+        Self::IvfPq,
+        Self::IvfSq,
+        Self::IvfHnswFlat,
+        Self::IvfHnswPq,
+        Self::IvfHnswSq,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IvfFlat => "IVF_FLAT",
+            Self::IvfPq => "IVF_PQ",
+            Self::IvfSq => "IVF_SQ",
+            Self::IvfHnswFlat => "IVF_HNSW_FLAT",
+            Self::IvfHnswPq => "IVF_HNSW_PQ",
+            Self::IvfHnswSq => "IVF_HNSW_SQ",
+        }
+    }
+
+    pub fn quantizer(self) -> Quantizer {
+        match self {
+            Self::IvfFlat | Self::IvfHnswFlat => Quantizer::Flat,
+            Self::IvfPq | Self::IvfHnswPq => Quantizer::Pq,
+            Self::IvfSq | Self::IvfHnswSq => Quantizer::Sq,
+        }
+    }
+
+    pub fn is_hnsw(self) -> bool {
+        matches!(self, Self::IvfHnswFlat | Self::IvfHnswPq | Self::IvfHnswSq)
+    }
+}
+
+impl fmt::Display for IndexType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for IndexType {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|t| t.name()).collect();
+                IndexError::invalid_argument(
+                    "type",
+                    format!("unknown index type '{s}'; expected one of {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// Distance metric. `cosine` vectors are normalized before they are stored, so
+/// cosine distance is `1 − q·x`; `dot` distance is `−q·x` (smaller is nearer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    L2,
+    Cosine,
+    Dot,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::L2 => "l2",
+            Self::Cosine => "cosine",
+            Self::Dot => "dot",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "l2" | "euclidean" => Ok(Self::L2),
+            "cosine" => Ok(Self::Cosine),
+            "dot" => Ok(Self::Dot),
+            _ => Err(IndexError::invalid_argument(
+                "metric",
+                format!("unknown metric '{s}'; expected one of l2, cosine, dot"),
+            )),
+        }
+    }
+}
+
+/// HNSW graph parameters, fixed in the model so every segment is built alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswParams {
+    pub m: u32,
+    pub ef_construction: u32,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self { m: 16, ef_construction: 100 }
+    }
+}
+
+/// Everything about a model but its tensors; stored as JSON in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    pub format_version: u32,
+    pub index_type: IndexType,
+    pub metric: Metric,
+    pub dim: u32,
+    pub num_partitions: u32,
+    /// PQ only: sub-vectors per vector (one 8-bit code each).
+    pub num_sub_vectors: Option<u32>,
+    /// HNSW types only.
+    pub hnsw: Option<HnswParams>,
+    pub seed: u64,
+    pub sample_rows: u64,
+    pub max_iterations: u32,
+}
+
+/// A trained model. Immutable; identified by the fingerprint of its canonical bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub params: ModelParams,
+    /// `num_partitions × dim`, row-major.
+    pub centroids: Vec<f32>,
+    pub pq: Option<ProductQuantizer>,
+    pub sq: Option<ScalarQuantizer>,
+    fingerprint: String,
+}
+
+impl Model {
+    pub fn new(
+        params: ModelParams,
+        centroids: Vec<f32>,
+        pq: Option<ProductQuantizer>,
+        sq: Option<ScalarQuantizer>,
+    ) -> Self {
+        let mut model = Self { params, centroids, pq, sq, fingerprint: String::new() };
+        model.fingerprint = io::fingerprint(&model);
+        model
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn dim(&self) -> usize {
+        self.params.dim as usize
+    }
+
+    pub fn num_partitions(&self) -> usize {
+        self.params.num_partitions as usize
+    }
+
+    pub fn index_type(&self) -> IndexType {
+        self.params.index_type
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.params.metric
+    }
+
+    pub fn centroid(&self, p: usize) -> &[f32] {
+        &self.centroids[p * self.dim()..(p + 1) * self.dim()]
+    }
+
+    /// Bytes one stored row takes besides its row id.
+    pub fn code_width(&self) -> usize {
+        match self.index_type().quantizer() {
+            Quantizer::Flat => self.dim() * 4,
+            Quantizer::Pq => self.params.num_sub_vectors.unwrap_or(0) as usize,
+            Quantizer::Sq => self.dim(),
+        }
+    }
+
+    /// Partitions ranked by distance from `query` (already normalized for cosine).
+    pub fn rank_partitions(&self, query: &[f32], nprobes: usize) -> Vec<usize> {
+        let mut d: Vec<(f32, usize)> = self
+            .centroids
+            .chunks_exact(self.dim())
+            .enumerate()
+            .map(|(i, c)| (distance::l2_sq(query, c), i))
+            .collect();
+        let n = nprobes.min(d.len());
+        if n < d.len() {
+            d.select_nth_unstable_by(n, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            d.truncate(n);
+        }
+        d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        d.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The Arrow schema of the stored rows (shards and segments alike).
+    pub fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
+        encode::storage_schema(self)
+    }
+
+    pub async fn write(&self, location: &crate::format::IndexLocation) -> crate::error::Result<()> {
+        io::write_model(self, location).await
+    }
+
+    pub async fn read(location: &crate::format::IndexLocation, fingerprint: &str) -> crate::error::Result<Self> {
+        io::read_model(location, fingerprint).await
+    }
+
+    /// The model named by the index's `index.json`.
+    pub async fn read_current(location: &crate::format::IndexLocation) -> crate::error::Result<Self> {
+        io::read_current_model(location).await
+    }
+}

@@ -1,0 +1,115 @@
+//! Scalar quantization: 8 bits per dimension, per-dimension bounds trained once by
+//! the coordinator and stored in the model, so every worker encodes alike.
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalarQuantizer {
+    pub lower: Vec<f32>,
+    pub upper: Vec<f32>,
+}
+
+impl ScalarQuantizer {
+    pub fn train(sample: &[f32], dim: usize) -> Self {
+        let mut lower = vec![f32::INFINITY; dim];
+        let mut upper = vec![f32::NEG_INFINITY; dim];
+        for v in sample.chunks_exact(dim) {
+            for d in 0..dim {
+                lower[d] = lower[d].min(v[d]);
+                upper[d] = upper[d].max(v[d]);
+            }
+        }
+        Self { lower, upper }
+    }
+
+    fn scale(&self, d: usize) -> f32 {
+        let w = self.upper[d] - self.lower[d];
+        if w > 0.0 { w / 255.0 } else { 1.0 }
+    }
+
+    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+        for (d, (o, x)) in out.iter_mut().zip(v).enumerate() {
+            *o = ((x - self.lower[d]) / self.scale(d)).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+
+    pub fn decode(&self, codes: &[u8], out: &mut [f32]) {
+        for (d, (o, &c)) in out.iter_mut().zip(codes).enumerate() {
+            *o = self.lower[d] + c as f32 * self.scale(d);
+        }
+    }
+
+    /// Precomputes what a query needs to score codes without decoding them:
+    /// `(q' , w)` with `q'_d = (q_d - lower_d) / scale_d` and `w_d = scale_d²` for L2,
+    /// or `(q_d · scale_d, offset = Σ q_d · lower_d)` for inner products.
+    pub fn query_l2(&self, q: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let scaled = (0..q.len()).map(|d| (q[d] - self.lower[d]) / self.scale(d)).collect();
+        let weights = (0..q.len()).map(|d| self.scale(d) * self.scale(d)).collect();
+        (scaled, weights)
+    }
+
+    pub fn query_dot(&self, q: &[f32]) -> (Vec<f32>, f32) {
+        let weights = (0..q.len()).map(|d| q[d] * self.scale(d)).collect();
+        let offset = (0..q.len()).map(|d| q[d] * self.lower[d]).sum();
+        (weights, offset)
+    }
+}
+
+/// Σ w_d (q'_d − c_d)²: squared L2 between a prepared query and SQ codes.
+#[inline]
+pub fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = codes.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        for l in 0..8 {
+            let d = scaled_query[i + l] - codes[i + l] as f32;
+            acc[l] += weights[i + l] * d * d;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n..codes.len() {
+        let d = scaled_query[i] - codes[i] as f32;
+        s += weights[i] * d * d;
+    }
+    s
+}
+
+/// Σ w_d c_d + offset: inner product between a prepared query and SQ codes.
+#[inline]
+pub fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = codes.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        for l in 0..8 {
+            acc[l] += weights[i + l] * codes[i + l] as f32;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n..codes.len() {
+        s += weights[i] * codes[i] as f32;
+    }
+    s + offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_scores_equal_decoded_distances() {
+        let sample: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
+        let sq = ScalarQuantizer::train(&sample, 10);
+        let mut codes = [0u8; 10];
+        sq.encode(&sample[10..20], &mut codes);
+        let mut dec = [0f32; 10];
+        sq.decode(&codes, &mut dec);
+        let q: Vec<f32> = (0..10).map(|i| i as f32 * 0.1).collect();
+        let l2: f32 = q.iter().zip(&dec).map(|(a, b)| (a - b) * (a - b)).sum();
+        let (s, w) = sq.query_l2(&q);
+        assert!((sq_l2(&s, &w, &codes) - l2).abs() < 1e-4);
+        let ip: f32 = q.iter().zip(&dec).map(|(a, b)| a * b).sum();
+        let (w, o) = sq.query_dot(&q);
+        assert!((sq_dot(&w, o, &codes) - ip).abs() < 1e-4);
+        for (a, b) in dec.iter().zip(&sample[10..20]) {
+            assert!((a - b).abs() <= sq.scale(0).max(sq.scale(9)));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Training the shared model on a sample.
+
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+
+use super::distance::{nearest_l2, normalize};
+use super::kmeans::{kmeans, KMeansParams};
+use super::pq::PQ_CODES;
+use super::{HnswParams, IndexType, Metric, Model, ModelParams, ProductQuantizer, Quantizer, ScalarQuantizer};
+use crate::error::{IndexError, Result};
+use crate::format::FORMAT_VERSION;
+
+/// What to train. `Default` gives IVF_FLAT, l2, 256 partitions.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub index_type: IndexType,
+    pub metric: Metric,
+    pub num_partitions: usize,
+    /// PQ: sub-vectors per vector; default `dim / 8` (rounded down to a divisor of dim).
+    pub num_sub_vectors: Option<usize>,
+    /// Rows sampled for training; default `max(256 × num_partitions, 16384)`.
+    pub sample_rows: Option<usize>,
+    pub max_iterations: usize,
+    pub seed: u64,
+    pub hnsw: HnswParams,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            index_type: IndexType::IvfFlat,
+            metric: Metric::L2,
+            num_partitions: 256,
+            num_sub_vectors: None,
+            sample_rows: None,
+            max_iterations: 25,
+            seed: 42,
+            hnsw: HnswParams::default(),
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn sample_rows(&self) -> usize {
+        self.sample_rows.unwrap_or((256 * self.num_partitions).max(16_384))
+    }
+
+    fn num_sub_vectors(&self, dim: usize) -> Result<usize> {
+        match self.num_sub_vectors {
+            Some(m) if m == 0 || dim % m != 0 => Err(IndexError::invalid_argument(
+                "num_sub_vectors",
+                format!("{m} does not divide the dimension {dim}"),
+            )),
+            Some(m) => Ok(m),
+            None => Ok((1..=(dim / 8).max(1)).rev().find(|m| dim % m == 0).unwrap_or(1)),
+        }
+    }
+}
+
+/// Keeps a uniform sample of bounded size from a stream of vectors, independent
+/// of the order in which rows arrive: each row gets a key hashed from the seed
+/// and its contents, and the rows with the smallest keys are kept.
+pub struct SampleCollector {
+    dim: usize,
+    capacity: usize,
+    seed: u64,
+    heap: BinaryHeap<(u64, usize)>,
+    slots: Vec<f32>,
+    seen: u64,
+}
+
+impl SampleCollector {
+    pub fn new(dim: usize, capacity: usize, seed: u64) -> Self {
+        Self { dim, capacity, seed, heap: BinaryHeap::new(), slots: Vec::new(), seen: 0 }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn rows_seen(&self) -> u64 {
+        self.seen
+    }
+
+    fn key(&self, v: &[f32]) -> u64 {
+        let mut h = self.seed ^ 0xcbf2_9ce4_8422_2325;
+        for x in v {
+            h = (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        super::rng::SplitMix64::new(h).next_u64()
+    }
+
+    pub fn push_rows(&mut self, rows: &[f32]) {
+        for v in rows.chunks_exact(self.dim) {
+            self.seen += 1;
+            let key = self.key(v);
+            if self.heap.len() < self.capacity {
+                let slot = self.heap.len();
+                self.slots.extend_from_slice(v);
+                self.heap.push((key, slot));
+            } else if let Some(&(top, slot)) = self.heap.peek() {
+                if key < top {
+                    self.heap.pop();
+                    self.slots[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(v);
+                    self.heap.push((key, slot));
+                }
+            }
+        }
+    }
+
+    /// The sample, ordered by key (so the result does not depend on arrival order).
+    pub fn finish(self) -> Vec<f32> {
+        let mut keyed = self.heap.into_vec();
+        keyed.sort_unstable();
+        let mut out = Vec::with_capacity(keyed.len() * self.dim);
+        for (_, slot) in keyed {
+            out.extend_from_slice(&self.slots[slot * self.dim..(slot + 1) * self.dim]);
+        }
+        out
+    }
+}
+
+/// Trains a model on `sample` (rows of `dim` floats).
+pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Result<Model> {
+    if dim == 0 {
+        return Err(IndexError::InvalidInput("vectors have dimension 0".into()));
+    }
+    let n = sample.len() / dim;
+    if opts.num_partitions == 0 {
+        return Err(IndexError::invalid_argument("num_partitions", "must be at least 1"));
+    }
+    if n < opts.num_partitions {
+        return Err(IndexError::invalid_argument(
+            "num_partitions",
+            format!("{} partitions need at least as many training rows; the sample has {n}", opts.num_partitions),
+        ));
+    }
+    let quantizer = opts.index_type.quantizer();
+    let num_sub_vectors = match quantizer {
+        Quantizer::Pq => {
+            if n < PQ_CODES {
+                return Err(IndexError::InvalidInput(format!(
+                    "PQ training needs at least {PQ_CODES} rows; the sample has {n}"
+                )));
+            }
+            Some(opts.num_sub_vectors(dim)?)
+        }
+        _ => None,
+    };
+    if opts.metric == Metric::Cosine {
+        sample.par_chunks_exact_mut(dim).for_each(normalize);
+    }
+    let centroids = kmeans(
+        &sample,
+        dim,
+        KMeansParams { k: opts.num_partitions, max_iterations: opts.max_iterations, seed: opts.seed },
+    );
+    let pq = num_sub_vectors.map(|m| {
+        let residuals: Vec<f32> = sample
+            .par_chunks_exact(dim)
+            .flat_map_iter(|v| {
+                let (p, _) = nearest_l2(v, &centroids, dim);
+                let c = &centroids[p * dim..(p + 1) * dim];
+                v.iter().zip(c).map(|(x, y)| x - y).collect::<Vec<_>>()
+            })
+            .collect();
+        ProductQuantizer::train(&residuals, dim, m, opts.max_iterations, opts.seed)
+    });
+    let sq = (quantizer == Quantizer::Sq).then(|| ScalarQuantizer::train(&sample, dim));
+    let params = ModelParams {
+        format_version: FORMAT_VERSION,
+        index_type: opts.index_type,
+        metric: opts.metric,
+        dim: dim as u32,
+        num_partitions: opts.num_partitions as u32,
+        num_sub_vectors: num_sub_vectors.map(|m| m as u32),
+        hnsw: opts.index_type.is_hnsw().then_some(opts.hnsw),
+        seed: opts.seed,
+        sample_rows: n as u64,
+        max_iterations: opts.max_iterations as u32,
+    };
+    Ok(Model::new(params, centroids, pq, sq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_does_not_depend_on_arrival_order() {
+        let rows: Vec<f32> = (0..400).map(|i| (i as f32 * 1.3).sin()).collect();
+        let mut a = SampleCollector::new(4, 10, 3);
+        a.push_rows(&rows);
+        let mut b = SampleCollector::new(4, 10, 3);
+        for chunk in rows.chunks(4).rev() {
+            b.push_rows(chunk);
+        }
+        assert_eq!(a.finish(), b.finish());
+    }
+}

@@ -1,0 +1,94 @@
+//! Scoring stored rows against a query, per quantizer and metric.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type};
+
+use super::topk::{Scored, TopK};
+use crate::error::{IndexError, Result};
+use crate::model::distance::{dot, l2_sq};
+use crate::model::pq::table_lookup;
+use crate::model::sq::{sq_dot, sq_l2};
+use crate::model::{Metric, Model, Quantizer};
+
+/// A query prepared for one IVF partition.
+pub enum Scorer {
+    Flat { query: Vec<f32>, metric: Metric },
+    /// `distance = sign · Σ table[code] + offset`.
+    Pq { table: Vec<f32>, offset: f32, sign: f32 },
+    SqL2 { scaled: Vec<f32>, weights: Vec<f32> },
+    /// `distance = offset − Σ w·code` (dot), with `offset` folding in `1 −` for cosine.
+    SqDot { weights: Vec<f32>, offset: f32, base: f32 },
+}
+
+impl Scorer {
+    /// `query` must already be normalized for cosine.
+    pub fn new(model: &Model, query: &[f32], partition: usize) -> Result<Self> {
+        let metric = model.metric();
+        let base = if metric == Metric::Cosine { 1.0 } else { 0.0 };
+        Ok(match model.index_type().quantizer() {
+            Quantizer::Flat => Self::Flat { query: query.to_vec(), metric },
+            Quantizer::Pq => {
+                let pq = model.pq.as_ref().ok_or_else(|| IndexError::corrupt("model", "PQ codebook missing"))?;
+                let c = model.centroid(partition);
+                if metric == Metric::L2 {
+                    let residual: Vec<f32> = query.iter().zip(c).map(|(q, c)| q - c).collect();
+                    Self::Pq { table: pq.distance_table(&residual, false), offset: 0.0, sign: 1.0 }
+                } else {
+                    Self::Pq { table: pq.distance_table(query, true), offset: base - dot(query, c), sign: -1.0 }
+                }
+            }
+            Quantizer::Sq => {
+                let sq = model.sq.as_ref().ok_or_else(|| IndexError::corrupt("model", "SQ bounds missing"))?;
+                if metric == Metric::L2 {
+                    let (scaled, weights) = sq.query_l2(query);
+                    Self::SqL2 { scaled, weights }
+                } else {
+                    let (weights, offset) = sq.query_dot(query);
+                    Self::SqDot { weights, offset, base }
+                }
+            }
+        })
+    }
+
+    /// Scores every row of a storage batch into `top`.
+    pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
+        let (ids, _, _) = crate::model::batch_rows(batch)?;
+        let col = batch.column(1);
+        match (self, col.data_type()) {
+            (Self::Flat { query, metric }, DataType::FixedSizeList(_, d)) => {
+                let d = *d as usize;
+                let list = col.as_fixed_size_list();
+                let values = list.values().as_primitive::<Float32Type>().values();
+                let values = &values[list.offset() * d..(list.offset() + list.len()) * d];
+                for (id, v) in ids.iter().zip(values.chunks_exact(d)) {
+                    let distance = match metric {
+                        Metric::L2 => l2_sq(query, v),
+                        Metric::Cosine => 1.0 - dot(query, v),
+                        Metric::Dot => -dot(query, v),
+                    };
+                    if distance <= top.threshold() {
+                        top.push(Scored { distance, row_id: *id });
+                    }
+                }
+            }
+            (_, DataType::FixedSizeBinary(w)) => {
+                let w = *w as usize;
+                let codes = col.as_fixed_size_binary();
+                let data = &codes.value_data()[codes.offset() * w..(codes.offset() + codes.len()) * w];
+                for (id, c) in ids.iter().zip(data.chunks_exact(w)) {
+                    let distance = match self {
+                        Self::Pq { table, offset, sign } => sign * table_lookup(table, c) + offset,
+                        Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, c),
+                        Self::SqDot { weights, offset, base } => base - sq_dot(weights, *offset, c),
+                        Self::Flat { .. } => return Err(IndexError::corrupt("segment", "FLAT index stores codes")),
+                    };
+                    if distance <= top.threshold() {
+                        top.push(Scored { distance, row_id: *id });
+                    }
+                }
+            }
+            _ => return Err(IndexError::corrupt("segment", "stored column does not match the index type")),
+        }
+        Ok(())
+    }
+}

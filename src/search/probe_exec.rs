@@ -1,0 +1,177 @@
+//! `VectorIndexProbeExec`: ranks IVF partitions once per query.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties};
+use futures::TryStreamExt;
+
+use super::{SearchOptions, SearchTarget};
+use crate::exec::{compute_properties, single_child};
+use crate::model::distance::normalize;
+use crate::model::Metric;
+
+/// Probe tasks: score `query` against IVF `partition` of segment number `segment`.
+pub fn probe_task_schema(dim: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("query_id", DataType::UInt32, false),
+        Field::new("segment", DataType::UInt32, false),
+        Field::new("partition", DataType::UInt32, false),
+        Field::new(
+            "query",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32),
+            false,
+        ),
+    ]))
+}
+
+/// Ranks the IVF partitions of each query once (all segments share the model) and
+/// emits one probe task per (query, segment, probed partition holding rows).
+///
+/// Partitioning: requires a single input partition of queries (`query_id`,
+/// `query`) and emits a single partition. Tasks are ordered by (segment,
+/// partition, query) and cut into many small batches, so a round-robin
+/// repartition spreads them over scan partitions and each scan reads a block once
+/// for all the queries that probe it.
+#[derive(Debug)]
+pub struct VectorIndexProbeExec {
+    input: Arc<dyn ExecutionPlan>,
+    target: Arc<SearchTarget>,
+    options: SearchOptions,
+    properties: Arc<PlanProperties>,
+}
+
+impl VectorIndexProbeExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, target: Arc<SearchTarget>, options: SearchOptions) -> Result<Self> {
+        let schema = probe_task_schema(target.model.dim());
+        Ok(Self { input, target, options, properties: compute_properties(schema, 1, EmissionType::Final) })
+    }
+}
+
+impl DisplayAs for VectorIndexProbeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "VectorIndexProbeExec: index={}, version={}, segments={}, nprobes={}, partitions={}, metric={}",
+            self.target.location.url(),
+            self.target.version,
+            self.target.segments.len(),
+            self.options.nprobes.min(self.target.model.num_partitions()),
+            self.target.model.num_partitions(),
+            self.target.model.metric()
+        )
+    }
+}
+
+impl ExecutionPlan for VectorIndexProbeExec {
+    fn name(&self) -> &str {
+        "VectorIndexProbeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(single_child(self.name(), children)?, Arc::clone(&self.target), self.options)?))
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return datafusion::common::exec_err!("VectorIndexProbeExec has one partition, asked for {partition}");
+        }
+        let spread = context.session_config().target_partitions().max(1);
+        let input = self.input.execute(0, context)?;
+        let target = Arc::clone(&self.target);
+        let nprobes = self.options.nprobes;
+        let schema = self.properties.eq_properties.schema().clone();
+        let out_schema = Arc::clone(&schema);
+        let stream = futures::stream::once(async move {
+            let batches: Vec<RecordBatch> = input.try_collect().await?;
+            let tasks = probe(&target, nprobes, &batches)?;
+            // Several batches per scan partition keep every core busy.
+            let per_batch = tasks.len().div_ceil(spread * 4).clamp(1, 256);
+            let out: Vec<Result<RecordBatch>> =
+                tasks.chunks(per_batch).map(|c| task_batch(&out_schema, &target, c)).collect();
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+struct Task {
+    segment: u32,
+    partition: u32,
+    query_id: u32,
+    query: Arc<Vec<f32>>,
+}
+
+fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Result<Vec<Task>> {
+    let model = &target.model;
+    let dim = model.dim();
+    let mut tasks = Vec::new();
+    for b in batches {
+        let ids = b.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
+        let list = b.column(1).as_fixed_size_list();
+        let values = list.values().as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            let start = (list.offset() + i) * dim;
+            let mut q = values.values()[start..start + dim].to_vec();
+            if model.metric() == Metric::Cosine {
+                normalize(&mut q);
+            }
+            let q = Arc::new(q);
+            for p in model.rank_partitions(&q, nprobes) {
+                for (s, seg) in target.segments.iter().enumerate() {
+                    if seg.block(p as u32).is_some_and(|(_, b)| b.rows > 0) {
+                        tasks.push(Task { segment: s as u32, partition: p as u32, query_id: ids.value(i), query: Arc::clone(&q) });
+                    }
+                }
+            }
+        }
+    }
+    tasks.sort_by_key(|t| (t.segment, t.partition, t.query_id));
+    Ok(tasks)
+}
+
+fn task_batch(schema: &SchemaRef, target: &SearchTarget, tasks: &[Task]) -> Result<RecordBatch> {
+    let dim = target.model.dim();
+    let values: Vec<f32> = tasks.iter().flat_map(|t| t.query.iter().copied()).collect();
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let queries = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?;
+    RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![
+            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.query_id))),
+            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.segment))),
+            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.partition))),
+            Arc::new(queries),
+        ],
+    )
+    .map_err(|e| exec_datafusion_err!("{e}"))
+}
+

@@ -1,0 +1,83 @@
+//! Keeping the k nearest rows.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use arrow::array::{Float32Array, RecordBatch, UInt32Array, UInt64Array};
+
+/// A scored row; ordered by distance, then row id, so ties resolve the same way everywhere.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub distance: f32,
+    pub row_id: u64,
+}
+
+impl Eq for Scored {}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.distance.total_cmp(&other.distance).then(self.row_id.cmp(&other.row_id))
+    }
+}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The k smallest [`Scored`] values seen.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    /// The distance a row must beat to enter, once k rows are held.
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::INFINITY
+        } else {
+            self.heap.peek().map_or(f32::INFINITY, |s| s.distance)
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, s: Scored) {
+        if self.heap.len() < self.k {
+            self.heap.push(s);
+        } else if let Some(top) = self.heap.peek() {
+            if s < *top {
+                self.heap.pop();
+                self.heap.push(s);
+            }
+        }
+    }
+
+    pub fn into_sorted(self) -> Vec<Scored> {
+        self.heap.into_sorted_vec()
+    }
+}
+
+/// Each query's rows, ordered by query, then distance, then row id.
+pub fn tops_to_batch(tops: BTreeMap<u32, TopK>) -> arrow::error::Result<RecordBatch> {
+    let (mut q, mut r, mut d) = (vec![], vec![], vec![]);
+    for (query, top) in tops {
+        for s in top.into_sorted() {
+            q.push(query);
+            r.push(s.row_id);
+            d.push(s.distance);
+        }
+    }
+    RecordBatch::try_new(
+        super::search_output_schema(),
+        vec![Arc::new(UInt32Array::from(q)), Arc::new(UInt64Array::from(r)), Arc::new(Float32Array::from(d))],
+    )
+}

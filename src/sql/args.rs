@@ -1,0 +1,240 @@
+//! Named arguments of procedures and table functions: declared once, checked with
+//! errors that list what is accepted, evaluated to constants.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float32Type, Schema};
+use datafusion::catalog::Session;
+use datafusion::common::{plan_datafusion_err, plan_err, DFSchema, Result, ScalarValue};
+use datafusion::logical_expr::{ColumnarValue, Expr};
+use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr};
+
+/// What an argument accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string literal.
+    Str,
+    /// A string literal or a bare identifier (table and column names).
+    Name,
+    UInt,
+    Bool,
+    /// A list of numbers.
+    Vector,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Name => "a name (string or identifier)",
+            Kind::UInt => "a non-negative integer",
+            Kind::Bool => "a boolean",
+            Kind::Vector => "a list of numbers",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+}
+
+pub const fn req(name: &'static str, kind: Kind) -> Param {
+    Param { name, kind, required: true }
+}
+
+pub const fn opt(name: &'static str, kind: Kind) -> Param {
+    Param { name, kind, required: false }
+}
+
+/// A procedure's or table function's signature.
+#[derive(Debug)]
+pub struct Signature {
+    pub name: &'static str,
+    pub params: &'static [Param],
+}
+
+impl Signature {
+    pub fn accepted(&self) -> String {
+        self.params
+            .iter()
+            .map(|p| format!("{}{} ({})", p.name, if p.required { "" } else { "?" }, p.kind.describe()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn param(&self, name: &str) -> Result<usize> {
+        self.params.iter().position(|p| p.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
+            plan_datafusion_err!(
+                "{}: unknown argument '{name}'; accepted arguments: {}",
+                self.name,
+                self.accepted()
+            )
+        })
+    }
+
+    /// Orders SQL arguments (positional first, then `name => value`) by parameter,
+    /// checking names, duplicates and required arguments.
+    pub fn bind<'a>(&self, args: &'a [FunctionArg]) -> Result<Vec<Option<&'a ast::Expr>>> {
+        let mut bound: Vec<Option<&ast::Expr>> = vec![None; self.params.len()];
+        let mut named_seen = false;
+        for (i, arg) in args.iter().enumerate() {
+            let (slot, expr) = match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => {
+                    if named_seen {
+                        return plan_err!("{}: positional argument {} follows named arguments", self.name, i + 1);
+                    }
+                    if i >= self.params.len() {
+                        return plan_err!(
+                            "{}: too many arguments ({}); accepted arguments: {}",
+                            self.name,
+                            args.len(),
+                            self.accepted()
+                        );
+                    }
+                    (i, e)
+                }
+                FunctionArg::Named { name, arg: FunctionArgExpr::Expr(e), .. } => {
+                    named_seen = true;
+                    (self.param(&name.value)?, e)
+                }
+                FunctionArg::ExprNamed { name: ast::Expr::Identifier(name), arg: FunctionArgExpr::Expr(e), .. } => {
+                    named_seen = true;
+                    (self.param(&name.value)?, e)
+                }
+                other => return plan_err!("{}: unsupported argument {other}", self.name),
+            };
+            if bound[slot].is_some() {
+                return plan_err!("{}: argument '{}' is given twice", self.name, self.params[slot].name);
+            }
+            bound[slot] = Some(expr);
+        }
+        if let Some(p) = self.params.iter().zip(&bound).find(|(p, b)| p.required && b.is_none()).map(|(p, _)| p) {
+            return plan_err!(
+                "{}: missing required argument '{}'; accepted arguments: {}",
+                self.name,
+                p.name,
+                self.accepted()
+            );
+        }
+        Ok(bound)
+    }
+}
+
+/// Evaluates a constant expression (literals, `[…]`, `make_array`, casts, arithmetic).
+pub fn eval_const(session: &dyn Session, expr: &Expr) -> Result<ScalarValue> {
+    let physical = session.create_physical_expr(expr.clone(), &DFSchema::empty())?;
+    let one_row = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &RecordBatchOptions::new().with_row_count(Some(1)),
+    )?;
+    match physical.evaluate(&one_row)? {
+        ColumnarValue::Scalar(s) => Ok(s),
+        ColumnarValue::Array(a) => ScalarValue::try_from_array(&a, 0),
+    }
+}
+
+/// An evaluated argument.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Str(String),
+    UInt(u64),
+    Bool(bool),
+    Vector(Vec<f32>),
+}
+
+/// Converts an evaluated constant to what `param` accepts.
+pub fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Option<Value>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let wrong = |v: &ScalarValue| {
+        plan_datafusion_err!(
+            "{}: argument '{}' must be {}, got {} ({})",
+            sig.name,
+            param.name,
+            param.kind.describe(),
+            v,
+            v.data_type()
+        )
+    };
+    Ok(Some(match param.kind {
+        Kind::Str | Kind::Name => match &value {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                Value::Str(s.clone())
+            }
+            _ => return Err(wrong(&value)),
+        },
+        Kind::UInt => {
+            let v = value.cast_to(&DataType::Int64).map_err(|_| wrong(&value))?;
+            match (value.data_type().is_integer(), v) {
+                (true, ScalarValue::Int64(Some(i))) if i >= 0 => Value::UInt(i as u64),
+                _ => return Err(wrong(&value)),
+            }
+        }
+        Kind::Bool => match value {
+            ScalarValue::Boolean(Some(b)) => Value::Bool(b),
+            _ => return Err(wrong(&value)),
+        },
+        Kind::Vector => {
+            let array = value.to_array()?;
+            let values = match array.data_type() {
+                DataType::List(_) => array.as_list::<i32>().value(0),
+                DataType::LargeList(_) => array.as_list::<i64>().value(0),
+                DataType::FixedSizeList(_, _) => array.as_fixed_size_list().value(0),
+                _ => return Err(wrong(&value)),
+            };
+            if !values.data_type().is_numeric() || values.null_count() > 0 {
+                return Err(wrong(&value));
+            }
+            let floats = cast(&values, &DataType::Float32)?;
+            Value::Vector(floats.as_primitive::<Float32Type>().values().to_vec())
+        }
+    }))
+}
+
+/// Bound and evaluated arguments, by parameter name.
+#[derive(Debug, Default)]
+pub struct Args {
+    values: HashMap<&'static str, Value>,
+}
+
+impl Args {
+    pub fn new(values: HashMap<&'static str, Value>) -> Self {
+        Self { values }
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match self.values.get(name) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn uint(&self, name: &str) -> Option<u64> {
+        match self.values.get(name) {
+            Some(Value::UInt(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.values.get(name) {
+            Some(Value::Bool(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn vector(&self, name: &str) -> Option<&[f32]> {
+        match self.values.get(name) {
+            Some(Value::Vector(v)) => Some(v),
+            _ => None,
+        }
+    }
+}

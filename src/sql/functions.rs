@@ -1,0 +1,104 @@
+//! Table functions: `vector_index_shards`, `vector_index_segments`, `vector_search`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
+use datafusion::common::{plan_err, Result};
+use datafusion::datasource::TableProvider;
+
+use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
+use crate::catalog::SegmentsTable;
+use crate::format::IndexLocation;
+use crate::search::{SearchOptions, VectorSearchTable};
+use crate::staging::ShardsTable;
+
+pub const SHARDS: Signature = Signature { name: "vector_index_shards", params: &[req("index", Kind::Str)] };
+pub const SEGMENTS: Signature = Signature { name: "vector_index_segments", params: &[req("index", Kind::Str)] };
+pub const SEARCH: Signature = Signature {
+    name: "vector_search",
+    params: &[
+        req("index", Kind::Str),
+        req("query", Kind::Vector),
+        req("k", Kind::UInt),
+        opt("nprobes", Kind::UInt),
+        opt("ef", Kind::UInt),
+    ],
+};
+
+/// Evaluates positional table-function arguments (named ones were already put in
+/// order by the session, see `session::order_table_function_args`).
+fn evaluate(sig: &'static Signature, args: &TableFunctionArgs) -> Result<(Args, IndexLocation)> {
+    let exprs = args.exprs();
+    if exprs.len() > sig.params.len() {
+        return plan_err!("{}: too many arguments ({}); accepted arguments: {}", sig.name, exprs.len(), sig.accepted());
+    }
+    let mut values = HashMap::new();
+    for (i, param) in sig.params.iter().enumerate() {
+        let value = match exprs.get(i) {
+            Some(e) => convert(sig, param, eval_const(args.session(), e)?)?,
+            None => None,
+        };
+        match value {
+            Some(v) => {
+                values.insert(param.name, v);
+            }
+            None if param.required => {
+                return plan_err!(
+                    "{}: missing required argument '{}'; accepted arguments: {}",
+                    sig.name,
+                    param.name,
+                    sig.accepted()
+                )
+            }
+            None => {}
+        }
+    }
+    let args_out = Args::new(values);
+    let url = args_out.str("index").unwrap_or_default().to_string();
+    let location = IndexLocation::from_url(&url, args.session().runtime_env())?;
+    Ok((args_out, location))
+}
+
+#[derive(Debug)]
+pub struct ShardsFunction;
+
+impl TableFunctionImpl for ShardsFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let (_, location) = evaluate(&SHARDS, &args)?;
+        Ok(Arc::new(ShardsTable::new(location)))
+    }
+}
+
+#[derive(Debug)]
+pub struct SegmentsFunction;
+
+impl TableFunctionImpl for SegmentsFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let (_, location) = evaluate(&SEGMENTS, &args)?;
+        Ok(Arc::new(SegmentsTable::new(location)))
+    }
+}
+
+#[derive(Debug)]
+pub struct SearchFunction;
+
+impl TableFunctionImpl for SearchFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let (values, location) = evaluate(&SEARCH, &args)?;
+        let defaults = SearchOptions::default();
+        let options = SearchOptions {
+            k: values.uint("k").unwrap_or(0) as usize,
+            nprobes: values.uint("nprobes").map_or(defaults.nprobes, |n| n as usize),
+            ef: values.uint("ef").map(|e| e as usize),
+        };
+        if options.k == 0 {
+            return plan_err!("vector_search: argument 'k' must be at least 1");
+        }
+        if options.nprobes == 0 {
+            return plan_err!("vector_search: argument 'nprobes' must be at least 1");
+        }
+        let query = values.vector("query").unwrap_or_default().to_vec();
+        Ok(Arc::new(VectorSearchTable::new(location, query, options)))
+    }
+}

@@ -1,0 +1,308 @@
+//! The `CALL` procedures.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::{plan_datafusion_err, plan_err, DFSchema, Result};
+use datafusion::execution::context::SessionContext;
+use datafusion::physical_plan::displayable;
+use datafusion::sql::sqlparser::ast::{self, FunctionArguments};
+
+use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
+use crate::finalize::{FinalizeOptions, SegmentGrouping, VacuumOptions};
+use crate::model::{HnswParams, TrainOptions};
+use crate::VectorIndex;
+
+const CREATE: Signature = Signature {
+    name: "create_vector_index",
+    params: &[
+        req("index", Kind::Str),
+        req("table", Kind::Name),
+        req("column", Kind::Name),
+        req("type", Kind::Str),
+        req("num_partitions", Kind::UInt),
+        opt("metric", Kind::Str),
+        opt("num_sub_vectors", Kind::UInt),
+        opt("sample_rows", Kind::UInt),
+        opt("max_iterations", Kind::UInt),
+        opt("seed", Kind::UInt),
+        opt("hnsw_m", Kind::UInt),
+        opt("hnsw_ef_construction", Kind::UInt),
+    ],
+};
+
+const BUILD_SHARD: Signature = Signature {
+    name: "build_vector_index_shard",
+    params: &[
+        req("index", Kind::Str),
+        req("table", Kind::Name),
+        req("column", Kind::Name),
+        opt("row_id", Kind::Name),
+        opt("where", Kind::Str),
+    ],
+};
+
+const FINALIZE: Signature = Signature {
+    name: "finalize_vector_index",
+    params: &[
+        req("index", Kind::Str),
+        opt("target_segment_rows", Kind::UInt),
+        opt("segments", Kind::Str),
+        opt("mode", Kind::Str),
+        opt("skip_incomplete", Kind::Bool),
+        opt("target_file_bytes", Kind::UInt),
+        opt("max_commit_attempts", Kind::UInt),
+    ],
+};
+
+const VACUUM: Signature = Signature {
+    name: "vacuum_vector_index",
+    params: &[req("index", Kind::Str), opt("older_than_seconds", Kind::UInt), opt("dry_run", Kind::Bool)],
+};
+
+const PROCEDURES: [&Signature; 4] = [&CREATE, &BUILD_SHARD, &FINALIZE, &VACUUM];
+
+fn signature(name: &str) -> Result<&'static Signature> {
+    PROCEDURES.iter().copied().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
+        plan_datafusion_err!(
+            "unknown procedure '{name}'; available procedures: {}",
+            PROCEDURES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// Binds and evaluates a CALL's arguments.
+fn bind_args(ctx: &SessionContext, sig: &'static Signature, call: &ast::Function) -> Result<Args> {
+    let args: &[ast::FunctionArg] = match &call.args {
+        FunctionArguments::List(list) => &list.args,
+        FunctionArguments::None => &[],
+        FunctionArguments::Subquery(_) => return plan_err!("{}: a subquery is not an argument", sig.name),
+    };
+    let state = ctx.state();
+    let mut values = HashMap::new();
+    for (param, expr) in sig.params.iter().zip(sig.bind(args)?) {
+        let Some(expr) = expr else { continue };
+        let value = match (param.kind, expr) {
+            (Kind::Name, ast::Expr::Identifier(id)) => Some(super::args::Value::Str(id.value.clone())),
+            (Kind::Name, ast::Expr::CompoundIdentifier(ids)) => Some(super::args::Value::Str(
+                ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
+            )),
+            _ => {
+                let logical = state
+                    .create_logical_expr_from_sql_expr(
+                        ast::ExprWithAlias { expr: expr.clone(), alias: None }.into(),
+                        &DFSchema::empty(),
+                    )
+                    .map_err(|e| plan_datafusion_err!("{}: argument '{}': {}", sig.name, param.name, e.strip_backtrace()))?;
+                convert(sig, param, eval_const(&state, &logical)?)?
+            }
+        };
+        match value {
+            Some(v) => {
+                values.insert(param.name, v);
+            }
+            None if param.required => return plan_err!("{}: argument '{}' must not be NULL", sig.name, param.name),
+            None => {}
+        }
+    }
+    Ok(Args::new(values))
+}
+
+fn procedure_name(call: &ast::Function) -> String {
+    call.name.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(".")
+}
+
+fn index_arg(args: &Args) -> Result<&str> {
+    args.str("index").ok_or_else(|| plan_datafusion_err!("missing argument 'index'"))
+}
+
+fn train_options(args: &Args) -> Result<TrainOptions> {
+    let mut o = TrainOptions {
+        index_type: args.str("type").unwrap_or("IVF_FLAT").parse()?,
+        num_partitions: args.uint("num_partitions").unwrap_or(256) as usize,
+        ..Default::default()
+    };
+    if let Some(m) = args.str("metric") {
+        o.metric = m.parse()?;
+    }
+    o.num_sub_vectors = args.uint("num_sub_vectors").map(|v| v as usize);
+    o.sample_rows = args.uint("sample_rows").map(|v| v as usize);
+    if let Some(v) = args.uint("max_iterations") {
+        o.max_iterations = v as usize;
+    }
+    if let Some(v) = args.uint("seed") {
+        o.seed = v;
+    }
+    let defaults = HnswParams::default();
+    o.hnsw = HnswParams {
+        m: args.uint("hnsw_m").map_or(defaults.m, |v| v as u32),
+        ef_construction: args.uint("hnsw_ef_construction").map_or(defaults.ef_construction, |v| v as u32),
+    };
+    if o.hnsw.m < 2 {
+        return plan_err!("create_vector_index: argument 'hnsw_m' must be at least 2");
+    }
+    Ok(o)
+}
+
+fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
+    let mut o = FinalizeOptions::default();
+    o.grouping = match (args.uint("target_segment_rows"), args.str("segments")) {
+        (Some(_), Some(_)) => {
+            return plan_err!("finalize_vector_index: give either 'target_segment_rows' or 'segments', not both")
+        }
+        (Some(0), _) => return plan_err!("finalize_vector_index: argument 'target_segment_rows' must be at least 1"),
+        (Some(n), None) => SegmentGrouping::TargetRows(n),
+        (None, Some(s)) if s.eq_ignore_ascii_case("single") => SegmentGrouping::Single,
+        (None, Some(s)) if s.eq_ignore_ascii_case("per_shard") => SegmentGrouping::PerShard,
+        (None, Some(s)) => {
+            return plan_err!("finalize_vector_index: argument 'segments' must be 'single' or 'per_shard', got '{s}'")
+        }
+        (None, None) => SegmentGrouping::Single,
+    };
+    if let Some(m) = args.str("mode") {
+        o.mode = m.parse()?;
+    }
+    o.skip_incomplete = args.bool("skip_incomplete").unwrap_or(false);
+    if let Some(b) = args.uint("target_file_bytes") {
+        if b == 0 {
+            return plan_err!("finalize_vector_index: argument 'target_file_bytes' must be at least 1");
+        }
+        o.target_file_bytes = b;
+    }
+    if let Some(a) = args.uint("max_commit_attempts") {
+        o.max_commit_attempts = a.max(1) as usize;
+    }
+    Ok(o)
+}
+
+fn one_row(fields: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    let schema = Schema::new(
+        fields.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+    );
+    Ok(RecordBatch::try_new(Arc::new(schema), fields.into_iter().map(|(_, a)| a).collect())?)
+}
+
+fn str_col(v: &str) -> ArrayRef {
+    Arc::new(StringArray::from(vec![v]))
+}
+
+/// Runs `CALL <procedure>(…)`.
+pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
+    let name = procedure_name(call);
+    let sig = signature(&name)?;
+    let args = bind_args(ctx, sig, call)?;
+    let index = VectorIndex::open(ctx, index_arg(&args)?)?;
+    match sig.name {
+        "create_vector_index" => {
+            let options = train_options(&args)?;
+            let table = args.str("table").unwrap_or_default();
+            let df = ctx.table(table).await?;
+            let model = index.create(df, args.str("column").unwrap_or_default(), &options).await?;
+            Ok(vec![one_row(vec![
+                ("index", str_col(index.location().url())),
+                ("model", str_col(model.fingerprint())),
+                ("type", str_col(model.index_type().name())),
+                ("metric", str_col(model.metric().name())),
+                ("dim", Arc::new(UInt32Array::from(vec![model.dim() as u32]))),
+                ("num_partitions", Arc::new(UInt32Array::from(vec![model.num_partitions() as u32]))),
+            ])?])
+        }
+        "build_vector_index_shard" => {
+            let df = shard_input(ctx, &args).await?;
+            let row_id = args.str("row_id").unwrap_or("row_id");
+            let shard = index.build_shard(df, row_id, args.str("column").unwrap_or_default()).await?;
+            Ok(vec![one_row(vec![
+                ("shard_id", str_col(&shard.shard_id)),
+                ("rows", Arc::new(UInt64Array::from(vec![shard.rows]))),
+                ("num_fragments", Arc::new(UInt64Array::from(vec![shard.num_fragments]))),
+            ])?])
+        }
+        "finalize_vector_index" => Ok(index.finalize(ctx, &finalize_options(&args)?).await?),
+        "vacuum_vector_index" => {
+            let options = VacuumOptions {
+                older_than: Duration::from_secs(args.uint("older_than_seconds").unwrap_or(3600)),
+                dry_run: args.bool("dry_run").unwrap_or(false),
+            };
+            let report = index.vacuum(&options).await?;
+            let r = &report.removed;
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("kind", DataType::Utf8, false),
+                Field::new("id", DataType::Utf8, false),
+                Field::new("objects", DataType::UInt64, false),
+            ]));
+            Ok(vec![RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.kind))),
+                    Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.id.as_str()))),
+                    Arc::new(UInt64Array::from_iter_values(r.iter().map(|x| x.objects as u64))),
+                ],
+            )?])
+        }
+        other => plan_err!("procedure {other} is not implemented"),
+    }
+}
+
+async fn shard_input(ctx: &SessionContext, args: &Args) -> Result<datafusion::dataframe::DataFrame> {
+    let df = ctx.table(args.str("table").unwrap_or_default()).await?;
+    match args.str("where") {
+        Some(predicate) => {
+            let expr = df
+                .parse_sql_expr(predicate)
+                .map_err(|e| plan_datafusion_err!("build_vector_index_shard: argument 'where': {}", e.strip_backtrace()))?;
+            df.filter(expr)
+        }
+        None => Ok(df),
+    }
+}
+
+/// `EXPLAIN CALL …`: the plan a procedure would run, without running it.
+pub async fn explain(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
+    let name = procedure_name(call);
+    let sig = signature(&name)?;
+    let args = bind_args(ctx, sig, call)?;
+    let index = VectorIndex::open(ctx, index_arg(&args)?)?;
+    let (summary, plan) = match sig.name {
+        "finalize_vector_index" => {
+            let plan = index.finalize_plan(ctx, &finalize_options(&args)?).await?;
+            ("finalize staged shards into segments and commit a version".to_string(), Some(plan))
+        }
+        "create_vector_index" => {
+            let options = train_options(&args)?;
+            let df = ctx.table(args.str("table").unwrap_or_default()).await?;
+            let df = df.select_columns(&[args.str("column").unwrap_or_default()])?;
+            let summary = format!(
+                "sample up to {} rows, train {} partitions ({}, {}) and write the model",
+                options.sample_rows(),
+                options.num_partitions,
+                options.index_type,
+                options.metric
+            );
+            (summary, Some(df.create_physical_plan().await?))
+        }
+        "build_vector_index_shard" => {
+            let df = shard_input(ctx, &args).await?;
+            let cols = [args.str("row_id").unwrap_or("row_id"), args.str("column").unwrap_or_default()];
+            let df = df.select_columns(&cols)?;
+            ("encode rows with the index's model and stage one partial shard".to_string(), Some(df.create_physical_plan().await?))
+        }
+        _ => ("remove consumed shards, and incomplete shards and unreferenced segments past their age".to_string(), None),
+    };
+    let mut types = vec!["procedure".to_string()];
+    let mut plans = vec![format!("{}: {summary}", sig.name)];
+    if let Some(plan) = plan {
+        types.push("physical_plan".to_string());
+        plans.push(displayable(plan.as_ref()).indent(true).to_string());
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]));
+    Ok(vec![RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from(types)), Arc::new(StringArray::from(plans))],
+    )?])
+}

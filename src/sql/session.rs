@@ -1,0 +1,134 @@
+//! `VectorIndexSession`: a CALL-aware SQL front end over a `SessionContext`.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::common::{plan_err, Result};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SessionContext;
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, VisitMut, VisitorMut};
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use object_store::memory::InMemory;
+
+use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
+use super::procedures;
+
+/// Registers the table functions and a `memory://` object store on `ctx`.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udtf("vector_index_shards", Arc::new(ShardsFunction));
+    ctx.register_udtf("vector_index_segments", Arc::new(SegmentsFunction));
+    ctx.register_udtf("vector_search", Arc::new(SearchFunction));
+    let memory = ObjectStoreUrl::parse("memory://").expect("static URL parses");
+    if ctx.runtime_env().object_store(&memory).is_err() {
+        ctx.register_object_store(memory.as_ref(), Arc::new(InMemory::new()));
+    }
+}
+
+/// Runs SQL with this crate's procedures (`CALL …`, `EXPLAIN CALL …`) and table
+/// functions; every other statement goes to DataFusion unchanged.
+#[derive(Clone)]
+pub struct VectorIndexSession {
+    ctx: SessionContext,
+}
+
+impl Default for VectorIndexSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VectorIndexSession {
+    pub fn new() -> Self {
+        Self::with_context(SessionContext::new())
+    }
+
+    pub fn with_context(ctx: SessionContext) -> Self {
+        register(&ctx);
+        Self { ctx }
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
+        if let Some(call) = as_call(&statement) {
+            return self.frame(procedures::call(&self.ctx, call).await?);
+        }
+        if let Statement::Explain(explain) = &statement {
+            if let Some(call) = as_call(&explain.statement) {
+                return self.frame(procedures::explain(&self.ctx, call).await?);
+            }
+        }
+        order_table_function_args(&mut statement)?;
+        let plan = state.statement_to_plan(statement).await?;
+        self.ctx.execute_logical_plan(plan).await
+    }
+
+    fn frame(&self, batches: Vec<RecordBatch>) -> Result<DataFrame> {
+        let Some(first) = batches.first() else {
+            return plan_err!("procedure returned no result");
+        };
+        let table = MemTable::try_new(first.schema(), vec![batches])?;
+        self.ctx.read_table(Arc::new(table))
+    }
+}
+
+fn as_call(statement: &Statement) -> Option<&ast::Function> {
+    match statement {
+        Statement::Statement(s) => match s.as_ref() {
+            ast::Statement::Call(f) => Some(f),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// DataFusion drops the names of table-function arguments; put `name => value`
+/// arguments of `vector_search` in declared order (NULL for gaps) so they mean
+/// what they say.
+fn order_table_function_args(statement: &mut Statement) -> Result<()> {
+    struct Reorder(Option<datafusion::error::DataFusionError>);
+    impl VisitorMut for Reorder {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            let TableFactor::Table { name, args: Some(args), .. } = factor else {
+                return ControlFlow::Continue(());
+            };
+            let is_search = name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(SEARCH.name));
+            if !is_search || args.args.iter().all(|a| matches!(a, FunctionArg::Unnamed(_))) {
+                return ControlFlow::Continue(());
+            }
+            match SEARCH.bind(&args.args) {
+                Ok(bound) => {
+                    let last = bound.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+                    let null = ast::Expr::Value(ast::Value::Null.into());
+                    args.args = bound[..last]
+                        .iter()
+                        .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e.cloned().unwrap_or_else(|| null.clone()))))
+                        .collect();
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    self.0 = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        }
+    }
+    let mut visitor = Reorder(None);
+    match statement {
+        Statement::Statement(s) => {
+            let _ = s.visit(&mut visitor);
+        }
+        Statement::Explain(e) => return order_table_function_args(&mut e.statement),
+        _ => {}
+    }
+    visitor.0.map_or(Ok(()), Err)
+}

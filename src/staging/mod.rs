@@ -1,0 +1,11 @@
+//! The staging area as a table: `vector_index_shards('<index>')`.
+//!
+//! The scan is DataFusion's own `DataSourceExec` over a `FileScanConfig` with one
+//! file per shard (its `shard.json`, or any file of an incomplete shard), read
+//! through [`ShardManifestSource`].
+
+mod source;
+mod table;
+
+pub use source::ShardManifestSource;
+pub use table::{list_staged_shards, shards_schema, ShardsTable, StagedShard};

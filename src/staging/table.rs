@@ -1,0 +1,129 @@
+//! `ShardsTable`: the staged shards of an index as a DataFusion table.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::Result;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::TableProvider;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use object_store::path::Path;
+
+use super::ShardManifestSource;
+use crate::format::IndexLocation;
+
+static SHARDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("shard_id", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("index_type", DataType::Utf8, true),
+        Field::new("metric", DataType::Utf8, true),
+        Field::new("dim", DataType::UInt32, true),
+        Field::new("rows", DataType::UInt64, true),
+        Field::new("bytes", DataType::UInt64, true),
+        Field::new("num_fragments", DataType::UInt64, true),
+        Field::new("min_fragment", DataType::UInt32, true),
+        Field::new("max_fragment", DataType::UInt32, true),
+        Field::new("complete", DataType::Boolean, false),
+        Field::new("problem", DataType::Utf8, true),
+        Field::new("path", DataType::Utf8, false),
+    ]))
+});
+
+/// Schema of `vector_index_shards(…)`. `complete` is true when `shard.json` exists
+/// and is consistent with its sidecar; otherwise `problem` says why not.
+pub fn shards_schema() -> SchemaRef {
+    Arc::clone(&SHARDS_SCHEMA)
+}
+
+/// A shard folder found under `_staging/`.
+#[derive(Debug, Clone)]
+pub struct StagedShard {
+    pub shard_id: String,
+    pub dir: Path,
+    /// `shard.json` when present; otherwise some file of the folder.
+    pub file: Path,
+    pub file_size: u64,
+    pub has_manifest: bool,
+}
+
+/// Lists the shard folders of the staging area, sorted by shard id.
+pub async fn list_staged_shards(location: &IndexLocation) -> crate::Result<Vec<StagedShard>> {
+    let mut shards = Vec::new();
+    for dir_name in location.list_dirs(&location.staging_dir()).await? {
+        let Some(shard_id) = dir_name.strip_prefix("partial_") else {
+            continue;
+        };
+        let dir = location.shard_dir(shard_id);
+        let files = location.list_files(&dir).await?;
+        let chosen = files
+            .iter()
+            .find(|(n, _)| n == "shard.json")
+            .or_else(|| files.first());
+        if let Some((name, size)) = chosen {
+            shards.push(StagedShard {
+                shard_id: shard_id.to_string(),
+                file: dir.clone().join(name.as_str()),
+                dir,
+                file_size: *size,
+                has_manifest: name == "shard.json",
+            });
+        }
+    }
+    Ok(shards)
+}
+
+/// The staging area of one index. Scans as a `DataSourceExec` whose file groups
+/// hold one file per shard, spread over the session's target partitions.
+#[derive(Debug, Clone)]
+pub struct ShardsTable {
+    location: IndexLocation,
+}
+
+impl ShardsTable {
+    pub fn new(location: IndexLocation) -> Self {
+        Self { location }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ShardsTable {
+    fn schema(&self) -> SchemaRef {
+        shards_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let shards = list_staged_shards(&self.location).await?;
+        let groups = state.config().target_partitions().clamp(1, shards.len().max(1));
+        let mut files: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
+        for (i, s) in shards.into_iter().enumerate() {
+            let mut f = PartitionedFile::new(s.file.to_string(), s.file_size);
+            f.object_meta.location = s.file;
+            files[i % groups].push(f);
+        }
+        let config = FileScanConfigBuilder::new(
+            self.location.store_url().clone(),
+            Arc::new(ShardManifestSource::new()),
+        )
+        .with_file_groups(files.into_iter().map(FileGroup::new).collect())
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}

@@ -1,0 +1,143 @@
+//! Runs the `.slt` files in `sqllogictests/` (and in `$SLT_EXTRA_DIR` when set)
+//! through a [`VectorIndexSession`], one test per file, each on its own tokio
+//! runtime with its own `$__TEST_DIR__`.
+//!
+//! `cargo test --test sqllogictests -- <filter>` runs the files whose name contains `<filter>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion_vector_index::VectorIndexSession;
+use regex::Regex;
+use sqllogictest::harness::{run, Arguments, Failed, Trial};
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
+
+struct Db {
+    session: VectorIndexSession,
+}
+
+fn column_type(dt: &DataType) -> DefaultColumnType {
+    match dt {
+        t if t.is_integer() => DefaultColumnType::Integer,
+        t if t.is_floating() => DefaultColumnType::FloatingPoint,
+        _ => DefaultColumnType::Text,
+    }
+}
+
+fn cell(array: &ArrayRef, row: usize) -> Result<String, DataFusionError> {
+    if array.is_null(row) {
+        return Ok("NULL".into());
+    }
+    Ok(match array.data_type() {
+        DataType::Float32 => trim_float(array.as_primitive::<arrow::datatypes::Float32Type>().value(row) as f64),
+        DataType::Float64 => trim_float(array.as_primitive::<arrow::datatypes::Float64Type>().value(row)),
+        DataType::Utf8 if array.as_string::<i32>().value(row).is_empty() => "(empty)".into(),
+        _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?.value(row).to_string(),
+    })
+}
+
+/// Four decimals, trailing zeros dropped: stable across platforms for our distances.
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+#[async_trait]
+impl AsyncDB for Db {
+    type Error = DataFusionError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        let df = self.session.sql(sql).await?;
+        let schema = df.schema().as_arrow().clone();
+        let batches = df.collect().await?;
+        if schema.fields().is_empty() {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+        let mut rows = Vec::new();
+        for b in &batches {
+            for r in 0..b.num_rows() {
+                rows.push(b.columns().iter().map(|c| cell(c, r)).collect::<Result<Vec<_>, _>>()?);
+            }
+        }
+        Ok(DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "datafusion-vector-index"
+    }
+
+    async fn sleep(dur: std::time::Duration) {
+        tokio::time::sleep(dur).await;
+    }
+}
+
+/// Results mention temporary paths, uuids and model fingerprints; expected
+/// results write them as `<dir>`, `<uuid>` and `<fingerprint>`.
+fn normalize(s: &String) -> String {
+    static DIR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/tmp/\.tmp[A-Za-z0-9]+").expect("regex"));
+    static UUID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("regex")
+    });
+    static FINGERPRINT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b[0-9a-f]{32}\b").expect("regex"));
+    let s = DIR.replace_all(s, "<dir>");
+    let s = UUID.replace_all(&s, "<uuid>");
+    FINGERPRINT.replace_all(&s, "<fingerprint>").trim_end().to_string()
+}
+
+fn run_file(path: &Path) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(e.to_string()))?;
+    runtime.block_on(async {
+        let mut runner = Runner::new(|| async { Ok(Db { session: VectorIndexSession::new() }) });
+        runner.with_normalizer(normalize);
+        runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()))
+    })
+}
+
+fn slt_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "slt") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut dirs = vec![(String::new(), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sqllogictests"))];
+    if let Ok(extra) = std::env::var("SLT_EXTRA_DIR") {
+        dirs.push(("extra/".into(), PathBuf::from(extra)));
+    }
+    let mut trials = Vec::new();
+    for (prefix, dir) in dirs {
+        for file in slt_files(&dir) {
+            let name = format!("{prefix}{}", file.strip_prefix(&dir).unwrap_or(&file).display());
+            let file = Arc::new(file);
+            trials.push(Trial::test(name, move || run_file(&file)));
+        }
+    }
+    run(&args, trials).exit();
+}

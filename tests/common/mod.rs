@@ -1,0 +1,115 @@
+//! Shared helpers for the integration tests: seeded clustered data, index
+//! locations in temporary folders, and shards written with arbitrary splits.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
+use arrow::datatypes::{DataType, Field};
+use datafusion::prelude::SessionContext;
+use datafusion_vector_index::format::IndexLocation;
+use datafusion_vector_index::model::rng::SplitMix64;
+use datafusion_vector_index::model::{train_model, IndexType, Metric, Model, TrainOptions};
+use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::VectorIndex;
+
+pub const DIM: usize = 16;
+
+/// `rows` vectors from a Gaussian mixture of `clusters` centers.
+pub fn clustered(rows: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let centers: Vec<f32> = (0..clusters * DIM).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+    let mut v = Vec::with_capacity(rows * DIM);
+    for _ in 0..rows {
+        let c = rng.below(clusters);
+        v.extend(centers[c * DIM..(c + 1) * DIM].iter().map(|x| x + 0.3 * rng.normal() as f32));
+    }
+    v
+}
+
+/// Row i lives in fragment `i % fragments`.
+pub fn row_ids(rows: usize, fragments: u64) -> Vec<u64> {
+    (0..rows as u64).map(|i| ((i % fragments) << 32) | i).collect()
+}
+
+pub fn vector_array(values: &[f32]) -> ArrayRef {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    Arc::new(FixedSizeListArray::try_new(item, DIM as i32, Arc::new(Float32Array::from(values.to_vec())), None).unwrap())
+}
+
+pub fn train(data: &[f32], index_type: IndexType, metric: Metric, partitions: usize) -> Model {
+    let options = TrainOptions {
+        index_type,
+        metric,
+        num_partitions: partitions,
+        num_sub_vectors: Some(4),
+        max_iterations: 10,
+        seed: 3,
+        ..Default::default()
+    };
+    train_model(DIM, data.to_vec(), &options).unwrap()
+}
+
+pub struct TestIndex {
+    pub dir: tempfile::TempDir,
+    pub ctx: SessionContext,
+    pub index: VectorIndex,
+}
+
+impl TestIndex {
+    pub async fn new(model: &Model) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = datafusion_vector_index::VectorIndexSession::new().context().clone();
+        let index = VectorIndex::open(&ctx, &format!("file://{}/idx", dir.path().display())).unwrap();
+        model.write(index.location()).await.unwrap();
+        Self { dir, ctx, index }
+    }
+
+    pub fn location(&self) -> &IndexLocation {
+        self.index.location()
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("idx")
+    }
+
+    /// Writes one shard per group of fragments: `groups[f]` is the worker owning fragment f.
+    pub async fn stage(&self, model: &Model, data: &[f32], ids: &[u64], owner_of_fragment: &[usize]) -> Vec<String> {
+        let workers = owner_of_fragment.iter().max().map_or(0, |m| m + 1);
+        let mut shard_ids = Vec::new();
+        for w in 0..workers {
+            let mut writer = ShardWriter::new(self.location().clone(), Arc::new(model.clone()));
+            let mine: Vec<usize> =
+                (0..ids.len()).filter(|&i| owner_of_fragment[(ids[i] >> 32) as usize] == w).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            // Several batches per worker, in an order unrelated to row ids.
+            for chunk in mine.chunks(97).rev() {
+                let vals: Vec<f32> = chunk.iter().flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied()).collect();
+                let cids: Vec<u64> = chunk.iter().map(|&i| ids[i]).collect();
+                writer.write(&cids, &vector_array(&vals), "vec").unwrap();
+            }
+            shard_ids.push(writer.finish().await.unwrap().shard_id);
+        }
+        shard_ids
+    }
+}
+
+/// Every file below `dir`, as (relative path, bytes), sorted.
+pub fn files_below(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

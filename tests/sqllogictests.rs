@@ -21,6 +21,24 @@ struct Db {
     session: VectorIndexSession,
 }
 
+/// A DataFusion error with its message normalized like results are.
+#[derive(Debug)]
+struct SltError(String);
+
+impl std::fmt::Display for SltError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SltError {}
+
+impl From<DataFusionError> for SltError {
+    fn from(e: DataFusionError) -> Self {
+        Self(normalize(&e.to_string()))
+    }
+}
+
 fn column_type(dt: &DataType) -> DefaultColumnType {
     match dt {
         t if t.is_integer() => DefaultColumnType::Integer,
@@ -50,7 +68,7 @@ fn trim_float(v: f64) -> String {
 
 #[async_trait]
 impl AsyncDB for Db {
-    type Error = DataFusionError;
+    type Error = SltError;
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
@@ -64,7 +82,8 @@ impl AsyncDB for Db {
         let mut rows = Vec::new();
         for b in &batches {
             for r in 0..b.num_rows() {
-                rows.push(b.columns().iter().map(|c| cell(c, r)).collect::<Result<Vec<_>, _>>()?);
+                // Normalized here, before `rowsort` sorts them.
+                rows.push(b.columns().iter().map(|c| cell(c, r).map(|v| normalize(&v))).collect::<Result<Vec<_>, _>>()?);
             }
         }
         Ok(DBOutput::Rows { types, rows })
@@ -81,10 +100,10 @@ impl AsyncDB for Db {
     }
 }
 
-/// Results mention temporary paths, uuids and model fingerprints; expected
-/// results write them as `<dir>`, `<uuid>` and `<fingerprint>`.
+/// Results and errors mention temporary paths, uuids and model fingerprints;
+/// expected results write them as `<dir>`, `<uuid>` and `<fingerprint>`.
 fn normalize(s: &String) -> String {
-    static DIR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/tmp/\.tmp[A-Za-z0-9]+").expect("regex"));
+    static DIR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/?tmp/\.tmp[A-Za-z0-9]+").expect("regex"));
     static UUID: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("regex")
     });
@@ -92,6 +111,18 @@ fn normalize(s: &String) -> String {
     let s = DIR.replace_all(s, "<dir>");
     let s = UUID.replace_all(&s, "<uuid>");
     FINGERPRINT.replace_all(&s, "<fingerprint>").trim_end().to_string()
+}
+
+/// Compares line by line, so multi-line cells (EXPLAIN plans) read naturally in
+/// `.slt` files: each line of the plan is one expected line.
+fn validate(normalizer: sqllogictest::Normalizer, actual: &[Vec<String>], expected: &[String]) -> bool {
+    let actual: Vec<String> = actual
+        .iter()
+        .map(|row| row.join(" "))
+        .flat_map(|row| row.lines().map(|l| normalizer(&l.to_string())).collect::<Vec<_>>())
+        .collect();
+    let expected: Vec<String> = expected.iter().map(normalizer).collect();
+    actual == expected
 }
 
 fn run_file(path: &Path) -> Result<(), Failed> {
@@ -103,6 +134,7 @@ fn run_file(path: &Path) -> Result<(), Failed> {
     runtime.block_on(async {
         let mut runner = Runner::new(|| async { Ok(Db { session: VectorIndexSession::new() }) });
         runner.with_normalizer(normalize);
+        runner.with_validator(validate);
         runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()))
     })
 }

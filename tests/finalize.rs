@@ -242,3 +242,21 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
     assert_eq!(report.removed[0].id, "orphan");
     assert_eq!(t.index.segments().await.unwrap().num_rows(), 2);
 }
+
+#[tokio::test]
+async fn a_shard_staged_twice_is_refused() {
+    let data = clustered(ROWS, 6, 17);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
+    let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
+    let shards = t.path().join("_staging");
+    let first = std::fs::read_dir(&shards).unwrap().flatten().next().unwrap().path();
+    let copy = shards.join("partial_11111111-1111-4111-8111-111111111111");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["data.arrow", "fragments.roaring", "shard.json"] {
+        std::fs::copy(first.join(f), copy.join(f)).unwrap();
+    }
+    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
+    assert!(err.contains("11111111-1111-4111-8111-111111111111") && err.contains("shard.json names shard"), "{err}");
+    assert!(!t.path().join("_versions").exists());
+}

@@ -57,30 +57,35 @@ impl IpcFileSink {
         })
     }
 
-    /// Bytes produced so far and not yet taken.
-    pub fn take_bytes(&mut self) -> Bytes {
+    /// Bytes produced so far and not yet taken (hashed into the file's CRC).
+    fn take_bytes(&mut self) -> Bytes {
         let buf = std::mem::take(self.writer.get_mut());
-        self.written += buf.len() as u64;
         self.crc.update(&buf);
+        self.written += buf.len() as u64;
         Bytes::from(buf)
     }
 
     /// Encodes one batch; returns the bytes to write (the file header first, on the first call).
+    /// Each byte is hashed once: the block's CRC is combined into the file's.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Bytes> {
-        let pending = self.writer.get_ref().len() as u64;
-        let offset = self.written + pending;
+        let pending = self.writer.get_ref().len();
+        let offset = self.written + pending as u64;
         self.writer.write(batch)?;
-        let buf = self.writer.get_ref();
-        let block = &buf[pending as usize..];
-        let meta_len = message_header_len(block)?;
+        let buf = std::mem::take(self.writer.get_mut());
+        self.crc.update(&buf[..pending]);
+        let block = &buf[pending..];
+        let mut block_crc = crc32fast::Hasher::new();
+        block_crc.update(block);
+        self.crc.combine(&block_crc);
         self.blocks.push(BlockInfo {
             rows: batch.num_rows() as u64,
             offset,
-            meta_len,
+            meta_len: message_header_len(block)?,
             length: block.len() as u64,
-            crc32: crc32fast::hash(block),
+            crc32: block_crc.finalize(),
         });
-        Ok(self.take_bytes())
+        self.written += buf.len() as u64;
+        Ok(Bytes::from(buf))
     }
 
     /// Writes the footer; returns its bytes, the blocks, the file size and its CRC-32.

@@ -10,7 +10,6 @@ use arrow::buffer::MutableBuffer;
 use arrow::datatypes::SchemaRef;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use roaring::RoaringBitmap;
 use tokio::io::AsyncWriteExt;
 
@@ -21,8 +20,10 @@ use crate::model::{batch_rows, encode_rows};
 use crate::worker::fragment_of;
 use futures::StreamExt;
 
-/// Partitions fetched ahead of the one being merged, so reads overlap the merge and the writes.
-const PREFETCH_PARTITIONS: usize = 3;
+/// Staged bytes read per request batch: one request per shard covers this much.
+const READ_CHUNK_BYTES: u64 = 4 << 20;
+/// Chunks fetched ahead of the one being merged, so reads overlap the merge and the writes.
+const PREFETCH_CHUNKS: usize = 2;
 /// Size of one multipart upload part of a segment file.
 const WRITE_PART_BYTES: usize = 16 << 20;
 
@@ -76,19 +77,19 @@ async fn write_file(
     fragments: &[Arc<RoaringBitmap>],
     out: &mut BufWriter,
 ) -> Result<SegmentFile> {
-    let n = (unit.partition_end - unit.partition_start) as usize;
     let shared = Arc::new(unit.clone());
-    let mut partitions = futures::stream::iter(0..n)
-        .map(|i| tokio::spawn(fetch_partition(location.clone(), Arc::clone(schema), Arc::clone(&shared), i)))
-        .buffered(PREFETCH_PARTITIONS);
+    let mut chunks = futures::stream::iter(read_chunks(unit))
+        .map(|range| tokio::spawn(fetch_chunk(location.clone(), Arc::clone(schema), Arc::clone(&shared), range)))
+        .buffered(PREFETCH_CHUNKS);
     let mut sink = IpcFileSink::try_new(schema)?;
-    let mut i = 0usize;
-    while let Some(joined) = partitions.next().await {
-        let batches = joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
-        let partition = unit.partition_start as usize + i;
-        let merged = merge_partition(schema, unit, partition, &batches, fragments)?;
-        out.put(sink.write(&merged)?).await?;
-        i += 1;
+    let mut partition = unit.partition_start as usize;
+    while let Some(joined) = chunks.next().await {
+        let chunk = joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
+        for batches in chunk {
+            let merged = merge_partition(schema, unit, partition, &batches, fragments)?;
+            out.put(sink.write(&merged)?).await?;
+            partition += 1;
+        }
     }
     let (tail, blocks, size, _) = sink.finish()?;
     out.put(tail).await?;
@@ -102,26 +103,72 @@ async fn write_file(
     })
 }
 
-/// Reads partition `i` of the unit's range from every shard, concurrently.
-async fn fetch_partition(location: IndexLocation, schema: SchemaRef, unit: Arc<WorkUnit>, i: usize) -> Result<Vec<RecordBatch>> {
-    let partition = unit.partition_start as usize + i;
+/// Splits the unit's partitions (relative indices) into runs of about
+/// `READ_CHUNK_BYTES` of staged blocks, read with one request per shard.
+fn read_chunks(unit: &WorkUnit) -> Vec<std::ops::Range<usize>> {
+    let n = (unit.partition_end - unit.partition_start) as usize;
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for i in 0..n {
+        bytes += unit.shards.iter().map(|s| s.blocks[i].length).sum::<u64>();
+        if bytes >= READ_CHUNK_BYTES || i + 1 == n {
+            chunks.push(start..i + 1);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    chunks
+}
+
+/// Reads the blocks of partitions `range` (relative to the unit) from every shard,
+/// one request per shard, all shards concurrently; returns, per partition, the
+/// batches of the shards holding rows there, in shard order.
+async fn fetch_chunk(
+    location: IndexLocation,
+    schema: SchemaRef,
+    unit: Arc<WorkUnit>,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<Vec<RecordBatch>>> {
     let mut reads = Vec::with_capacity(unit.shards.len());
-    for s in unit.shards.iter().filter(|s| s.blocks[i].rows > 0) {
-        let block = s.blocks[i];
-        let what = format!("shard {}: data.arrow, partition {partition}", s.shard_id);
+    for s in &unit.shards {
+        let wanted: Vec<usize> = range.clone().filter(|&i| s.blocks[i].rows > 0).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let ranges: Vec<_> = wanted.iter().map(|&i| s.blocks[i].range()).collect();
+        let blocks: Vec<_> = wanted.iter().map(|&i| s.blocks[i]).collect();
+        let base = unit.partition_start as usize;
+        let first = base + wanted[0];
+        let what = format!("shard {}: data.arrow", s.shard_id);
         let path = Path::from(s.dir.as_str()).join("data.arrow");
         let store = Arc::clone(location.store());
         let schema = Arc::clone(&schema);
         reads.push(async move {
-            let bytes = match store.get_range(&path, block.range()).await {
+            let bytes = match store.get_ranges(&path, &ranges).await {
                 Ok(b) => b,
-                Err(object_store::Error::NotFound { .. }) => return Err(IndexError::corrupt(what, "data.arrow is missing")),
-                Err(e) => return Err(IndexError::corrupt(what, e.to_string())),
+                Err(object_store::Error::NotFound { .. }) => return Err(IndexError::corrupt(what, "is missing")),
+                Err(e) => return Err(IndexError::corrupt(what, format!("partition {first}: {e}"))),
             };
-            decode_block(&what, &schema, &block, bytes)
+            let decoded = blocks
+                .iter()
+                .zip(bytes)
+                .zip(&wanted)
+                .map(|((block, b), &i)| {
+                    let what = format!("{what}, partition {}", base + i);
+                    decode_block(&what, &schema, block, b).map(|batch| (i, batch))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, IndexError>(decoded)
         });
     }
-    futures::future::try_join_all(reads).await
+    let per_shard = futures::future::try_join_all(reads).await?;
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); range.len()];
+    for decoded in per_shard {
+        for (i, batch) in decoded {
+            out[i - range.start].push(batch);
+        }
+    }
+    Ok(out)
 }
 
 /// k-way merge of sorted runs by row id, copying the longest possible run at a time.

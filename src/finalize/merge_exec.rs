@@ -37,8 +37,9 @@ pub fn merged_file_schema() -> SchemaRef {
 /// data files under `segments/<segment_id>/`, which no committed version references yet.
 ///
 /// Partitioning: one output partition per input partition; each partition merges
-/// the units it receives one after another, streaming partition by partition with
-/// reads prefetched, so memory is bounded by the units in flight. Emits one row
+/// the units it receives one after another, streaming partition by partition,
+/// reading about 4 MiB of staged blocks per request while the previous chunk is
+/// merged, so memory is bounded by the chunks in flight, not by the index. Emits one row
 /// per file written (schema: [`merged_file_schema`]), carrying the unit's segment
 /// plan and fragment set through to the commit.
 #[derive(Debug)]

@@ -101,7 +101,7 @@ impl Default for FinalizeOptions {
             grouping: SegmentGrouping::Single,
             mode: CommitMode::Append,
             skip_incomplete: false,
-            target_file_bytes: 8 << 20,
+            target_file_bytes: 4 << 20,
             max_commit_attempts: 5,
             merge_partitions: None,
         }

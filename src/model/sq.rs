@@ -57,36 +57,32 @@ impl ScalarQuantizer {
 #[inline]
 pub fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
-    let n = codes.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
+    let (qc, qr) = scaled_query.as_chunks::<8>();
+    let (wc, wr) = weights.as_chunks::<8>();
+    let (cc, cr) = codes.as_chunks::<8>();
+    for ((q, w), c) in qc.iter().zip(wc).zip(cc) {
         for l in 0..8 {
-            let d = scaled_query[i + l] - codes[i + l] as f32;
-            acc[l] += weights[i + l] * d * d;
+            let d = q[l] - c[l] as f32;
+            acc[l] += w[l] * d * d;
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in n..codes.len() {
-        let d = scaled_query[i] - codes[i] as f32;
-        s += weights[i] * d * d;
-    }
-    s
+    let tail: f32 = qr.iter().zip(wr).zip(cr).map(|((q, w), &c)| w * (q - c as f32) * (q - c as f32)).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Σ w_d c_d + offset: inner product between a prepared query and SQ codes.
 #[inline]
 pub fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
-    let n = codes.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
+    let (wc, wr) = weights.as_chunks::<8>();
+    let (cc, cr) = codes.as_chunks::<8>();
+    for (w, c) in wc.iter().zip(cc) {
         for l in 0..8 {
-            acc[l] += weights[i + l] * codes[i + l] as f32;
+            acc[l] += w[l] * c[l] as f32;
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in n..codes.len() {
-        s += weights[i] * codes[i] as f32;
-    }
-    s + offset
+    let tail: f32 = wr.iter().zip(cr).map(|(w, &c)| w * c as f32).sum();
+    acc.iter().sum::<f32>() + tail + offset
 }
 
 #[cfg(test)]

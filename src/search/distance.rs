@@ -92,3 +92,64 @@ impl Scorer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::rng::SplitMix64;
+    use crate::model::{train_model, Encoder, IndexType, TrainOptions};
+    use std::sync::Arc;
+
+    /// Asymmetric PQ and SQ scores equal the exact distance to the decoded vector.
+    #[test]
+    fn quantized_scores_are_distances_to_the_reconstruction() {
+        let dim = 16;
+        let mut rng = SplitMix64::new(5);
+        let data: Vec<f32> = (0..2000 * dim).map(|_| rng.normal() as f32).collect();
+        for (ty, metric) in [
+            (IndexType::IvfPq, Metric::L2),
+            (IndexType::IvfPq, Metric::Dot),
+            (IndexType::IvfPq, Metric::Cosine),
+            (IndexType::IvfSq, Metric::L2),
+            (IndexType::IvfSq, Metric::Dot),
+            (IndexType::IvfSq, Metric::Cosine),
+        ] {
+            let options = TrainOptions { index_type: ty, metric, num_partitions: 4, num_sub_vectors: Some(4), max_iterations: 5, ..Default::default() };
+            let model = Arc::new(train_model(dim, data.clone(), &options).unwrap());
+            let mut rows = data[..20 * dim].to_vec();
+            let (mut parts, mut codes) = (Vec::new(), Vec::new());
+            Encoder::new(Arc::clone(&model)).encode(&mut rows, &mut parts, &mut codes);
+            let mut q: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            if metric == Metric::Cosine {
+                crate::model::distance::normalize(&mut q);
+            }
+            let w = model.code_width();
+            for (r, &p) in parts.iter().enumerate() {
+                let code = &codes[r * w..(r + 1) * w];
+                let mut x = vec![0f32; dim];
+                if let Some(pq) = &model.pq {
+                    for m in 0..pq.num_sub_vectors {
+                        let c = &pq.codebook[(m * 256 + code[m] as usize) * pq.sub_dim..][..pq.sub_dim];
+                        x[m * pq.sub_dim..(m + 1) * pq.sub_dim].copy_from_slice(c);
+                    }
+                    x.iter_mut().zip(model.centroid(p as usize)).for_each(|(a, b)| *a += b);
+                } else if let Some(sq) = &model.sq {
+                    sq.decode(code, &mut x);
+                }
+                let exact = match metric {
+                    Metric::L2 => l2_sq(&q, &x),
+                    Metric::Cosine => 1.0 - dot(&q, &x),
+                    Metric::Dot => -dot(&q, &x),
+                };
+                let scorer = Scorer::new(&model, &q, p as usize).unwrap();
+                let got = match &scorer {
+                    Scorer::Pq { table, offset, sign } => sign * table_lookup(table, code) + offset,
+                    Scorer::SqL2 { scaled, weights } => sq_l2(scaled, weights, code),
+                    Scorer::SqDot { weights, offset, base } => base - sq_dot(weights, *offset, code),
+                    Scorer::Flat { .. } => unreachable!(),
+                };
+                assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{ty} {metric}: {got} vs {exact}");
+            }
+        }
+    }
+}

@@ -24,7 +24,9 @@ use datafusion::prelude::SessionContext;
 use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::model::distance::l2_sq;
 use datafusion_vector_index::model::rng::SplitMix64;
-use datafusion_vector_index::model::{train_model, IndexType, Metric, SampleCollector, TrainOptions};
+use datafusion_vector_index::model::{
+    train_model, IndexType, Metric, SampleCollector, TrainOptions,
+};
 use datafusion_vector_index::search::SearchOptions;
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
@@ -37,17 +39,26 @@ const QUERIES: usize = 200;
 const TRUTH_QUERIES: usize = 100;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }
 
 fn dataset(rows: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(1);
-    let centers: Vec<f32> = (0..CLUSTERS * DIM).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+    let centers: Vec<f32> = (0..CLUSTERS * DIM)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect();
     let mut rng = SplitMix64::new(seed);
     let mut v = Vec::with_capacity(rows * DIM);
     for _ in 0..rows {
         let c = rng.below(CLUSTERS);
-        v.extend(centers[c * DIM..(c + 1) * DIM].iter().map(|x| x + 0.15 * rng.normal() as f32));
+        v.extend(
+            centers[c * DIM..(c + 1) * DIM]
+                .iter()
+                .map(|x| x + 0.15 * rng.normal() as f32),
+        );
     }
     v
 }
@@ -59,7 +70,15 @@ fn row_id(i: usize, rows: usize) -> u64 {
 
 fn vectors(values: &[f32]) -> ArrayRef {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Arc::new(FixedSizeListArray::try_new(item, DIM as i32, Arc::new(Float32Array::from(values.to_vec())), None).unwrap())
+    Arc::new(
+        FixedSizeListArray::try_new(
+            item,
+            DIM as i32,
+            Arc::new(Float32Array::from(values.to_vec())),
+            None,
+        )
+        .unwrap(),
+    )
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -67,7 +86,11 @@ fn dir_bytes(p: &Path) -> u64 {
     if let Ok(entries) = std::fs::read_dir(p) {
         for e in entries.flatten() {
             let m = e.metadata().unwrap();
-            total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
         }
     }
     total
@@ -76,7 +99,11 @@ fn dir_bytes(p: &Path) -> u64 {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -92,16 +119,37 @@ async fn child(url: &str) {
     let session = VectorIndexSession::new();
     let index = VectorIndex::open(session.context(), url).unwrap();
     let t = Instant::now();
-    index.finalize(session.context(), &FinalizeOptions::default()).await.unwrap();
-    println!("finalize_secs={} peak_rss_kib={}", t.elapsed().as_secs_f64(), peak_rss_kib());
+    index
+        .finalize(session.context(), &FinalizeOptions::default())
+        .await
+        .unwrap();
+    println!(
+        "finalize_secs={} peak_rss_kib={}",
+        t.elapsed().as_secs_f64(),
+        peak_rss_kib()
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    let ok = Command::new("cp").arg("-r").arg(from).arg(to).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "cp -r {} {} failed", from.display(), to.display());
 }
 
-async fn bench_type(ty: IndexType, data: &[f32], rows: usize, queries: &[f32], truth: &[Vec<u64>], runs: usize, work: &Path) -> String {
+async fn bench_type(
+    ty: IndexType,
+    data: &[f32],
+    rows: usize,
+    queries: &[f32],
+    truth: &[Vec<u64>],
+    runs: usize,
+    work: &Path,
+) -> String {
     println!("\n== {ty}: {rows} × {DIM}, {PARTITIONS} partitions, {WORKERS} workers");
     let session = VectorIndexSession::new();
     let ctx: SessionContext = session.context().clone();
@@ -110,19 +158,33 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, queries: &[f32], t
     let index = VectorIndex::open(&ctx, &url).unwrap();
 
     let t = Instant::now();
-    let options = TrainOptions { index_type: ty, metric: Metric::L2, num_partitions: PARTITIONS, ..Default::default() };
+    let options = TrainOptions {
+        index_type: ty,
+        metric: Metric::L2,
+        num_partitions: PARTITIONS,
+        ..Default::default()
+    };
     let mut sample = SampleCollector::new(DIM, options.sample_rows(), options.seed);
     sample.push_rows(data);
     let model = train_model(DIM, sample.finish(), &options).unwrap();
     model.write(index.location()).await.unwrap();
-    println!("  training ({} sample rows):          {:>8.2} s", options.sample_rows(), t.elapsed().as_secs_f64());
+    println!(
+        "  training ({} sample rows):          {:>8.2} s",
+        options.sample_rows(),
+        t.elapsed().as_secs_f64()
+    );
 
     let t = Instant::now();
     let model = Arc::new(model);
     let per_worker = FRAGMENTS / WORKERS;
     for w in 0..WORKERS {
-        let mut writer = datafusion_vector_index::worker::ShardWriter::new(index.location().clone(), Arc::clone(&model));
-        let mine: Vec<usize> = (0..rows).filter(|&i| (row_id(i, rows) >> 32) as usize / per_worker == w).collect();
+        let mut writer = datafusion_vector_index::worker::ShardWriter::new(
+            index.location().clone(),
+            Arc::clone(&model),
+        );
+        let mine: Vec<usize> = (0..rows)
+            .filter(|&i| (row_id(i, rows) >> 32) as usize / per_worker == w)
+            .collect();
         for chunk in mine.chunks(8192) {
             let ids: Vec<u64> = chunk.iter().map(|&i| row_id(i, rows)).collect();
             let vals = &data[chunk[0] * DIM..(chunk[chunk.len() - 1] + 1) * DIM];
@@ -132,7 +194,10 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, queries: &[f32], t
     }
     let build = t.elapsed().as_secs_f64();
     let staged = dir_bytes(&pristine.join("_staging"));
-    println!("  worker build:                       {build:>8.2} s  ({:.0} vectors/s)", rows as f64 / build);
+    println!(
+        "  worker build:                       {build:>8.2} s  ({:.0} vectors/s)",
+        rows as f64 / build
+    );
     println!("  bytes staged:                       {staged:>12}");
 
     let exe = std::env::current_exe().unwrap();
@@ -141,11 +206,24 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, queries: &[f32], t
     for run in 0..runs {
         let target = work.join(format!("{}-run{run}", ty.name().to_lowercase()));
         copy_tree(&pristine, &target);
-        let out = Command::new(&exe).env("FINALIZE_BENCH_CHILD", format!("file://{}", target.display())).output().unwrap();
+        let out = Command::new(&exe)
+            .env(
+                "FINALIZE_BENCH_CHILD",
+                format!("file://{}", target.display()),
+            )
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "finalize failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "finalize failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let field = |k: &str| -> f64 {
-            text.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
         };
         fin.push(field("finalize_secs="));
         rss.push(field("peak_rss_kib=") / 1024.0);
@@ -166,28 +244,50 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, queries: &[f32], t
     let (cm, cmin, cmax) = stats(&cp);
     let (rm, rmin, rmax) = stats(&ratios);
     let (pm, _, pmax) = stats(&rss);
-    println!("  finalize ({runs} runs):                median {fm:.3} s  (min {fmin:.3}, max {fmax:.3})");
-    println!("  cp -r _staging ({runs} runs):          median {cm:.3} s  (min {cmin:.3}, max {cmax:.3})");
-    println!("  finalize / cp, paired:              median {rm:.2}  (min {rmin:.2}, max {rmax:.2})");
+    println!(
+        "  finalize ({runs} runs):                median {fm:.3} s  (min {fmin:.3}, max {fmax:.3})"
+    );
+    println!(
+        "  cp -r _staging ({runs} runs):          median {cm:.3} s  (min {cmin:.3}, max {cmax:.3})"
+    );
+    println!(
+        "  finalize / cp, paired:              median {rm:.2}  (min {rmin:.2}, max {rmax:.2})"
+    );
     println!("  finalize peak RSS:                  median {pm:.0} MiB (max {pmax:.0} MiB)");
     println!("  bytes written (segments):           {written:>12}");
 
     let index = VectorIndex::open(&ctx, &format!("file://{}", last.display())).unwrap();
-    let options = SearchOptions { k: 10, nprobes: 20, ef: None };
+    let options = SearchOptions {
+        k: 10,
+        nprobes: 20,
+        ef: None,
+    };
     index.search(&ctx, &queries[..DIM], options).await.unwrap();
     let t = Instant::now();
     let hits = index.search(&ctx, queries, options).await.unwrap();
     let qps = QUERIES as f64 / t.elapsed().as_secs_f64();
-    let found: usize = hits.iter().zip(truth).map(|(h, t)| h.iter().filter(|x| t.contains(&x.row_id)).count()).sum();
+    let found: usize = hits
+        .iter()
+        .zip(truth)
+        .map(|(h, t)| h.iter().filter(|x| t.contains(&x.row_id)).count())
+        .sum();
     let recall = found as f64 / (truth.len() * 10) as f64;
-    println!("  search ({QUERIES} queries, nprobes 20):   {qps:>8.0} queries/s, recall@10 {recall:.3}");
+    println!(
+        "  search ({QUERIES} queries, nprobes 20):   {qps:>8.0} queries/s, recall@10 {recall:.3}"
+    );
     std::fs::remove_dir_all(&last).ok();
     std::fs::remove_dir_all(&pristine).ok();
-    format!("summary {} finalize_over_copy={rm:.2} peak_rss_mib={pmax:.0} recall_at_10={recall:.3}", ty.name())
+    format!(
+        "summary {} finalize_over_copy={rm:.2} peak_rss_mib={pmax:.0} recall_at_10={recall:.3}",
+        ty.name()
+    )
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     if let Ok(url) = std::env::var("FINALIZE_BENCH_CHILD") {
         rt.block_on(child(&url));
         return;
@@ -200,7 +300,13 @@ fn main() {
         .split(',')
         .map(|t| t.trim().parse().unwrap())
         .collect();
-    let work = tempfile::Builder::new().prefix("finalize-bench").tempdir_in(std::env::var("FINALIZE_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("finalize-bench")
+        .tempdir_in(
+            std::env::var("FINALIZE_BENCH_DIR")
+                .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+        )
+        .unwrap();
     println!(
         "finalize bench: {rows} rows × {DIM}, {} cores, work dir {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -213,15 +319,28 @@ fn main() {
         .chunks(DIM)
         .take(TRUTH_QUERIES)
         .map(|q| {
-            let mut d: Vec<(f32, u64)> = (0..rows).map(|i| (l2_sq(q, &data[i * DIM..(i + 1) * DIM]), row_id(i, rows))).collect();
+            let mut d: Vec<(f32, u64)> = (0..rows)
+                .map(|i| (l2_sq(q, &data[i * DIM..(i + 1) * DIM]), row_id(i, rows)))
+                .collect();
             d.select_nth_unstable_by(10, |a, b| a.0.total_cmp(&b.0));
             d[..10].iter().map(|x| x.1).collect()
         })
         .collect();
-    println!("  data and ground truth:              {:>8.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "  data and ground truth:              {:>8.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let mut summaries = Vec::new();
     for ty in types {
-        summaries.push(rt.block_on(bench_type(ty, &data, rows, &queries, &truth, runs, work.path())));
+        summaries.push(rt.block_on(bench_type(
+            ty,
+            &data,
+            rows,
+            &queries,
+            &truth,
+            runs,
+            work.path(),
+        )));
     }
     println!();
     for s in summaries {

@@ -33,11 +33,17 @@ const NPROBES: usize = 12;
 /// A Gaussian mixture: `CLUSTERS` centers in [-1, 1]^DIM, σ = 0.25 around them.
 fn dataset(rows: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
-    let centers: Vec<f32> = (0..CLUSTERS * DIM).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+    let centers: Vec<f32> = (0..CLUSTERS * DIM)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect();
     let mut v = Vec::with_capacity(rows * DIM);
     for _ in 0..rows {
         let c = rng.below(CLUSTERS);
-        v.extend(centers[c * DIM..(c + 1) * DIM].iter().map(|x| x + 0.25 * rng.normal() as f32));
+        v.extend(
+            centers[c * DIM..(c + 1) * DIM]
+                .iter()
+                .map(|x| x + 0.25 * rng.normal() as f32),
+        );
     }
     v
 }
@@ -52,22 +58,36 @@ fn table(vectors: &[f32], rows: usize) -> Result<MemTable> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let schema = Arc::new(Schema::new(vec![
         Field::new("row_id", DataType::UInt64, false),
-        Field::new("vec", DataType::FixedSizeList(Arc::clone(&item), DIM as i32), false),
+        Field::new(
+            "vec",
+            DataType::FixedSizeList(Arc::clone(&item), DIM as i32),
+            false,
+        ),
     ]));
     let mut batches = Vec::new();
     for start in (0..rows).step_by(8192) {
         let end = (start + 8192).min(rows);
         let ids = UInt64Array::from_iter_values((start..end).map(|i| row_id(i, rows)));
         let values = Float32Array::from(vectors[start * DIM..end * DIM].to_vec());
-        let list = FixedSizeListArray::try_new(Arc::clone(&item), DIM as i32, Arc::new(values), None)?;
-        batches.push(RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids), Arc::new(list)])?);
+        let list =
+            FixedSizeListArray::try_new(Arc::clone(&item), DIM as i32, Arc::new(values), None)?;
+        batches.push(RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(ids), Arc::new(list)],
+        )?);
     }
     MemTable::try_new(schema, vec![batches])
 }
 
 fn brute_force(vectors: &[f32], rows: usize, query: &[f32]) -> Vec<u64> {
-    let mut d: Vec<(f32, u64)> =
-        (0..rows).map(|i| (l2_sq(query, &vectors[i * DIM..(i + 1) * DIM]), row_id(i, rows))).collect();
+    let mut d: Vec<(f32, u64)> = (0..rows)
+        .map(|i| {
+            (
+                l2_sq(query, &vectors[i * DIM..(i + 1) * DIM]),
+                row_id(i, rows),
+            )
+        })
+        .collect();
     d.select_nth_unstable_by(K, |a, b| a.0.total_cmp(&b.0));
     d[..K].iter().map(|x| x.1).collect()
 }
@@ -79,7 +99,7 @@ fn step(label: &str, start: Instant) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut root = None;
-    let mut rows = 100_000usize;
+    let mut rows = 200_000usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -106,18 +126,27 @@ async fn main() -> Result<()> {
     ctx.register_table("items", Arc::new(table(&vectors, rows)?))?;
     step("generate data", t);
     let t = Instant::now();
-    let truth: Vec<Vec<u64>> = queries.chunks(DIM).map(|q| brute_force(&vectors, rows, q)).collect();
+    let truth: Vec<Vec<u64>> = queries
+        .chunks(DIM)
+        .map(|q| brute_force(&vectors, rows, q))
+        .collect();
     step(&format!("brute-force ground truth ({QUERIES} queries)"), t);
 
     let mut summary = Vec::new();
     for (n, ty) in ["IVF_FLAT", "IVF_PQ", "IVF_SQ"].into_iter().enumerate() {
         let url = format!("{root}/{}", ty.to_lowercase());
+        // 16 one-byte codes per 64-dim vector: PQ trades recall for 16× less storage than FLAT.
+        let pq = if ty == "IVF_PQ" {
+            ", num_sub_vectors => 16"
+        } else {
+            ""
+        };
         println!("\n== {ty} at {url}");
         let t = Instant::now();
         session
             .sql(&format!(
                 "CALL create_vector_index(index => '{url}', table => 'items', column => 'vec', \
-                 type => '{ty}', num_partitions => {PARTITIONS}, metric => 'l2')"
+                 type => '{ty}', num_partitions => {PARTITIONS}, metric => 'l2'{pq})"
             ))
             .await?
             .show()
@@ -141,21 +170,33 @@ async fn main() -> Result<()> {
             })
             .collect();
         for (w, worker) in workers.into_iter().enumerate() {
-            worker.await.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
+            worker
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
             println!("  worker {w} staged its shard");
         }
         step(&format!("{WORKERS} workers build shards concurrently"), t);
 
         if n == 0 {
             println!("\nEXPLAIN CALL finalize_vector_index(index => '{url}'):");
-            let explain = session.sql(&format!("EXPLAIN CALL finalize_vector_index(index => '{url}')")).await?.collect().await?;
+            let explain = session
+                .sql(&format!(
+                    "EXPLAIN CALL finalize_vector_index(index => '{url}')"
+                ))
+                .await?
+                .collect()
+                .await?;
             for batch in &explain {
                 let plans = batch.column(1).as_string::<i32>();
                 println!("{}", plans.value(plans.len() - 1));
             }
         }
         let t = Instant::now();
-        session.sql(&format!("CALL finalize_vector_index(index => '{url}')")).await?.show().await?;
+        session
+            .sql(&format!("CALL finalize_vector_index(index => '{url}')"))
+            .await?
+            .show()
+            .await?;
         step("finalize (plan, parallel merge, commit)", t);
         session
             .sql(&format!("SELECT segment_id, version, rows, num_fragments, num_files, bytes FROM vector_index_segments('{url}')"))
@@ -165,7 +206,11 @@ async fn main() -> Result<()> {
 
         let index = VectorIndex::open(&ctx, &url)?;
         let t = Instant::now();
-        let options = SearchOptions { k: K, nprobes: NPROBES, ef: None };
+        let options = SearchOptions {
+            k: K,
+            nprobes: NPROBES,
+            ef: None,
+        };
         let hits = index.search(&ctx, &queries, options).await?;
         let secs = t.elapsed().as_secs_f64();
         let found: usize = hits
@@ -175,7 +220,10 @@ async fn main() -> Result<()> {
             .sum();
         let recall = found as f64 / (QUERIES * K) as f64;
         step(&format!("search {QUERIES} queries (nprobes {NPROBES})"), t);
-        println!("  recall@{K}: {recall:.3}   ({:.0} queries/s)", QUERIES as f64 / secs);
+        println!(
+            "  recall@{K}: {recall:.3}   ({:.0} queries/s)",
+            QUERIES as f64 / secs
+        );
         summary.push((ty, recall));
     }
 

@@ -78,4 +78,3 @@ impl From<IndexError> for DataFusionError {
         }
     }
 }
-

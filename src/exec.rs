@@ -10,7 +10,11 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
 
 /// Properties of an operator that emits `schema` in `partitions` partitions, once its
 /// input is done, with no ordering guarantees.
-pub(crate) fn compute_properties(schema: SchemaRef, partitions: usize, emission: EmissionType) -> Arc<PlanProperties> {
+pub(crate) fn compute_properties(
+    schema: SchemaRef,
+    partitions: usize,
+    emission: EmissionType,
+) -> Arc<PlanProperties> {
     Arc::new(PlanProperties::new(
         EquivalenceProperties::new(schema),
         Partitioning::UnknownPartitioning(partitions),
@@ -20,9 +24,15 @@ pub(crate) fn compute_properties(schema: SchemaRef, partitions: usize, emission:
 }
 
 /// The single child of a unary operator, or a planning error naming the operator.
-pub(crate) fn single_child(name: &str, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+pub(crate) fn single_child(
+    name: &str,
+    mut children: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     if children.len() != 1 {
-        return datafusion::common::plan_err!("{name} takes exactly one child, got {}", children.len());
+        return datafusion::common::plan_err!(
+            "{name} takes exactly one child, got {}",
+            children.len()
+        );
     }
     Ok(children.remove(0))
 }

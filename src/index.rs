@@ -32,7 +32,9 @@ pub use crate::search::topk::Scored as SearchHit;
 impl VectorIndex {
     /// Resolves `url` through the object stores registered with `ctx`'s runtime.
     pub fn open(ctx: &SessionContext, url: &str) -> Result<Self> {
-        Ok(Self { location: IndexLocation::from_url(url, &ctx.runtime_env())? })
+        Ok(Self {
+            location: IndexLocation::from_url(url, &ctx.runtime_env())?,
+        })
     }
 
     pub fn location(&self) -> &IndexLocation {
@@ -40,7 +42,12 @@ impl VectorIndex {
     }
 
     /// Coordinator: samples `column` of `df`, trains the model and writes it.
-    pub async fn create(&self, df: DataFrame, column: &str, options: &TrainOptions) -> Result<Model> {
+    pub async fn create(
+        &self,
+        df: DataFrame,
+        column: &str,
+        options: &TrainOptions,
+    ) -> Result<Model> {
         check_vector_column(&df, column)?;
         let mut stream = df.select_columns(&[column])?.execute_stream().await?;
         let mut sample: Option<SampleCollector> = None;
@@ -55,17 +62,29 @@ impl VectorIndex {
             let dim = match &sample {
                 Some(s) => s.dim(),
                 None => first_dim(array).filter(|&d| d > 0).ok_or_else(|| {
-                    IndexError::InvalidInput(format!("column '{column}': first vector is NULL or empty"))
+                    IndexError::InvalidInput(format!(
+                        "column '{column}': first vector is NULL or empty"
+                    ))
                 })?,
             };
-            let collector = sample.get_or_insert_with(|| SampleCollector::new(dim, options.sample_rows(), options.seed));
+            let collector = sample.get_or_insert_with(|| {
+                SampleCollector::new(dim, options.sample_rows(), options.seed)
+            });
             rows.clear();
             let base = seen;
-            append_vectors(array, dim, column, &|i| format!("row {}", base + i as u64), &mut rows)?;
+            append_vectors(
+                array,
+                dim,
+                column,
+                &|i| format!("row {}", base + i as u64),
+                &mut rows,
+            )?;
             seen += array.len() as u64;
             collector.push_rows(&rows);
         }
-        let sample = sample.ok_or_else(|| IndexError::InvalidInput(format!("column '{column}' has no rows to train on")))?;
+        let sample = sample.ok_or_else(|| {
+            IndexError::InvalidInput(format!("column '{column}' has no rows to train on"))
+        })?;
         let dim = sample.dim();
         let model = tokio::task::spawn_blocking({
             let options = options.clone();
@@ -84,40 +103,74 @@ impl VectorIndex {
 
     /// Worker: a writer for one partial shard built with the index's model.
     pub async fn shard_writer(&self) -> Result<ShardWriter> {
-        Ok(ShardWriter::new(self.location.clone(), Arc::new(self.model().await?)))
+        Ok(ShardWriter::new(
+            self.location.clone(),
+            Arc::new(self.model().await?),
+        ))
     }
 
     /// Worker: writes the rows of `df` (`row_id` column, vector `column`) as one shard.
-    pub async fn build_shard(&self, df: DataFrame, row_id: &str, column: &str) -> Result<ShardManifest> {
+    pub async fn build_shard(
+        &self,
+        df: DataFrame,
+        row_id: &str,
+        column: &str,
+    ) -> Result<ShardManifest> {
         let mut writer = self.shard_writer().await?;
         self.write_into(&mut writer, df, row_id, column).await?;
         writer.finish().await
     }
 
     /// Streams `df` into an existing writer.
-    pub async fn write_into(&self, writer: &mut ShardWriter, df: DataFrame, row_id: &str, column: &str) -> Result<()> {
+    pub async fn write_into(
+        &self,
+        writer: &mut ShardWriter,
+        df: DataFrame,
+        row_id: &str,
+        column: &str,
+    ) -> Result<()> {
         check_vector_column(&df, column)?;
-        let id_field = df.schema().field_with_unqualified_name(row_id).map_err(|_| {
-            IndexError::invalid_argument("row_id", format!("no column '{row_id}' in the input"))
-        })?;
+        let id_field = df
+            .schema()
+            .field_with_unqualified_name(row_id)
+            .map_err(|_| {
+                IndexError::invalid_argument("row_id", format!("no column '{row_id}' in the input"))
+            })?;
         if !id_field.data_type().is_integer() {
             return Err(IndexError::invalid_argument(
                 "row_id",
-                format!("column '{row_id}' has type {}, expected an integer type", id_field.data_type()),
+                format!(
+                    "column '{row_id}' has type {}, expected an integer type",
+                    id_field.data_type()
+                ),
             ));
         }
-        let mut stream = df.select_columns(&[row_id, column])?.execute_stream().await?;
-        let strict = CastOptions { safe: false, ..Default::default() };
+        let mut stream = df
+            .select_columns(&[row_id, column])?
+            .execute_stream()
+            .await?;
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let ids = batch.column(0);
             if ids.null_count() > 0 {
-                return Err(IndexError::InvalidInput(format!("column '{row_id}' has NULL row ids")));
+                return Err(IndexError::InvalidInput(format!(
+                    "column '{row_id}' has NULL row ids"
+                )));
             }
             let ids = cast_with_options(ids, &DataType::UInt64, &strict).map_err(|e| {
-                IndexError::InvalidInput(format!("column '{row_id}': row ids must be non-negative 64-bit integers: {e}"))
+                IndexError::InvalidInput(format!(
+                    "column '{row_id}': row ids must be non-negative 64-bit integers: {e}"
+                ))
             })?;
-            writer.write(ids.as_primitive::<UInt64Type>().values(), batch.column(1), column)?;
+            writer.write(
+                ids.as_primitive::<UInt64Type>().values(),
+                batch.column(1),
+                column,
+            )?;
         }
         Ok(())
     }
@@ -133,22 +186,35 @@ impl VectorIndex {
     }
 
     /// The finalize plan, unexecuted (what `EXPLAIN CALL finalize_vector_index` shows).
-    pub async fn finalize_plan(&self, ctx: &SessionContext, options: &FinalizeOptions) -> Result<Arc<dyn ExecutionPlan>> {
+    pub async fn finalize_plan(
+        &self,
+        ctx: &SessionContext,
+        options: &FinalizeOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         finalize_plan(&ctx.state(), &self.location, options).await
     }
 
     /// Plans, merges and commits the staged shards; one row per new segment.
-    pub async fn finalize(&self, ctx: &SessionContext, options: &FinalizeOptions) -> Result<Vec<RecordBatch>> {
+    pub async fn finalize(
+        &self,
+        ctx: &SessionContext,
+        options: &FinalizeOptions,
+    ) -> Result<Vec<RecordBatch>> {
         let plan = self.finalize_plan(ctx, options).await?;
         Ok(collect(plan, ctx.task_ctx()).await?)
     }
 
     /// Searches the latest version for many queries (n × dim, row-major) at once;
     /// returns each query's hits, nearest first.
-    pub async fn search(&self, ctx: &SessionContext, queries: &[f32], options: SearchOptions) -> Result<Vec<Vec<SearchHit>>> {
+    pub async fn search(
+        &self,
+        ctx: &SessionContext,
+        queries: &[f32],
+        options: SearchOptions,
+    ) -> Result<Vec<Vec<SearchHit>>> {
         let target = SearchTarget::load(&self.location).await?;
         let dim = target.model.dim();
-        let n = if dim == 0 { 0 } else { queries.len() / dim };
+        let n = queries.len().checked_div(dim).unwrap_or(0);
         let plan = search_plan(&ctx.state(), target, queries.to_vec(), options)?;
         let batches = collect(plan, ctx.task_ctx()).await?;
         let mut hits = vec![Vec::new(); n];
@@ -157,7 +223,10 @@ impl VectorIndex {
             let r = b.column(1).as_primitive::<UInt64Type>();
             let d = b.column(2).as_primitive::<arrow::datatypes::Float32Type>();
             for i in 0..b.num_rows() {
-                hits[q.value(i) as usize].push(SearchHit { row_id: r.value(i), distance: d.value(i) });
+                hits[q.value(i) as usize].push(SearchHit {
+                    row_id: r.value(i),
+                    distance: d.value(i),
+                });
             }
         }
         Ok(hits)
@@ -173,7 +242,9 @@ fn check_vector_column(df: &DataFrame, column: &str) -> Result<()> {
     let field = df
         .schema()
         .field_with_unqualified_name(column)
-        .map_err(|_| IndexError::invalid_argument("column", format!("no column '{column}' in the input")))?;
+        .map_err(|_| {
+            IndexError::invalid_argument("column", format!("no column '{column}' in the input"))
+        })?;
     if !is_vector_type(field.data_type()) {
         return Err(IndexError::invalid_argument(
             "column",

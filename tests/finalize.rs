@@ -10,7 +10,9 @@ use arrow::array::AsArray;
 use arrow::datatypes::UInt64Type;
 use common::*;
 use datafusion_vector_index::catalog::{latest_version, list_versions};
-use datafusion_vector_index::finalize::{CommitMode, FinalizeOptions, SegmentGrouping, VacuumOptions};
+use datafusion_vector_index::finalize::{
+    CommitMode, FinalizeOptions, SegmentGrouping, VacuumOptions,
+};
 use datafusion_vector_index::model::{IndexType, Metric, Model};
 use datafusion_vector_index::worker::ShardWriter;
 use proptest::prelude::*;
@@ -20,15 +22,26 @@ const FRAGMENTS: u64 = 8;
 
 fn segment_data(t: &TestIndex) -> Vec<(String, Vec<u8>)> {
     let segments = t.path().join("segments");
-    let dir = std::fs::read_dir(&segments).unwrap().flatten().next().unwrap().path();
-    files_below(&dir).into_iter().filter(|(n, _)| n.ends_with(".arrow") || n.ends_with(".roaring")).collect()
+    let dir = std::fs::read_dir(&segments)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    files_below(&dir)
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".arrow") || n.ends_with(".roaring"))
+        .collect()
 }
 
 fn staged(t: &TestIndex) -> Vec<(String, Vec<u8>)> {
     files_below(&t.path().join("_staging"))
 }
 
-async fn finalize(t: &TestIndex, options: &FinalizeOptions) -> datafusion_vector_index::Result<Vec<arrow::array::RecordBatch>> {
+async fn finalize(
+    t: &TestIndex,
+    options: &FinalizeOptions,
+) -> datafusion_vector_index::Result<Vec<arrow::array::RecordBatch>> {
     t.index.finalize(&t.ctx, options).await
 }
 
@@ -70,17 +83,30 @@ async fn planning_errors_change_nothing() {
     let model = train(&data, IndexType::IvfPq, Metric::L2, 8);
     let t = TestIndex::new(&model).await;
 
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no complete shards"), "{err}");
 
     // Two shards covering fragment 3.
-    let a = t.stage(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
+    let a = t
+        .stage(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1])
+        .await;
     let mut writer = ShardWriter::new(t.location().clone(), Arc::new(model.clone()));
-    writer.write(&[(3 << 32) | 5000], &vector_array(&data[..DIM]), "vec").unwrap();
+    writer
+        .write(&[(3 << 32) | 5000], &vector_array(&data[..DIM]), "vec")
+        .unwrap();
     let dup = writer.finish().await.unwrap().shard_id;
     let before = staged(&t);
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains(&a[0]) && err.contains(&dup) && err.contains("fragments 3"), "{err}");
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&a[0]) && err.contains(&dup) && err.contains("fragments 3"),
+        "{err}"
+    );
     assert_eq!(staged(&t), before, "staging untouched");
     assert!(!t.path().join("_versions").exists(), "nothing committed");
     std::fs::remove_dir_all(t.path().join("_staging").join(format!("partial_{dup}"))).unwrap();
@@ -88,30 +114,62 @@ async fn planning_errors_change_nothing() {
     // A shard built with another model.
     let other = train(&data[..DIM * 900], IndexType::IvfPq, Metric::L2, 8);
     let mut writer = ShardWriter::new(t.location().clone(), Arc::new(other.clone()));
-    writer.write(&[(9 << 32) | 1], &vector_array(&data[..DIM]), "vec").unwrap();
+    writer
+        .write(&[(9 << 32) | 1], &vector_array(&data[..DIM]), "vec")
+        .unwrap();
     let foreign = writer.finish().await.unwrap().shard_id;
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains(&foreign) && err.contains(other.fingerprint()) && err.contains(model.fingerprint()), "{err}");
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&foreign)
+            && err.contains(other.fingerprint())
+            && err.contains(model.fingerprint()),
+        "{err}"
+    );
     std::fs::remove_dir_all(t.path().join("_staging").join(format!("partial_{foreign}"))).unwrap();
 
     // An incomplete shard: error by default, skipped when asked.
-    let incomplete = t.path().join("_staging/partial_00000000-0000-4000-8000-000000000000");
+    let incomplete = t
+        .path()
+        .join("_staging/partial_00000000-0000-4000-8000-000000000000");
     std::fs::create_dir_all(&incomplete).unwrap();
     std::fs::write(incomplete.join("data.arrow"), b"partial").unwrap();
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains("incomplete") && err.contains("00000000-0000-4000-8000-000000000000"), "{err}");
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("incomplete") && err.contains("00000000-0000-4000-8000-000000000000"),
+        "{err}"
+    );
 
     // A truncated data file.
-    let data_file = t.path().join("_staging").join(format!("partial_{}", a[0])).join("data.arrow");
+    let data_file = t
+        .path()
+        .join("_staging")
+        .join(format!("partial_{}", a[0]))
+        .join("data.arrow");
     let original = std::fs::read(&data_file).unwrap();
     std::fs::write(&data_file, &original[..original.len() - 10]).unwrap();
-    let skip = FinalizeOptions { skip_incomplete: true, ..Default::default() };
+    let skip = FinalizeOptions {
+        skip_incomplete: true,
+        ..Default::default()
+    };
     let err = finalize(&t, &skip).await.unwrap_err().to_string();
     assert!(err.contains(&a[0]) && err.contains("truncated"), "{err}");
     std::fs::write(&data_file, &original).unwrap();
 
     let out = finalize(&t, &skip).await.unwrap();
-    assert_eq!(out[0].column_by_name("rows").unwrap().as_primitive::<UInt64Type>().value(0), ROWS as u64);
+    assert_eq!(
+        out[0]
+            .column_by_name("rows")
+            .unwrap()
+            .as_primitive::<UInt64Type>()
+            .value(0),
+        ROWS as u64
+    );
     assert!(incomplete.exists(), "skipped shards stay for vacuum");
 }
 
@@ -126,21 +184,58 @@ async fn a_merge_that_fails_half_way_commits_nothing() {
 
     // Stage more, then flip a byte inside the last partition of one shard.
     let more_ids: Vec<u64> = ids.iter().map(|i| i + (8 << 32)).collect();
-    let shards = t.stage(&model, &data, &more_ids, &[9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 1, 1, 1, 1]).await;
-    let dir = t.path().join("_staging").join(format!("partial_{}", shards[1]));
-    let manifest = datafusion_vector_index::format::ShardManifest::from_json(&shards[1], &std::fs::read(dir.join("shard.json")).unwrap()).unwrap();
-    let block = manifest.partitions.iter().rev().find(|b| b.rows > 0).unwrap();
+    let shards = t
+        .stage(
+            &model,
+            &data,
+            &more_ids,
+            &[9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 1, 1, 1, 1],
+        )
+        .await;
+    let dir = t
+        .path()
+        .join("_staging")
+        .join(format!("partial_{}", shards[1]));
+    let manifest = datafusion_vector_index::format::ShardManifest::from_json(
+        &shards[1],
+        &std::fs::read(dir.join("shard.json")).unwrap(),
+    )
+    .unwrap();
+    let block = manifest
+        .partitions
+        .iter()
+        .rev()
+        .find(|b| b.rows > 0)
+        .unwrap();
     let mut bytes = std::fs::read(dir.join("data.arrow")).unwrap();
     bytes[(block.offset + block.length - 4) as usize] ^= 0xff;
     std::fs::write(dir.join("data.arrow"), &bytes).unwrap();
     let before = staged(&t);
 
-    let options = FinalizeOptions { target_file_bytes: 2048, ..Default::default() };
+    let options = FinalizeOptions {
+        target_file_bytes: 2048,
+        ..Default::default()
+    };
     let err = finalize(&t, &options).await.unwrap_err().to_string();
-    assert!(err.contains(&shards[1]) && err.contains("checksum"), "{err}");
-    assert_eq!(files_below(&t.path().join("_versions")), committed, "previous version intact");
+    assert!(
+        err.contains(&shards[1]) && err.contains("checksum"),
+        "{err}"
+    );
+    assert_eq!(
+        files_below(&t.path().join("_versions")),
+        committed,
+        "previous version intact"
+    );
     assert_eq!(staged(&t), before, "staged shards in place");
-    let hits = t.index.search(&t.ctx, &data[..DIM], datafusion_vector_index::search::SearchOptions::default()).await.unwrap();
+    let hits = t
+        .index
+        .search(
+            &t.ctx,
+            &data[..DIM],
+            datafusion_vector_index::search::SearchOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(hits[0].len(), 10);
 }
 
@@ -151,24 +246,57 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
     let model = train(&data, IndexType::IvfSq, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 1, 2, 3, 0, 1, 2, 3]).await;
     let plans = (
-        t.index.finalize_plan(&t.ctx, &FinalizeOptions::default()).await.unwrap(),
-        t.index.finalize_plan(&t.ctx, &FinalizeOptions::default()).await.unwrap(),
+        t.index
+            .finalize_plan(&t.ctx, &FinalizeOptions::default())
+            .await
+            .unwrap(),
+        t.index
+            .finalize_plan(&t.ctx, &FinalizeOptions::default())
+            .await
+            .unwrap(),
     );
     let (a, b) = tokio::join!(
         datafusion::physical_plan::collect(plans.0, t.ctx.task_ctx()),
         datafusion::physical_plan::collect(plans.1, t.ctx.task_ctx())
     );
     let ok = [a.is_ok(), b.is_ok()];
-    assert_eq!(ok.iter().filter(|x| **x).count(), 1, "exactly one commits: {a:?} / {b:?}");
-    let err = if a.is_err() { a.unwrap_err() } else { b.unwrap_err() }.to_string();
-    assert!(err.contains("conflict") || err.contains("concurrent") || err.contains("not found") || err.contains("missing"), "{err}");
+    assert_eq!(
+        ok.iter().filter(|x| **x).count(),
+        1,
+        "exactly one commits: {a:?} / {b:?}"
+    );
+    let err = match (a, b) {
+        (Err(e), _) | (_, Err(e)) => e.to_string(),
+        _ => unreachable!("one of the two failed"),
+    };
+    assert!(
+        err.contains("conflict")
+            || err.contains("concurrent")
+            || err.contains("not found")
+            || err.contains("missing"),
+        "{err}"
+    );
     let v = latest_version(t.location()).await.unwrap().unwrap();
     assert_eq!(v.version, 1);
     assert_eq!(v.segments.iter().map(|s| s.rows).sum::<u64>(), ROWS as u64);
 
     // The loser's segment files are unreferenced; vacuum removes them and nothing else.
-    t.index.vacuum(&VacuumOptions { older_than: Duration::ZERO, dry_run: false }).await.unwrap();
-    let hits = t.index.search(&t.ctx, &data[..DIM], datafusion_vector_index::search::SearchOptions::default()).await.unwrap();
+    t.index
+        .vacuum(&VacuumOptions {
+            older_than: Duration::ZERO,
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let hits = t
+        .index
+        .search(
+            &t.ctx,
+            &data[..DIM],
+            datafusion_vector_index::search::SearchOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(hits[0].len(), 10);
     // Local folders emptied by vacuum may linger; only files count.
     let segment_dirs: std::collections::BTreeSet<String> = files_below(&t.path().join("segments"))
@@ -184,28 +312,54 @@ async fn commit_overlap_append_fails_replace_replaces() {
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
-    let per_shard = FinalizeOptions { grouping: SegmentGrouping::PerShard, ..Default::default() };
+    let per_shard = FinalizeOptions {
+        grouping: SegmentGrouping::PerShard,
+        ..Default::default()
+    };
     let out = finalize(&t, &per_shard).await.unwrap();
     assert_eq!(out[0].num_rows(), 2);
     let first = latest_version(t.location()).await.unwrap().unwrap();
 
     // Re-index fragments 0..4 (owned by the first segment).
     let subset: Vec<u64> = ids.iter().copied().filter(|i| (i >> 32) < 4).collect();
-    let rows: Vec<f32> = ids.iter().enumerate().filter(|(_, i)| (**i >> 32) < 4).flat_map(|(n, _)| data[n * DIM..(n + 1) * DIM].to_vec()).collect();
+    let rows: Vec<f32> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| (**i >> 32) < 4)
+        .flat_map(|(n, _)| data[n * DIM..(n + 1) * DIM].to_vec())
+        .collect();
     t.stage(&model, &rows, &subset, &[0, 0, 0, 0]).await;
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains("already covered by committed segment") && err.contains("replace"), "{err}");
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already covered by committed segment") && err.contains("replace"),
+        "{err}"
+    );
 
-    let replace = FinalizeOptions { mode: CommitMode::Replace, ..Default::default() };
+    let replace = FinalizeOptions {
+        mode: CommitMode::Replace,
+        ..Default::default()
+    };
     let out = finalize(&t, &replace).await.unwrap();
-    let replaced = out[0].column_by_name("replaced_segments").unwrap().as_string::<i32>().value(0).to_string();
+    let replaced = out[0]
+        .column_by_name("replaced_segments")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
     let v2 = latest_version(t.location()).await.unwrap().unwrap();
     assert_eq!(v2.version, 2);
     assert_eq!(v2.segments.len(), 2);
     assert_eq!(v2.replaced_segments, vec![replaced.clone()]);
     assert!(first.segments.iter().any(|s| s.segment_id == replaced));
     assert_eq!(v2.segments.iter().map(|s| s.rows).sum::<u64>(), ROWS as u64);
-    assert_eq!(list_versions(t.location()).await.unwrap(), vec![1, 2], "version 1 kept as written");
+    assert_eq!(
+        list_versions(t.location()).await.unwrap(),
+        vec![1, 2],
+        "version 1 kept as written"
+    );
 }
 
 #[tokio::test]
@@ -215,9 +369,15 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
     let before = staged(&t);
-    let target_rows = FinalizeOptions { grouping: SegmentGrouping::TargetRows(500), ..Default::default() };
+    let target_rows = FinalizeOptions {
+        grouping: SegmentGrouping::TargetRows(500),
+        ..Default::default()
+    };
     finalize(&t, &target_rows).await.unwrap();
-    assert!(staged(&t).is_empty(), "consumed shards removed after commit");
+    assert!(
+        staged(&t).is_empty(),
+        "consumed shards removed after commit"
+    );
 
     // Simulate a crash before cleanup: the consumed shards are back.
     for (path, bytes) in &before {
@@ -225,19 +385,36 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already consumed"), "{err}");
     assert_eq!(list_versions(t.location()).await.unwrap(), vec![1]);
 
     let report = t.index.vacuum(&VacuumOptions::default()).await.unwrap();
-    assert_eq!(report.removed.iter().filter(|r| r.kind == "consumed_shard").count(), 2);
+    assert_eq!(
+        report
+            .removed
+            .iter()
+            .filter(|r| r.kind == "consumed_shard")
+            .count(),
+        2
+    );
     assert!(staged(&t).is_empty());
     // Unreferenced segment folders are kept until they are old enough.
     std::fs::create_dir_all(t.path().join("segments/orphan")).unwrap();
     std::fs::write(t.path().join("segments/orphan/part.arrow"), b"x").unwrap();
     let report = t.index.vacuum(&VacuumOptions::default()).await.unwrap();
     assert!(report.removed.is_empty());
-    let report = t.index.vacuum(&VacuumOptions { older_than: Duration::ZERO, dry_run: false }).await.unwrap();
+    let report = t
+        .index
+        .vacuum(&VacuumOptions {
+            older_than: Duration::ZERO,
+            dry_run: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].id, "orphan");
     assert_eq!(t.index.segments().await.unwrap().num_rows(), 2);
@@ -250,13 +427,25 @@ async fn a_shard_staged_twice_is_refused() {
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
     let shards = t.path().join("_staging");
-    let first = std::fs::read_dir(&shards).unwrap().flatten().next().unwrap().path();
+    let first = std::fs::read_dir(&shards)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let copy = shards.join("partial_11111111-1111-4111-8111-111111111111");
     std::fs::create_dir_all(&copy).unwrap();
     for f in ["data.arrow", "fragments.roaring", "shard.json"] {
         std::fs::copy(first.join(f), copy.join(f)).unwrap();
     }
-    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains("11111111-1111-4111-8111-111111111111") && err.contains("shard.json names shard"), "{err}");
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("11111111-1111-4111-8111-111111111111")
+            && err.contains("shard.json names shard"),
+        "{err}"
+    );
     assert!(!t.path().join("_versions").exists());
 }

@@ -22,14 +22,30 @@ async fn eight_workers_equal_one_worker_for_every_type() {
         for metric in [Metric::L2, Metric::Cosine, Metric::Dot] {
             let model = train(&data, ty, metric, 16);
             let one = TestIndex::new(&model).await;
-            one.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
+            one.stage(&model, &data, &ids, &[0; FRAGMENTS as usize])
+                .await;
             let eight = TestIndex::new(&model).await;
             assert_eq!(eight.stage(&model, &data, &ids, &owners).await.len(), 8);
-            one.index.finalize(&one.ctx, &FinalizeOptions::default()).await.unwrap();
-            eight.index.finalize(&eight.ctx, &FinalizeOptions::default()).await.unwrap();
-            let options = SearchOptions { k: 10, nprobes: 4, ef: Some(50) };
+            one.index
+                .finalize(&one.ctx, &FinalizeOptions::default())
+                .await
+                .unwrap();
+            eight
+                .index
+                .finalize(&eight.ctx, &FinalizeOptions::default())
+                .await
+                .unwrap();
+            let options = SearchOptions {
+                k: 10,
+                nprobes: 4,
+                ef: Some(50),
+            };
             let a = one.index.search(&one.ctx, &queries, options).await.unwrap();
-            let b = eight.index.search(&eight.ctx, &queries, options).await.unwrap();
+            let b = eight
+                .index
+                .search(&eight.ctx, &queries, options)
+                .await
+                .unwrap();
             assert_eq!(a, b, "{ty} {metric}");
             assert!(a.iter().all(|h| h.len() == 10));
         }
@@ -69,9 +85,30 @@ async fn flat_with_every_partition_probed_is_brute_force() {
     for metric in [Metric::L2, Metric::Cosine, Metric::Dot] {
         let model = train(&data, IndexType::IvfFlat, metric, 16);
         let t = TestIndex::new(&model).await;
-        t.stage(&model, &data, &ids, &[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]).await;
-        t.index.finalize(&t.ctx, &FinalizeOptions::default()).await.unwrap();
-        let hits = t.index.search(&t.ctx, &queries, SearchOptions { k: 10, nprobes: 16, ef: None }).await.unwrap();
+        t.stage(
+            &model,
+            &data,
+            &ids,
+            &[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3],
+        )
+        .await;
+        t.index
+            .finalize(&t.ctx, &FinalizeOptions::default())
+            .await
+            .unwrap();
+        let hits = t
+            .index
+            .search(
+                &t.ctx,
+                &queries,
+                SearchOptions {
+                    k: 10,
+                    nprobes: 16,
+                    ef: None,
+                },
+            )
+            .await
+            .unwrap();
         for (q, h) in queries.chunks(DIM).zip(&hits) {
             let got: Vec<(u64, f32)> = h.iter().map(|s| (s.row_id, s.distance)).collect();
             assert_eq!(got, brute_force(&data, &ids, q, metric, 10), "{metric}");
@@ -84,15 +121,43 @@ async fn recall_on_clustered_data() {
     let data = clustered(ROWS, 12, 25);
     let ids = row_ids(ROWS, FRAGMENTS);
     let queries = clustered(40, 12, 26);
-    for (ty, floor) in [(IndexType::IvfFlat, 0.97), (IndexType::IvfSq, 0.9), (IndexType::IvfPq, 0.3)] {
+    for (ty, floor) in [
+        (IndexType::IvfFlat, 0.97),
+        (IndexType::IvfSq, 0.9),
+        (IndexType::IvfPq, 0.3),
+    ] {
         let model = train(&data, ty, Metric::L2, 16);
         let t = TestIndex::new(&model).await;
-        t.stage(&model, &data, &ids, &(0..FRAGMENTS as usize).map(|f| f % 4).collect::<Vec<_>>()).await;
-        t.index.finalize(&t.ctx, &FinalizeOptions::default()).await.unwrap();
-        let hits = t.index.search(&t.ctx, &queries, SearchOptions { k: 10, nprobes: 8, ef: None }).await.unwrap();
+        t.stage(
+            &model,
+            &data,
+            &ids,
+            &(0..FRAGMENTS as usize).map(|f| f % 4).collect::<Vec<_>>(),
+        )
+        .await;
+        t.index
+            .finalize(&t.ctx, &FinalizeOptions::default())
+            .await
+            .unwrap();
+        let hits = t
+            .index
+            .search(
+                &t.ctx,
+                &queries,
+                SearchOptions {
+                    k: 10,
+                    nprobes: 8,
+                    ef: None,
+                },
+            )
+            .await
+            .unwrap();
         let mut found = 0;
         for (q, h) in queries.chunks(DIM).zip(&hits) {
-            let truth: Vec<u64> = brute_force(&data, &ids, q, Metric::L2, 10).into_iter().map(|x| x.0).collect();
+            let truth: Vec<u64> = brute_force(&data, &ids, q, Metric::L2, 10)
+                .into_iter()
+                .map(|x| x.0)
+                .collect();
             found += h.iter().filter(|s| truth.contains(&s.row_id)).count();
         }
         let recall = found as f64 / 400.0;
@@ -105,12 +170,37 @@ async fn search_arguments_are_checked() {
     let data = clustered(600, 4, 27);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 4);
     let t = TestIndex::new(&model).await;
-    let err = t.index.search(&t.ctx, &data[..DIM], SearchOptions::default()).await.unwrap_err().to_string();
+    let err = t
+        .index
+        .search(&t.ctx, &data[..DIM], SearchOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no committed version"), "{err}");
     t.stage(&model, &data, &row_ids(600, 2), &[0, 0]).await;
-    t.index.finalize(&t.ctx, &FinalizeOptions::default()).await.unwrap();
-    let err = t.index.search(&t.ctx, &data[..DIM - 1], SearchOptions::default()).await.unwrap_err().to_string();
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let err = t
+        .index
+        .search(&t.ctx, &data[..DIM - 1], SearchOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dimension 16"), "{err}");
-    let err = t.index.search(&t.ctx, &data[..DIM], SearchOptions { k: 0, ..Default::default() }).await.unwrap_err().to_string();
+    let err = t
+        .index
+        .search(
+            &t.ctx,
+            &data[..DIM],
+            SearchOptions {
+                k: 0,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`k`"), "{err}");
 }

@@ -52,10 +52,20 @@ fn cell(array: &ArrayRef, row: usize) -> Result<String, DataFusionError> {
         return Ok("NULL".into());
     }
     Ok(match array.data_type() {
-        DataType::Float32 => trim_float(array.as_primitive::<arrow::datatypes::Float32Type>().value(row) as f64),
-        DataType::Float64 => trim_float(array.as_primitive::<arrow::datatypes::Float64Type>().value(row)),
+        DataType::Float32 => trim_float(
+            array
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .value(row) as f64,
+        ),
+        DataType::Float64 => trim_float(
+            array
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(row),
+        ),
         DataType::Utf8 if array.as_string::<i32>().value(row).is_empty() => "(empty)".into(),
-        _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?.value(row).to_string(),
+        _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?
+            .value(row)
+            .to_string(),
     })
 }
 
@@ -63,7 +73,11 @@ fn cell(array: &ArrayRef, row: usize) -> Result<String, DataFusionError> {
 fn trim_float(v: f64) -> String {
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 #[async_trait]
@@ -78,12 +92,21 @@ impl AsyncDB for Db {
         if schema.fields().is_empty() {
             return Ok(DBOutput::StatementComplete(0));
         }
-        let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| column_type(f.data_type()))
+            .collect();
         let mut rows = Vec::new();
         for b in &batches {
             for r in 0..b.num_rows() {
                 // Normalized here, before `rowsort` sorts them.
-                rows.push(b.columns().iter().map(|c| cell(c, r).map(|v| normalize(&v))).collect::<Result<Vec<_>, _>>()?);
+                rows.push(
+                    b.columns()
+                        .iter()
+                        .map(|c| cell(c, r).map(|v| normalize(&v)))
+                        .collect::<Result<Vec<_>, _>>()?,
+                );
             }
         }
         Ok(DBOutput::Rows { types, rows })
@@ -102,24 +125,38 @@ impl AsyncDB for Db {
 
 /// Results and errors mention temporary paths, uuids and model fingerprints;
 /// expected results write them as `<dir>`, `<uuid>` and `<fingerprint>`.
+#[allow(clippy::ptr_arg)] // sqllogictest's `Normalizer` takes `&String`.
 fn normalize(s: &String) -> String {
-    static DIR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/?tmp/\.tmp[A-Za-z0-9]+").expect("regex"));
+    static DIR: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"/?tmp/\.tmp[A-Za-z0-9]+").expect("regex"));
     static UUID: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").expect("regex")
     });
-    static FINGERPRINT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b[0-9a-f]{32}\b").expect("regex"));
+    static FINGERPRINT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b[0-9a-f]{32}\b").expect("regex"));
     let s = DIR.replace_all(s, "<dir>");
     let s = UUID.replace_all(&s, "<uuid>");
-    FINGERPRINT.replace_all(&s, "<fingerprint>").trim_end().to_string()
+    FINGERPRINT
+        .replace_all(&s, "<fingerprint>")
+        .trim_end()
+        .to_string()
 }
 
 /// Compares line by line, so multi-line cells (EXPLAIN plans) read naturally in
 /// `.slt` files: each line of the plan is one expected line.
-fn validate(normalizer: sqllogictest::Normalizer, actual: &[Vec<String>], expected: &[String]) -> bool {
+fn validate(
+    normalizer: sqllogictest::Normalizer,
+    actual: &[Vec<String>],
+    expected: &[String],
+) -> bool {
     let actual: Vec<String> = actual
         .iter()
         .map(|row| row.join(" "))
-        .flat_map(|row| row.lines().map(|l| normalizer(&l.to_string())).collect::<Vec<_>>())
+        .flat_map(|row| {
+            row.lines()
+                .map(|l| normalizer(&l.to_string()))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let expected: Vec<String> = expected.iter().map(normalizer).collect();
     actual == expected
@@ -132,10 +169,17 @@ fn run_file(path: &Path) -> Result<(), Failed> {
         .build()
         .map_err(|e| Failed::from(e.to_string()))?;
     runtime.block_on(async {
-        let mut runner = Runner::new(|| async { Ok(Db { session: VectorIndexSession::new() }) });
+        let mut runner = Runner::new(|| async {
+            Ok(Db {
+                session: VectorIndexSession::new(),
+            })
+        });
         runner.with_normalizer(normalize);
         runner.with_validator(validate);
-        runner.run_file_async(path).await.map_err(|e| Failed::from(e.display(true).to_string()))
+        runner
+            .run_file_async(path)
+            .await
+            .map_err(|e| Failed::from(e.display(true).to_string()))
     })
 }
 
@@ -143,7 +187,9 @@ fn slt_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -159,14 +205,20 @@ fn slt_files(dir: &Path) -> Vec<PathBuf> {
 
 fn main() {
     let args = Arguments::from_args();
-    let mut dirs = vec![(String::new(), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sqllogictests"))];
+    let mut dirs = vec![(
+        String::new(),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sqllogictests"),
+    )];
     if let Ok(extra) = std::env::var("SLT_EXTRA_DIR") {
         dirs.push(("extra/".into(), PathBuf::from(extra)));
     }
     let mut trials = Vec::new();
     for (prefix, dir) in dirs {
         for file in slt_files(&dir) {
-            let name = format!("{prefix}{}", file.strip_prefix(&dir).unwrap_or(&file).display());
+            let name = format!(
+                "{prefix}{}",
+                file.strip_prefix(&dir).unwrap_or(&file).display()
+            );
             let file = Arc::new(file);
             trials.push(Trial::test(name, move || run_file(&file)));
         }

@@ -23,18 +23,30 @@ async fn shard_round_trips_and_assigns_nearest_centroid() {
     let t = TestIndex::new(&model).await;
     let shard_ids = t.stage(&model, &data, &ids, &[0, 0, 0, 0, 0]).await;
     assert_eq!(shard_ids.len(), 1);
-    let dir = t.path().join("_staging").join(format!("partial_{}", shard_ids[0]));
+    let dir = t
+        .path()
+        .join("_staging")
+        .join(format!("partial_{}", shard_ids[0]));
 
-    let manifest = ShardManifest::from_json(&shard_ids[0], &std::fs::read(dir.join("shard.json")).unwrap()).unwrap();
+    let manifest = ShardManifest::from_json(
+        &shard_ids[0],
+        &std::fs::read(dir.join("shard.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest.rows, 1500);
     assert_eq!(manifest.num_fragments, 5);
-    assert_eq!((manifest.min_fragment, manifest.max_fragment), (Some(0), Some(4)));
+    assert_eq!(
+        (manifest.min_fragment, manifest.max_fragment),
+        (Some(0), Some(4))
+    );
     assert_eq!(manifest.model, model.fingerprint());
     let bytes = std::fs::read(dir.join("data.arrow")).unwrap();
     assert_eq!(bytes.len() as u64, manifest.data_file.size);
     assert_eq!(crc32fast::hash(&bytes), manifest.data_file.crc32);
 
-    let fragments = RoaringBitmap::deserialize_from(&std::fs::read(dir.join("fragments.roaring")).unwrap()[..]).unwrap();
+    let fragments =
+        RoaringBitmap::deserialize_from(&std::fs::read(dir.join("fragments.roaring")).unwrap()[..])
+            .unwrap();
     assert_eq!(fragments.iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
 
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
@@ -43,14 +55,25 @@ async fn shard_round_trips_and_assigns_nearest_centroid() {
         let batch = batch.unwrap();
         assert_eq!(batch.num_rows() as u64, manifest.partitions[partition].rows);
         let rids = batch.column(0).as_primitive::<UInt64Type>().values();
-        assert!(rids.windows(2).all(|w| w[0] < w[1]), "rows sorted by row id");
+        assert!(
+            rids.windows(2).all(|w| w[0] < w[1]),
+            "rows sorted by row id"
+        );
         let vecs = batch.column(1).as_fixed_size_list();
         let values = vecs.values().as_primitive::<Float32Type>().values();
         for (r, &rid) in rids.iter().enumerate() {
             let i = ids.iter().position(|&x| x == rid).unwrap();
             let original = &data[i * DIM..(i + 1) * DIM];
-            assert_eq!(&values[r * DIM..(r + 1) * DIM], original, "vectors stored exactly");
-            assert_eq!(nearest_l2(original, &model.centroids, DIM).0, partition, "row {rid}");
+            assert_eq!(
+                &values[r * DIM..(r + 1) * DIM],
+                original,
+                "vectors stored exactly"
+            );
+            assert_eq!(
+                nearest_l2(original, &model.centroids, DIM).0,
+                partition,
+                "row {rid}"
+            );
             seen += 1;
         }
     }
@@ -65,24 +88,42 @@ async fn bad_vectors_are_rejected_with_the_row_named() {
     let mut writer = ShardWriter::new(t.location().clone(), Arc::new(model.clone()));
 
     // Wrong dimension, as a List column.
-    let list = ListArray::from_iter_primitive::<Float32Type, _, _>(vec![Some(vec![Some(1.0), Some(2.0)])]);
-    let err = writer.write(&[7], &(Arc::new(list) as _), "vec").unwrap_err().to_string();
-    assert!(err.contains("row id 7") && err.contains("dimension 2, expected 16"), "{err}");
+    let list =
+        ListArray::from_iter_primitive::<Float32Type, _, _>(vec![Some(vec![Some(1.0), Some(2.0)])]);
+    let err = writer
+        .write(&[7], &(Arc::new(list) as _), "vec")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row id 7") && err.contains("dimension 2, expected 16"),
+        "{err}"
+    );
 
     // NULL vector.
     let list = ListArray::from_iter_primitive::<Float64Type, Vec<Option<f64>>, _>(vec![None]);
-    let err = writer.write(&[8], &(Arc::new(list) as _), "vec").unwrap_err().to_string();
+    let err = writer
+        .write(&[8], &(Arc::new(list) as _), "vec")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("row id 8") && err.contains("NULL"), "{err}");
 
     // NaN.
     let mut v = data[..DIM].to_vec();
     v[3] = f32::NAN;
-    let err = writer.write(&[9], &vector_array(&v), "vec").unwrap_err().to_string();
+    let err = writer
+        .write(&[9], &vector_array(&v), "vec")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("row id 9") && err.contains("NaN"), "{err}");
 
     // Duplicate row id.
-    writer.write(&[10], &vector_array(&data[..DIM]), "vec").unwrap();
-    let err = writer.write(&[10], &vector_array(&data[..DIM]), "vec").unwrap_err().to_string();
+    writer
+        .write(&[10], &vector_array(&data[..DIM]), "vec")
+        .unwrap();
+    let err = writer
+        .write(&[10], &vector_array(&data[..DIM]), "vec")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("row id 10"), "{err}");
 }
 
@@ -92,10 +133,19 @@ async fn float64_list_input_is_accepted() {
     let model = train(&data, IndexType::IvfFlat, Metric::Cosine, 4);
     let t = TestIndex::new(&model).await;
     let mut writer = ShardWriter::new(t.location().clone(), Arc::new(model.clone()));
-    let rows: Vec<Option<Vec<Option<f64>>>> =
-        data.chunks(DIM).take(10).map(|v| Some(v.iter().map(|&x| Some(x as f64)).collect())).collect();
+    let rows: Vec<Option<Vec<Option<f64>>>> = data
+        .chunks(DIM)
+        .take(10)
+        .map(|v| Some(v.iter().map(|&x| Some(x as f64)).collect()))
+        .collect();
     let list = ListArray::from_iter_primitive::<Float64Type, _, _>(rows);
-    writer.write(&(0..10).collect::<Vec<u64>>(), &(Arc::new(list) as _), "vec").unwrap();
+    writer
+        .write(
+            &(0..10).collect::<Vec<u64>>(),
+            &(Arc::new(list) as _),
+            "vec",
+        )
+        .unwrap();
     assert_eq!(writer.finish().await.unwrap().rows, 10);
 }
 
@@ -103,7 +153,10 @@ async fn float64_list_input_is_accepted() {
 fn unknown_format_version_is_rejected() {
     let json = br#"{"format_version": 99, "shard_id": "x"}"#;
     let err = ShardManifest::from_json("x", json).unwrap_err().to_string();
-    assert!(err.contains("format version 99") && err.contains("understands version 1"), "{err}");
+    assert!(
+        err.contains("format version 99") && err.contains("understands version 1"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -112,9 +165,14 @@ async fn model_files_round_trip_and_are_content_addressed() {
     for ty in IndexType::ALL {
         let model = train(&data, ty, Metric::Dot, 8);
         let t = TestIndex::new(&model).await;
-        let back = datafusion_vector_index::model::Model::read_current(t.location()).await.unwrap();
+        let back = datafusion_vector_index::model::Model::read_current(t.location())
+            .await
+            .unwrap();
         assert_eq!(back, model, "{ty}");
-        let file = t.path().join("models").join(format!("{}.arrow", model.fingerprint()));
+        let file = t
+            .path()
+            .join("models")
+            .join(format!("{}.arrow", model.fingerprint()));
         assert!(file.exists());
         // Writing again is a no-op; another model for the same index is refused.
         model.write(t.location()).await.unwrap();

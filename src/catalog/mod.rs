@@ -4,4 +4,6 @@ mod segments_table;
 mod versions;
 
 pub use segments_table::{segments_schema, SegmentsTable};
-pub use versions::{latest_version, list_versions, read_segment, read_segment_fragments, read_version};
+pub use versions::{
+    latest_version, list_versions, read_segment, read_segment_fragments, read_version,
+};

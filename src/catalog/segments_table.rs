@@ -53,7 +53,11 @@ impl SegmentsTable {
         let Some(version) = latest_version(loc).await? else {
             return Ok(RecordBatch::new_empty(segments_schema()));
         };
-        let ids: Vec<String> = version.segments.iter().map(|s| s.segment_id.clone()).collect();
+        let ids: Vec<String> = version
+            .segments
+            .iter()
+            .map(|s| s.segment_id.clone())
+            .collect();
         let segments: Vec<_> = futures::stream::iter(ids)
             .map(|id| {
                 let loc = loc.clone();
@@ -64,17 +68,37 @@ impl SegmentsTable {
             .await?;
         let n = segments.len();
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.segment_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                segments.iter().map(|s| s.segment_id.as_str()),
+            )),
             Arc::new(UInt64Array::from(vec![version.version; n])),
-            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.index_type.name()))),
-            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.metric.name()))),
-            Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.rows))),
-            Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.num_fragments))),
-            Arc::new(UInt32Array::from_iter(segments.iter().map(|s| s.min_fragment))),
-            Arc::new(UInt32Array::from_iter(segments.iter().map(|s| s.max_fragment))),
-            Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.files.len() as u64))),
-            Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.bytes()))),
-            Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.consumed_shards.len() as u64))),
+            Arc::new(StringArray::from_iter_values(
+                segments.iter().map(|s| s.index_type.name()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                segments.iter().map(|s| s.metric.name()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                segments.iter().map(|s| s.rows),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                segments.iter().map(|s| s.num_fragments),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                segments.iter().map(|s| s.min_fragment),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                segments.iter().map(|s| s.max_fragment),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                segments.iter().map(|s| s.files.len() as u64),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                segments.iter().map(|s| s.bytes()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                segments.iter().map(|s| s.consumed_shards.len() as u64),
+            )),
         ];
         Ok(RecordBatch::try_new(segments_schema(), cols)?)
     }
@@ -98,6 +122,10 @@ impl TableProvider for SegmentsTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batch = self.read_batch().await?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], segments_schema(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            segments_schema(),
+            projection.cloned(),
+        )?)
     }
 }

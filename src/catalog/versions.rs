@@ -45,12 +45,23 @@ pub async fn read_segment(location: &IndexLocation, segment_id: &str) -> Result<
     SegmentManifest::from_json(segment_id, &bytes)
 }
 
-pub async fn read_segment_fragments(location: &IndexLocation, segment: &SegmentManifest) -> Result<RoaringBitmap> {
+pub async fn read_segment_fragments(
+    location: &IndexLocation,
+    segment: &SegmentManifest,
+) -> Result<RoaringBitmap> {
     let what = format!("segment {}: fragments.roaring", segment.segment_id);
-    let path = location.segment_dir(&segment.segment_id).join("fragments.roaring");
+    let path = location
+        .segment_dir(&segment.segment_id)
+        .join("fragments.roaring");
     let bytes = location.get(&path).await?;
-    if bytes.len() as u64 != segment.fragments_file.size || crc32fast::hash(&bytes) != segment.fragments_file.crc32 {
-        return Err(IndexError::corrupt(what, "size or checksum does not match segment.json"));
+    if bytes.len() as u64 != segment.fragments_file.size
+        || crc32fast::hash(&bytes) != segment.fragments_file.crc32
+    {
+        return Err(IndexError::corrupt(
+            what,
+            "size or checksum does not match segment.json",
+        ));
     }
-    RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| IndexError::corrupt(what, e.to_string()))
+    RoaringBitmap::deserialize_from(&bytes[..])
+        .map_err(|e| IndexError::corrupt(what, e.to_string()))
 }

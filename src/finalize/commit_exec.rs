@@ -12,7 +12,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+};
 use futures::TryStreamExt;
 use roaring::RoaringBitmap;
 
@@ -20,7 +22,10 @@ use super::{CommitMode, FinalizeOptions, SegmentPlan};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::{FileInfo, IndexLocation, SegmentFile, SegmentManifest, SegmentRef, VersionManifest, FORMAT_VERSION};
+use crate::format::{
+    FileInfo, IndexLocation, SegmentFile, SegmentManifest, SegmentRef, VersionManifest,
+    FORMAT_VERSION,
+};
 use crate::model::Model;
 
 /// Schema of the rows emitted by a finalize: one per new segment.
@@ -101,9 +106,17 @@ impl ExecutionPlan for VectorIndexCommitExec {
         vec![&self.input]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = single_child(self.name(), children)?;
-        Ok(Arc::new(Self::try_new(input, self.location.clone(), Arc::clone(&self.model), self.options.clone())?))
+        Ok(Arc::new(Self::try_new(
+            input,
+            self.location.clone(),
+            Arc::clone(&self.model),
+            self.options.clone(),
+        )?))
     }
 
     fn apply_expressions(
@@ -113,9 +126,15 @@ impl ExecutionPlan for VectorIndexCommitExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
-            return datafusion::common::exec_err!("VectorIndexCommitExec has one partition, asked for {partition}");
+            return datafusion::common::exec_err!(
+                "VectorIndexCommitExec has one partition, asked for {partition}"
+            );
         }
         let input = self.input.execute(0, context)?;
         let location = self.location.clone();
@@ -126,7 +145,10 @@ impl ExecutionPlan for VectorIndexCommitExec {
             let segments = collect_segments(&batches, &model)?;
             Ok(commit(&location, &model, &options, segments).await?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(commit_output_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            commit_output_schema(),
+            stream,
+        )))
     }
 }
 
@@ -139,18 +161,25 @@ struct NewSegment {
 fn collect_segments(batches: &[RecordBatch], model: &Model) -> Result<Vec<NewSegment>> {
     let mut by_id: BTreeMap<String, NewSegment> = BTreeMap::new();
     for b in batches {
-        let col = |n: &str| b.column_by_name(n).ok_or_else(|| exec_datafusion_err!("merged files lack column {n}"));
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .ok_or_else(|| exec_datafusion_err!("merged files lack column {n}"))
+        };
         let files = col("file")?.as_string::<i32>().clone();
         let segs = col("segment")?.as_string::<i32>().clone();
         let frags = col("fragments")?.as_binary::<i32>().clone();
         for i in 0..b.num_rows() {
-            let file: SegmentFile = serde_json::from_str(files.value(i)).map_err(|e| exec_datafusion_err!("{e}"))?;
-            let plan: SegmentPlan = serde_json::from_str(segs.value(i)).map_err(|e| exec_datafusion_err!("{e}"))?;
-            let entry = by_id.entry(plan.segment_id.clone()).or_insert_with(|| NewSegment {
-                plan,
-                files: Vec::new(),
-                fragments: Vec::new(),
-            });
+            let file: SegmentFile =
+                serde_json::from_str(files.value(i)).map_err(|e| exec_datafusion_err!("{e}"))?;
+            let plan: SegmentPlan =
+                serde_json::from_str(segs.value(i)).map_err(|e| exec_datafusion_err!("{e}"))?;
+            let entry = by_id
+                .entry(plan.segment_id.clone())
+                .or_insert_with(|| NewSegment {
+                    plan,
+                    files: Vec::new(),
+                    fragments: Vec::new(),
+                });
             if frags.is_valid(i) {
                 entry.fragments = frags.value(i).to_vec();
             }
@@ -171,7 +200,10 @@ fn collect_segments(batches: &[RecordBatch], model: &Model) -> Result<Vec<NewSeg
             next = f.partition_end;
         }
         if next as usize != model.num_partitions() || s.files.len() != s.plan.num_files as usize {
-            return Err(exec_datafusion_err!("segment {}: merged files are incomplete", s.plan.segment_id));
+            return Err(exec_datafusion_err!(
+                "segment {}: merged files are incomplete",
+                s.plan.segment_id
+            ));
         }
     }
     Ok(out)
@@ -193,7 +225,9 @@ async fn commit(
             crc32: crc32fast::hash(&s.fragments),
         };
         let bitmap = RoaringBitmap::deserialize_from(&s.fragments[..])?;
-        location.put_if_absent(&dir.clone().join("fragments.roaring"), s.fragments).await?;
+        location
+            .put_if_absent(&dir.clone().join("fragments.roaring"), s.fragments)
+            .await?;
         let manifest = SegmentManifest {
             format_version: FORMAT_VERSION,
             segment_id: s.plan.segment_id.clone(),
@@ -210,8 +244,17 @@ async fn commit(
             fragments_file,
             consumed_shards: s.plan.shards.clone(),
         };
-        if !location.put_if_absent(&dir.join("segment.json"), serde_json::to_vec_pretty(&manifest)?).await? {
-            return Err(IndexError::Conflict(format!("segment {} already exists", s.plan.segment_id)));
+        if !location
+            .put_if_absent(
+                &dir.join("segment.json"),
+                serde_json::to_vec_pretty(&manifest)?,
+            )
+            .await?
+        {
+            return Err(IndexError::Conflict(format!(
+                "segment {} already exists",
+                s.plan.segment_id
+            )));
         }
         refs.push(SegmentRef {
             segment_id: manifest.segment_id.clone(),
@@ -228,10 +271,17 @@ async fn commit(
     let mut committed_fragments: HashMap<String, RoaringBitmap> = HashMap::new();
     for attempt in 1..=options.max_commit_attempts.max(1) {
         let latest = latest_version(location).await?;
-        let base = latest.as_ref().map(|v| v.segments.clone()).unwrap_or_default();
+        let base = latest
+            .as_ref()
+            .map(|v| v.segments.clone())
+            .unwrap_or_default();
         let mut replaced = Vec::new();
         for seg in &base {
-            if let Some(shard) = refs.iter().flat_map(|r| &r.consumed_shards).find(|s| seg.consumed_shards.contains(s)) {
+            if let Some(shard) = refs
+                .iter()
+                .flat_map(|r| &r.consumed_shards)
+                .find(|s| seg.consumed_shards.contains(s))
+            {
                 return Err(IndexError::Conflict(format!(
                     "shard {shard} was merged into segment {} by a concurrent finalize (version {}); \
                      nothing was committed here, and vacuum_vector_index removes this run's segment files",
@@ -241,7 +291,10 @@ async fn commit(
             }
             if !committed_fragments.contains_key(&seg.segment_id) {
                 let manifest = read_segment(location, &seg.segment_id).await?;
-                committed_fragments.insert(seg.segment_id.clone(), read_segment_fragments(location, &manifest).await?);
+                committed_fragments.insert(
+                    seg.segment_id.clone(),
+                    read_segment_fragments(location, &manifest).await?,
+                );
             }
             let theirs = &committed_fragments[&seg.segment_id];
             if let Some((id, _)) = new_fragments.iter().find(|(_, f)| !f.is_disjoint(theirs)) {
@@ -257,7 +310,10 @@ async fn commit(
             }
         }
         let version = latest.as_ref().map_or(1, |v| v.version + 1);
-        let mut segments: Vec<SegmentRef> = base.into_iter().filter(|s| !replaced.contains(&s.segment_id)).collect();
+        let mut segments: Vec<SegmentRef> = base
+            .into_iter()
+            .filter(|s| !replaced.contains(&s.segment_id))
+            .collect();
         segments.extend(refs.iter().cloned());
         let manifest = VersionManifest {
             format_version: FORMAT_VERSION,
@@ -266,7 +322,13 @@ async fn commit(
             segments,
             replaced_segments: replaced.clone(),
         };
-        if location.put_if_absent(&location.version_file(version), serde_json::to_vec_pretty(&manifest)?).await? {
+        if location
+            .put_if_absent(
+                &location.version_file(version),
+                serde_json::to_vec_pretty(&manifest)?,
+            )
+            .await?
+        {
             cleanup_consumed(location, &refs).await;
             return output(&refs, version, &replaced);
         }
@@ -294,10 +356,16 @@ fn output(refs: &[SegmentRef], version: u64, replaced: &[String]) -> crate::Resu
     Ok(RecordBatch::try_new(
         commit_output_schema(),
         vec![
-            Arc::new(StringArray::from_iter_values(refs.iter().map(|r| r.segment_id.as_str()))),
-            Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.consumed_shards.len() as u64))),
+            Arc::new(StringArray::from_iter_values(
+                refs.iter().map(|r| r.segment_id.as_str()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                refs.iter().map(|r| r.consumed_shards.len() as u64),
+            )),
             Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.rows))),
-            Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.num_fragments))),
+            Arc::new(UInt64Array::from_iter_values(
+                refs.iter().map(|r| r.num_fragments),
+            )),
             Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.bytes))),
             Arc::new(UInt64Array::from(vec![version; n])),
             Arc::new(StringArray::from(vec![replaced.as_deref(); n])),

@@ -34,13 +34,23 @@ pub struct FragmentCache {
 }
 
 impl FragmentCache {
-    async fn get(&mut self, location: &IndexLocation, shard_id: &str, dir: &str) -> Result<Arc<RoaringBitmap>> {
+    async fn get(
+        &mut self,
+        location: &IndexLocation,
+        shard_id: &str,
+        dir: &str,
+    ) -> Result<Arc<RoaringBitmap>> {
         if let Some(s) = self.sets.get(shard_id) {
             return Ok(Arc::clone(s));
         }
-        let bytes = location.get(&Path::from(dir).join("fragments.roaring")).await?;
+        let bytes = location
+            .get(&Path::from(dir).join("fragments.roaring"))
+            .await?;
         let set = Arc::new(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| {
-            IndexError::corrupt(format!("shard {shard_id}: fragments.roaring"), e.to_string())
+            IndexError::corrupt(
+                format!("shard {shard_id}: fragments.roaring"),
+                e.to_string(),
+            )
         })?);
         self.sets.insert(shard_id.to_string(), Arc::clone(&set));
         Ok(set)
@@ -59,7 +69,9 @@ pub async fn merge_unit(
     for s in &unit.shards {
         fragments.push(cache.get(location, &s.shard_id, &s.dir).await?);
     }
-    let path = location.segment_dir(&unit.segment.segment_id).join(unit.file_name.as_str());
+    let path = location
+        .segment_dir(&unit.segment.segment_id)
+        .join(unit.file_name.as_str());
     let mut out = BufWriter::with_capacity(Arc::clone(location.store()), path, WRITE_PART_BYTES);
     match write_file(location, schema, unit, &fragments, &mut out).await {
         Ok(file) => Ok(file),
@@ -79,12 +91,20 @@ async fn write_file(
 ) -> Result<SegmentFile> {
     let shared = Arc::new(unit.clone());
     let mut chunks = futures::stream::iter(read_chunks(unit))
-        .map(|range| tokio::spawn(fetch_chunk(location.clone(), Arc::clone(schema), Arc::clone(&shared), range)))
+        .map(|range| {
+            tokio::spawn(fetch_chunk(
+                location.clone(),
+                Arc::clone(schema),
+                Arc::clone(&shared),
+                range,
+            ))
+        })
         .buffered(PREFETCH_CHUNKS);
     let mut sink = IpcFileSink::try_new(schema)?;
     let mut partition = unit.partition_start as usize;
     while let Some(joined) = chunks.next().await {
-        let chunk = joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
+        let chunk =
+            joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
         for batches in chunk {
             let merged = merge_partition(schema, unit, partition, &batches, fragments)?;
             out.put(sink.write(&merged)?).await?;
@@ -146,7 +166,9 @@ async fn fetch_chunk(
         reads.push(async move {
             let bytes = match store.get_ranges(&path, &ranges).await {
                 Ok(b) => b,
-                Err(object_store::Error::NotFound { .. }) => return Err(IndexError::corrupt(what, "is missing")),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(IndexError::corrupt(what, "is missing"))
+                }
                 Err(e) => return Err(IndexError::corrupt(what, format!("partition {first}: {e}"))),
             };
             let decoded = blocks
@@ -179,7 +201,9 @@ fn merge_partition(
     batches: &[RecordBatch],
     fragments: &[Arc<RoaringBitmap>],
 ) -> Result<RecordBatch> {
-    let shards: Vec<usize> = (0..unit.shards.len()).filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0).collect();
+    let shards: Vec<usize> = (0..unit.shards.len())
+        .filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0)
+        .collect();
     let mut runs = Vec::with_capacity(batches.len());
     let mut total = 0usize;
     let mut width = 0usize;
@@ -197,7 +221,9 @@ fn merge_partition(
         let mut best: Option<(usize, u64)> = None;
         let mut second = u64::MAX;
         for (r, (_, ids, _)) in runs.iter().enumerate() {
-            let Some(&id) = ids.get(heads[r]) else { continue };
+            let Some(&id) = ids.get(heads[r]) else {
+                continue;
+            };
             match best {
                 Some((_, b)) if id >= b => second = second.min(id),
                 Some((_, b)) => {
@@ -225,7 +251,12 @@ fn merge_partition(
 }
 
 /// Row ids of a shard block must ascend strictly and lie in the shard's fragments.
-fn check_rows(shard_id: &str, partition: usize, ids: &[u64], fragments: &RoaringBitmap) -> Result<()> {
+fn check_rows(
+    shard_id: &str,
+    partition: usize,
+    ids: &[u64],
+    fragments: &RoaringBitmap,
+) -> Result<()> {
     let mut last_fragment = None;
     for (i, &id) in ids.iter().enumerate() {
         if i > 0 && ids[i - 1] >= id {

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
@@ -11,7 +13,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use futures::StreamExt;
 
 use super::merge::{merge_unit, FragmentCache};
@@ -51,13 +55,21 @@ pub struct VectorIndexMergeExec {
 }
 
 impl VectorIndexMergeExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, location: IndexLocation, model: Arc<Model>) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        location: IndexLocation,
+        model: Arc<Model>,
+    ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         Ok(Self {
             input,
             location,
             model,
-            properties: compute_properties(merged_file_schema(), partitions, EmissionType::Incremental),
+            properties: compute_properties(
+                merged_file_schema(),
+                partitions,
+                EmissionType::Incremental,
+            ),
         })
     }
 }
@@ -69,7 +81,12 @@ impl DisplayAs for VectorIndexMergeExec {
             f,
             "VectorIndexMergeExec: index={}, stored=[{}], partitions={}",
             self.location.url(),
-            schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", "),
+            schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.properties.partitioning.partition_count()
         )
     }
@@ -92,9 +109,16 @@ impl ExecutionPlan for VectorIndexMergeExec {
         vec![true]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = single_child(self.name(), children)?;
-        Ok(Arc::new(Self::try_new(input, self.location.clone(), Arc::clone(&self.model))?))
+        Ok(Arc::new(Self::try_new(
+            input,
+            self.location.clone(),
+            Arc::clone(&self.model),
+        )?))
     }
 
     fn apply_expressions(
@@ -104,7 +128,11 @@ impl ExecutionPlan for VectorIndexMergeExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let location = self.location.clone();
         let schema = self.model.storage_schema();
@@ -121,7 +149,10 @@ impl ExecutionPlan for VectorIndexMergeExec {
                 Some((out, (input, cache)))
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(merged_file_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            merged_file_schema(),
+            stream,
+        )))
     }
 }
 
@@ -144,7 +175,8 @@ async fn merge_batch(
     let (mut seg_ids, mut idx, mut rows, mut bytes, mut files, mut segs, mut frags) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..batch.num_rows() {
-        let unit: WorkUnit = serde_json::from_str(units.value(i)).map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
+        let unit: WorkUnit = serde_json::from_str(units.value(i))
+            .map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
         let file = merge_unit(location, schema, &unit, cache).await?;
         seg_ids.push(unit.segment.segment_id.clone());
         idx.push(unit.file_index);
@@ -163,7 +195,9 @@ async fn merge_batch(
             Arc::new(UInt64Array::from(bytes)),
             Arc::new(StringArray::from(files)),
             Arc::new(StringArray::from(segs)),
-            Arc::new(BinaryArray::from(frags.iter().map(|f| f.as_deref()).collect::<Vec<_>>())),
+            Arc::new(BinaryArray::from(
+                frags.iter().map(|f| f.as_deref()).collect::<Vec<_>>(),
+            )),
         ],
     )?)
 }

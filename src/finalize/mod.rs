@@ -65,7 +65,10 @@ impl std::str::FromStr for CommitMode {
         match s.to_ascii_lowercase().as_str() {
             "append" => Ok(Self::Append),
             "replace" => Ok(Self::Replace),
-            _ => Err(IndexError::invalid_argument("mode", format!("'{s}' is not one of append, replace"))),
+            _ => Err(IndexError::invalid_argument(
+                "mode",
+                format!("'{s}' is not one of append, replace"),
+            )),
         }
     }
 }
@@ -151,16 +154,28 @@ pub async fn finalize_plan(
     options: &FinalizeOptions,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let model = Arc::new(Model::read_current(location).await?);
-    let scan = ShardsTable::new(location.clone()).scan(state, None, &[], None).await?;
+    let scan = ShardsTable::new(location.clone())
+        .scan(state, None, &[], None)
+        .await?;
     let plan: Arc<dyn ExecutionPlan> = Arc::new(VectorIndexPlanExec::try_new(
         Arc::new(CoalescePartitionsExec::new(scan)),
         location.clone(),
         Arc::clone(&model),
         options.clone(),
     )?);
-    let partitions = options.merge_partitions.unwrap_or(state.config().target_partitions()).max(1);
-    let spread = Arc::new(RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(partitions))?);
-    let merge = Arc::new(VectorIndexMergeExec::try_new(spread, location.clone(), Arc::clone(&model))?);
+    let partitions = options
+        .merge_partitions
+        .unwrap_or(state.config().target_partitions())
+        .max(1);
+    let spread = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::RoundRobinBatch(partitions),
+    )?);
+    let merge = Arc::new(VectorIndexMergeExec::try_new(
+        spread,
+        location.clone(),
+        Arc::clone(&model),
+    )?);
     let commit = VectorIndexCommitExec::try_new(
         Arc::new(CoalescePartitionsExec::new(merge)),
         location.clone(),

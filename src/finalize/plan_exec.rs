@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
@@ -11,7 +13,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
@@ -111,9 +115,17 @@ impl ExecutionPlan for VectorIndexPlanExec {
         vec![&self.input]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = single_child(self.name(), children)?;
-        Ok(Arc::new(Self::try_new(input, self.location.clone(), Arc::clone(&self.model), self.options.clone())?))
+        Ok(Arc::new(Self::try_new(
+            input,
+            self.location.clone(),
+            Arc::clone(&self.model),
+            self.options.clone(),
+        )?))
     }
 
     fn apply_expressions(
@@ -123,9 +135,15 @@ impl ExecutionPlan for VectorIndexPlanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
-            return datafusion::common::exec_err!("VectorIndexPlanExec has one partition, asked for {partition}");
+            return datafusion::common::exec_err!(
+                "VectorIndexPlanExec has one partition, asked for {partition}"
+            );
         }
         let input = self.input.execute(0, context)?;
         let location = self.location.clone();
@@ -134,10 +152,15 @@ impl ExecutionPlan for VectorIndexPlanExec {
         let batches = futures::stream::once(async move {
             let rows: Vec<RecordBatch> = input.try_collect().await?;
             let units = plan(&location, &model, &options, &rows).await?;
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(units.into_iter().map(Ok)))
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
+                units.into_iter().map(Ok),
+            ))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(work_unit_schema(), batches)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            work_unit_schema(),
+            batches,
+        )))
     }
 }
 
@@ -152,7 +175,10 @@ struct ListedShard {
 fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
     let mut out = Vec::new();
     for b in batches {
-        let col = |name: &str| b.column_by_name(name).ok_or_else(|| exec_datafusion_err!("staging scan lacks column {name}"));
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| exec_datafusion_err!("staging scan lacks column {name}"))
+        };
         let ids = col("shard_id")?.as_string::<i32>().clone();
         let complete = col("complete")?.as_boolean().clone();
         let problem = col("problem")?.as_string::<i32>().clone();
@@ -179,15 +205,24 @@ async fn plan(
     let latest = latest_version(location).await?;
     let consumed: std::collections::HashSet<String> = latest
         .iter()
-        .flat_map(|v| v.segments.iter().flat_map(|s| s.consumed_shards.iter().cloned()))
+        .flat_map(|v| {
+            v.segments
+                .iter()
+                .flat_map(|s| s.consumed_shards.iter().cloned())
+        })
         .collect();
 
     let mut incomplete = Vec::new();
     let mut candidates = Vec::new();
-    for s in listed.into_iter().filter(|s| !consumed.contains(&s.shard_id)) {
+    for s in listed
+        .into_iter()
+        .filter(|s| !consumed.contains(&s.shard_id))
+    {
         match (&s.problem, s.complete) {
             (Some(p), false) if p.starts_with("incomplete") => incomplete.push(s.shard_id),
-            (Some(p), _) => return Err(IndexError::Finalize(format!("shard {}: {p}", s.shard_id)).into()),
+            (Some(p), _) => {
+                return Err(IndexError::Finalize(format!("shard {}: {p}", s.shard_id)).into())
+            }
             (None, _) => candidates.push(s),
         }
     }
@@ -204,7 +239,11 @@ async fn plan(
         return Err(IndexError::Finalize(format!(
             "no complete shards are staged in {}/_staging{}",
             location.url(),
-            if consumed.is_empty() { "" } else { " (staged shards were already consumed by committed segments)" }
+            if consumed.is_empty() {
+                ""
+            } else {
+                " (staged shards were already consumed by committed segments)"
+            }
         ))
         .into());
     }
@@ -232,19 +271,38 @@ async fn plan(
             });
         }
     }
-    let planned = plan_segments(shards, &committed, model, options, &mut || uuid::Uuid::new_v4().to_string())?;
+    let planned = plan_segments(shards, &committed, model, options, &mut || {
+        uuid::Uuid::new_v4().to_string()
+    })?;
     planned
         .units
         .iter()
-        .map(|u| unit_batch(u, planned.fragments.iter().find(|(id, _)| *id == u.segment.segment_id).map(|f| &f.1)))
+        .map(|u| {
+            unit_batch(
+                u,
+                planned
+                    .fragments
+                    .iter()
+                    .find(|(id, _)| *id == u.segment.segment_id)
+                    .map(|f| &f.1),
+            )
+        })
         .collect()
 }
 
 /// Reads a shard's manifest and sidecar and checks that its data file is whole.
-async fn load_shard(store: &dyn object_store::ObjectStore, shard_id: &str, dir: &str) -> crate::Result<PlannedShard> {
+async fn load_shard(
+    store: &dyn object_store::ObjectStore,
+    shard_id: &str,
+    dir: &str,
+) -> crate::Result<PlannedShard> {
     let dir_path = Path::from(dir);
     let what = |w: &str| format!("shard {shard_id}: {w}");
-    let bytes = store.get(&dir_path.clone().join("shard.json")).await?.bytes().await?;
+    let bytes = store
+        .get(&dir_path.clone().join("shard.json"))
+        .await?
+        .bytes()
+        .await?;
     let manifest = ShardManifest::from_json(shard_id, &bytes)?;
     let data = dir_path.clone().join(manifest.data_file.name.as_str());
     match store.head(&data).await {
@@ -252,28 +310,48 @@ async fn load_shard(store: &dyn object_store::ObjectStore, shard_id: &str, dir: 
         Ok(meta) => {
             return Err(IndexError::corrupt(
                 what("data.arrow"),
-                format!("is {} bytes, shard.json says {} (truncated or rewritten)", meta.size, manifest.data_file.size),
+                format!(
+                    "is {} bytes, shard.json says {} (truncated or rewritten)",
+                    meta.size, manifest.data_file.size
+                ),
             ))
         }
-        Err(object_store::Error::NotFound { .. }) => return Err(IndexError::corrupt(what("data.arrow"), "is missing")),
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(IndexError::corrupt(what("data.arrow"), "is missing"))
+        }
         Err(e) => return Err(e.into()),
     }
-    let sidecar = match store.get(&dir_path.clone().join(manifest.fragments_file.name.as_str())).await {
+    let sidecar = match store
+        .get(&dir_path.clone().join(manifest.fragments_file.name.as_str()))
+        .await
+    {
         Ok(r) => r.bytes().await?,
         Err(object_store::Error::NotFound { .. }) => {
             return Err(IndexError::corrupt(what("fragments.roaring"), "is missing"))
         }
         Err(e) => return Err(e.into()),
     };
-    if sidecar.len() as u64 != manifest.fragments_file.size || crc32fast::hash(&sidecar) != manifest.fragments_file.crc32 {
-        return Err(IndexError::corrupt(what("fragments.roaring"), "size or checksum does not match shard.json"));
+    if sidecar.len() as u64 != manifest.fragments_file.size
+        || crc32fast::hash(&sidecar) != manifest.fragments_file.crc32
+    {
+        return Err(IndexError::corrupt(
+            what("fragments.roaring"),
+            "size or checksum does not match shard.json",
+        ));
     }
     let fragments = RoaringBitmap::deserialize_from(&sidecar[..])
         .map_err(|e| IndexError::corrupt(what("fragments.roaring"), e.to_string()))?;
     if fragments.len() != manifest.num_fragments {
-        return Err(IndexError::corrupt(what("fragments.roaring"), "fragment count does not match shard.json"));
+        return Err(IndexError::corrupt(
+            what("fragments.roaring"),
+            "fragment count does not match shard.json",
+        ));
     }
-    Ok(PlannedShard { manifest, dir: dir.to_string(), fragments })
+    Ok(PlannedShard {
+        manifest,
+        dir: dir.to_string(),
+        fragments,
+    })
 }
 
 fn unit_batch(unit: &WorkUnit, fragments: Option<&RoaringBitmap>) -> Result<RecordBatch> {

@@ -52,15 +52,29 @@ pub fn check_shard_model(shard: &ShardManifest, model: &Model) -> Result<()> {
         ));
     }
     if shard.index_type != model.index_type() {
-        return bad(format!("index type {} differs from the index's {}", shard.index_type, model.index_type()));
+        return bad(format!(
+            "index type {} differs from the index's {}",
+            shard.index_type,
+            model.index_type()
+        ));
     }
     if shard.metric != model.metric() {
-        return bad(format!("metric {} differs from the index's {}", shard.metric, model.metric()));
+        return bad(format!(
+            "metric {} differs from the index's {}",
+            shard.metric,
+            model.metric()
+        ));
     }
     if shard.dim as usize != model.dim() {
-        return bad(format!("dimension {} differs from the index's {}", shard.dim, model.dim()));
+        return bad(format!(
+            "dimension {} differs from the index's {}",
+            shard.dim,
+            model.dim()
+        ));
     }
-    if shard.num_partitions as usize != model.num_partitions() || shard.partitions.len() != model.num_partitions() {
+    if shard.num_partitions as usize != model.num_partitions()
+        || shard.partitions.len() != model.num_partitions()
+    {
         return bad(format!(
             "has {} partitions, the index has {}",
             shard.partitions.len(),
@@ -69,10 +83,20 @@ pub fn check_shard_model(shard: &ShardManifest, model: &Model) -> Result<()> {
     }
     let rows: u64 = shard.partitions.iter().map(|b| b.rows).sum();
     if rows != shard.rows {
-        return bad(format!("partitions hold {rows} rows, shard.json says {}", shard.rows));
+        return bad(format!(
+            "partitions hold {rows} rows, shard.json says {}",
+            shard.rows
+        ));
     }
-    if let Some(b) = shard.partitions.iter().find(|b| b.offset + b.length > shard.data_file.size) {
-        return bad(format!("block at offset {} lies past the end of data.arrow", b.offset));
+    if let Some(b) = shard
+        .partitions
+        .iter()
+        .find(|b| b.offset + b.length > shard.data_file.size)
+    {
+        return bad(format!(
+            "block at offset {} lies past the end of data.arrow",
+            b.offset
+        ));
     }
     Ok(())
 }
@@ -90,7 +114,10 @@ pub fn plan_segments(
     shards.sort_by(|a, b| {
         (a.fragments.min(), &a.manifest.shard_id).cmp(&(b.fragments.min(), &b.manifest.shard_id))
     });
-    let mut ids: Vec<(&str, &str)> = shards.iter().map(|s| (s.manifest.shard_id.as_str(), s.dir.as_str())).collect();
+    let mut ids: Vec<(&str, &str)> = shards
+        .iter()
+        .map(|s| (s.manifest.shard_id.as_str(), s.dir.as_str()))
+        .collect();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(IndexError::Finalize(format!(
@@ -193,7 +220,11 @@ pub fn plan_segments(
                     blocks: s.manifest.partitions[start as usize..end as usize].to_vec(),
                 })
                 .collect();
-            let rows = shards_in.iter().flat_map(|s| &s.blocks).map(|b| b.rows).sum();
+            let rows = shards_in
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .map(|b| b.rows)
+                .sum();
             units.push(WorkUnit {
                 segment: segment.clone(),
                 file_index: file_index as u32,
@@ -216,7 +247,13 @@ fn partition_ranges(group: &[PlannedShard], model: &Model, target_bytes: u64) ->
     let p = model.num_partitions();
     let row_bytes = 8 + model.code_width() as u64;
     let sizes: Vec<u64> = (0..p)
-        .map(|i| group.iter().map(|s| s.manifest.partitions[i].rows).sum::<u64>() * row_bytes)
+        .map(|i| {
+            group
+                .iter()
+                .map(|s| s.manifest.partitions[i].rows)
+                .sum::<u64>()
+                * row_bytes
+        })
         .collect();
     let mut ranges = Vec::new();
     let mut start = 0usize;

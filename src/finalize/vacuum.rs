@@ -23,7 +23,10 @@ pub struct VacuumOptions {
 
 impl Default for VacuumOptions {
     fn default() -> Self {
-        Self { older_than: Duration::from_secs(3600), dry_run: false }
+        Self {
+            older_than: Duration::from_secs(3600),
+            dry_run: false,
+        }
     }
 }
 
@@ -46,13 +49,17 @@ async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<Durat
     let newest = location
         .store()
         .list(Some(dir))
-        .try_fold(None, |acc: Option<chrono::DateTime<chrono::Utc>>, m| async move {
-            Ok(Some(acc.map_or(m.last_modified, |a| a.max(m.last_modified))))
-        })
+        .try_fold(
+            None,
+            |acc: Option<chrono::DateTime<chrono::Utc>>, m| async move {
+                Ok(Some(
+                    acc.map_or(m.last_modified, |a| a.max(m.last_modified)),
+                ))
+            },
+        )
         .await?;
     Ok(newest.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)))
 }
-
 
 pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result<VacuumReport> {
     let mut referenced = HashSet::new();
@@ -74,7 +81,11 @@ pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result
             continue;
         };
         let objects = remove(location, &shard.dir, options.dry_run).await?;
-        report.removed.push(Removed { kind, id: shard.shard_id, objects });
+        report.removed.push(Removed {
+            kind,
+            id: shard.shard_id,
+            objects,
+        });
     }
     for segment_id in location.list_dirs(&location.segments_dir()).await? {
         if referenced.contains(&segment_id) {
@@ -83,7 +94,11 @@ pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result
         let dir = location.segment_dir(&segment_id);
         if old_enough(newest_age(location, &dir).await?) {
             let objects = remove(location, &dir, options.dry_run).await?;
-            report.removed.push(Removed { kind: "unreferenced_segment", id: segment_id, objects });
+            report.removed.push(Removed {
+                kind: "unreferenced_segment",
+                id: segment_id,
+                objects,
+            });
         }
     }
     Ok(report)
@@ -91,7 +106,12 @@ pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result
 
 async fn remove(location: &IndexLocation, dir: &Path, dry_run: bool) -> Result<usize> {
     if dry_run {
-        let n = location.store().list(Some(dir)).try_collect::<Vec<_>>().await?.len();
+        let n = location
+            .store()
+            .list(Some(dir))
+            .try_collect::<Vec<_>>()
+            .await?
+            .len();
         Ok(n)
     } else {
         location.delete_dir(dir).await

@@ -98,10 +98,21 @@ impl IpcFileSink {
 
 fn message_header_len(block: &[u8]) -> Result<u32> {
     let corrupt = || IndexError::corrupt("IPC block", "truncated message header");
-    let prefix: [u8; 4] = block.get(0..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
-    let len: [u8; 4] = block.get(4..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+    let prefix: [u8; 4] = block
+        .get(0..4)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let len: [u8; 4] = block
+        .get(4..8)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
     if prefix != [0xff; 4] {
-        return Err(IndexError::corrupt("IPC block", "missing continuation marker"));
+        return Err(IndexError::corrupt(
+            "IPC block",
+            "missing continuation marker",
+        ));
     }
     Ok(8 + u32::from_le_bytes(len))
 }
@@ -150,16 +161,27 @@ pub fn decode_block(
             ),
         ));
     }
-    let block = Block::new(0, info.meta_len as i32, (info.length - info.meta_len as u64) as i64);
+    let block = Block::new(
+        0,
+        info.meta_len as i32,
+        (info.length - info.meta_len as u64) as i64,
+    );
     let decoder = FileDecoder::new(Arc::clone(schema), MetadataVersion::V5);
     let batch = decoder
         .read_record_batch(&block, &Buffer::from(bytes))
         .map_err(|e| IndexError::corrupt(what, format!("block at offset {}: {e}", info.offset)))?
-        .ok_or_else(|| IndexError::corrupt(what, format!("empty block at offset {}", info.offset)))?;
+        .ok_or_else(|| {
+            IndexError::corrupt(what, format!("empty block at offset {}", info.offset))
+        })?;
     if batch.num_rows() as u64 != info.rows {
         return Err(IndexError::corrupt(
             what,
-            format!("block at offset {} has {} rows, manifest says {}", info.offset, batch.num_rows(), info.rows),
+            format!(
+                "block at offset {} has {} rows, manifest says {}",
+                info.offset,
+                batch.num_rows(),
+                info.rows
+            ),
         ));
     }
     Ok(batch)

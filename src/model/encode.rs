@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch,
+    UInt64Array,
+};
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
@@ -101,12 +104,25 @@ pub fn rows_to_batch(schema: &SchemaRef, row_ids: Buffer, codes: Buffer) -> Resu
         DataType::FixedSizeList(item, dim) => {
             let values = Float32Array::new(codes.into(), None);
             debug_assert_eq!(values.len(), n * *dim as usize);
-            Arc::new(FixedSizeListArray::try_new(Arc::clone(item), *dim, Arc::new(values), None)?)
+            Arc::new(FixedSizeListArray::try_new(
+                Arc::clone(item),
+                *dim,
+                Arc::new(values),
+                None,
+            )?)
         }
         DataType::FixedSizeBinary(w) => Arc::new(FixedSizeBinaryArray::try_new(*w, codes, None)?),
-        other => return Err(IndexError::corrupt("storage schema", format!("unexpected stored type {other}"))),
+        other => {
+            return Err(IndexError::corrupt(
+                "storage schema",
+                format!("unexpected stored type {other}"),
+            ))
+        }
     };
-    Ok(RecordBatch::try_new(Arc::clone(schema), vec![Arc::new(row_ids), stored])?)
+    Ok(RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![Arc::new(row_ids), stored],
+    )?)
 }
 
 /// The row ids and the packed stored bytes of a storage batch (zero-copy views).
@@ -136,7 +152,10 @@ pub fn batch_rows(batch: &RecordBatch) -> Result<(&[u64], &[u8], usize)> {
         DataType::FixedSizeBinary(w) => {
             let b = col.as_fixed_size_binary();
             let w = *w as usize;
-            (&b.value_data()[b.offset() * w..(b.offset() + b.len()) * w], w)
+            (
+                &b.value_data()[b.offset() * w..(b.offset() + b.len()) * w],
+                w,
+            )
         }
         _ => return Err(bad("unexpected stored column type")),
     };
@@ -147,4 +166,3 @@ fn bytemuck_f32(f: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(f.as_ptr().cast::<u8>(), std::mem::size_of_val(f)) }
 }
-

@@ -1,7 +1,7 @@
 //! Turning Arrow vector columns into dense `f32` rows, with clear errors for
 //! rows the index cannot hold.
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, LargeListArray};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, LargeListArray, ListArray};
 use arrow::datatypes::{DataType, Float32Type, Float64Type};
 
 use crate::error::{IndexError, Result};
@@ -65,16 +65,19 @@ pub fn append_vectors(
             return Err(bad(i, "vector is NULL".into()));
         }
         if len != dim {
-            return Err(bad(i, format!("vector has dimension {len}, expected {dim}")));
+            return Err(bad(
+                i,
+                format!("vector has dimension {len}, expected {dim}"),
+            ));
         }
         if values.null_count() > 0 && (start..start + len).any(|j| values.is_null(j)) {
             return Err(bad(i, "vector has a NULL element".into()));
         }
         let before = out.len();
         match values.data_type() {
-            DataType::Float32 => {
-                out.extend_from_slice(&values.as_primitive::<Float32Type>().values()[start..start + len])
-            }
+            DataType::Float32 => out.extend_from_slice(
+                &values.as_primitive::<Float32Type>().values()[start..start + len],
+            ),
             DataType::Float64 => out.extend(
                 values.as_primitive::<Float64Type>().values()[start..start + len]
                     .iter()
@@ -99,11 +102,15 @@ pub fn first_dim(array: &ArrayRef) -> Option<usize> {
         DataType::FixedSizeList(_, n) => Some(*n as usize),
         DataType::List(_) => {
             let a = array.as_list::<i32>();
-            (0..a.len()).find(|&i| a.is_valid(i)).map(|i| a.value_length(i) as usize)
+            (0..a.len())
+                .find(|&i| a.is_valid(i))
+                .map(|i| a.value_length(i) as usize)
         }
         DataType::LargeList(_) => {
             let a = array.as_list::<i64>();
-            (0..a.len()).find(|&i| a.is_valid(i)).map(|i| a.value_length(i) as usize)
+            (0..a.len())
+                .find(|&i| a.is_valid(i))
+                .map(|i| a.value_length(i) as usize)
         }
         _ => None,
     }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Model, ModelParams, ProductQuantizer, ScalarQuantizer};
 use crate::error::{IndexError, Result};
-use crate::format::{check_version, IndexLocation, IndexManifest, encode_partitions};
+use crate::format::{check_version, encode_partitions, IndexLocation, IndexManifest};
 
 const PARAMS_KEY: &str = "vector_index.model";
 
@@ -44,7 +44,10 @@ pub(super) fn fingerprint(model: &Model) -> String {
             h.update(v.to_le_bytes());
         }
     }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn model_schema(params: String) -> Arc<Schema> {
@@ -71,11 +74,19 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     let values = ListArray::try_new(item, offsets, Arc::new(Float32Array::from(flat)), None)?;
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(names), Arc::new(values)])?;
     let (bytes, _, _) = encode_partitions(&schema, [batch])?;
-    location.put_if_absent(&location.model_file(model.fingerprint()), bytes).await?;
+    location
+        .put_if_absent(&location.model_file(model.fingerprint()), bytes)
+        .await?;
 
-    let manifest = IndexManifest { format_version: crate::format::FORMAT_VERSION, model: model.fingerprint().to_string() };
+    let manifest = IndexManifest {
+        format_version: crate::format::FORMAT_VERSION,
+        model: model.fingerprint().to_string(),
+    };
     let path = location.index_manifest();
-    if !location.put_if_absent(&path, serde_json::to_vec_pretty(&manifest)?).await? {
+    if !location
+        .put_if_absent(&path, serde_json::to_vec_pretty(&manifest)?)
+        .await?
+    {
         let existing = IndexManifest::from_json(&location.get(&path).await?)?;
         if existing.model != manifest.model {
             return Err(IndexError::invalid_argument(
@@ -92,12 +103,15 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
 }
 
 pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
-    let bytes = location.get_opt(&location.index_manifest()).await?.ok_or_else(|| {
-        IndexError::NotFound(format!(
-            "no vector index at {} (index.json is missing; run create_vector_index first)",
-            location.url()
-        ))
-    })?;
+    let bytes = location
+        .get_opt(&location.index_manifest())
+        .await?
+        .ok_or_else(|| {
+            IndexError::NotFound(format!(
+                "no vector index at {} (index.json is missing; run create_vector_index first)",
+                location.url()
+            ))
+        })?;
     let manifest = IndexManifest::from_json(&bytes)?;
     read_model(location, &manifest.model).await
 }
@@ -107,7 +121,12 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
     let bytes = location
         .get_opt(&location.model_file(fp))
         .await?
-        .ok_or_else(|| IndexError::NotFound(format!("model file models/{fp}.arrow in {}", location.url())))?;
+        .ok_or_else(|| {
+            IndexError::NotFound(format!(
+                "model file models/{fp}.arrow in {}",
+                location.url()
+            ))
+        })?;
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
     let params_json = reader
@@ -117,21 +136,36 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
         .cloned()
         .ok_or_else(|| IndexError::corrupt(&what, "no model parameters in the schema metadata"))?;
     let version: serde_json::Value = serde_json::from_str(&params_json)?;
-    check_version(&what, version["format_version"].as_u64().unwrap_or(0) as u32)?;
+    check_version(
+        &what,
+        version["format_version"].as_u64().unwrap_or(0) as u32,
+    )?;
     let params: ModelParams = serde_json::from_str(&params_json)
         .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
     let mut found: HashMap<String, Vec<f32>> = HashMap::new();
     for batch in reader {
         let batch = batch.map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
-        let names = batch.column(0).as_string_opt::<i32>().ok_or_else(|| IndexError::corrupt(&what, "tensor names"))?;
-        let lists = batch.column(1).as_list_opt::<i32>().ok_or_else(|| IndexError::corrupt(&what, "tensor values"))?;
+        let names = batch
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| IndexError::corrupt(&what, "tensor names"))?;
+        let lists = batch
+            .column(1)
+            .as_list_opt::<i32>()
+            .ok_or_else(|| IndexError::corrupt(&what, "tensor values"))?;
         for i in 0..batch.num_rows() {
             let v = lists.value(i);
-            let v = v.as_primitive_opt::<Float32Type>().ok_or_else(|| IndexError::corrupt(&what, "tensor type"))?;
+            let v = v
+                .as_primitive_opt::<Float32Type>()
+                .ok_or_else(|| IndexError::corrupt(&what, "tensor type"))?;
             found.insert(names.value(i).to_string(), v.values().to_vec());
         }
     }
-    let mut take = |name: &str| found.remove(name).ok_or_else(|| IndexError::corrupt(&what, format!("missing tensor {name}")));
+    let mut take = |name: &str| {
+        found
+            .remove(name)
+            .ok_or_else(|| IndexError::corrupt(&what, format!("missing tensor {name}")))
+    };
     let dim = params.dim as usize;
     let centroids = take("centroids")?;
     if centroids.len() != dim * params.num_partitions as usize {
@@ -146,13 +180,19 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
         None => None,
     };
     let sq = if params.index_type.quantizer() == super::Quantizer::Sq {
-        Some(ScalarQuantizer { lower: take("sq_lower")?, upper: take("sq_upper")? })
+        Some(ScalarQuantizer {
+            lower: take("sq_lower")?,
+            upper: take("sq_upper")?,
+        })
     } else {
         None
     };
     let model = Model::new(params, centroids, pq, sq);
     if model.fingerprint() != fp {
-        return Err(IndexError::corrupt(&what, format!("contents hash to {}, not to its name", model.fingerprint())));
+        return Err(IndexError::corrupt(
+            &what,
+            format!("contents hash to {}, not to its name", model.fingerprint()),
+        ));
     }
     Ok(model)
 }

@@ -16,7 +16,10 @@ pub struct KMeansParams {
 /// Clusters `data` (n rows of `dim`, row-major; n ≥ k) and returns k centroids, row-major.
 pub fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32> {
     let n = data.len() / dim;
-    assert!(n >= params.k && params.k > 0, "k-means needs at least k rows");
+    assert!(
+        n >= params.k && params.k > 0,
+        "k-means needs at least k rows"
+    );
     let mut rng = SplitMix64::new(params.seed);
     let mut centroids = kmeans_plus_plus(data, dim, params.k, &mut rng);
     let mut assignment = vec![usize::MAX; n];
@@ -120,7 +123,11 @@ mod tests {
     #[test]
     fn deterministic_per_seed_and_finds_blobs() {
         let data = blobs(1);
-        let p = KMeansParams { k: 3, max_iterations: 20, seed: 7 };
+        let p = KMeansParams {
+            k: 3,
+            max_iterations: 20,
+            seed: 7,
+        };
         let a = kmeans(&data, 2, p);
         let b = kmeans(&data, 2, p);
         assert_eq!(a, b);
@@ -133,7 +140,11 @@ mod tests {
     fn different_seeds_may_differ_but_each_is_stable() {
         let data = blobs(2);
         for seed in 0..4 {
-            let p = KMeansParams { k: 5, max_iterations: 5, seed };
+            let p = KMeansParams {
+                k: 5,
+                max_iterations: 5,
+                seed,
+            };
             assert_eq!(kmeans(&data, 2, p), kmeans(&data, 2, p));
         }
     }

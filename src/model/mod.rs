@@ -98,7 +98,10 @@ impl FromStr for IndexType {
                 let names: Vec<_> = Self::ALL.iter().map(|t| t.name()).collect();
                 IndexError::invalid_argument(
                     "type",
-                    format!("unknown index type '{s}'; expected one of {}", names.join(", ")),
+                    format!(
+                        "unknown index type '{s}'; expected one of {}",
+                        names.join(", ")
+                    ),
                 )
             })
     }
@@ -154,7 +157,10 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        Self { m: 16, ef_construction: 100 }
+        Self {
+            m: 16,
+            ef_construction: 100,
+        }
     }
 }
 
@@ -193,7 +199,13 @@ impl Model {
         pq: Option<ProductQuantizer>,
         sq: Option<ScalarQuantizer>,
     ) -> Self {
-        let mut model = Self { params, centroids, pq, sq, fingerprint: String::new() };
+        let mut model = Self {
+            params,
+            centroids,
+            pq,
+            sq,
+            fingerprint: String::new(),
+        };
         model.fingerprint = io::fingerprint(&model);
         model
     }
@@ -257,12 +269,17 @@ impl Model {
         io::write_model(self, location).await
     }
 
-    pub async fn read(location: &crate::format::IndexLocation, fingerprint: &str) -> crate::error::Result<Self> {
+    pub async fn read(
+        location: &crate::format::IndexLocation,
+        fingerprint: &str,
+    ) -> crate::error::Result<Self> {
         io::read_model(location, fingerprint).await
     }
 
     /// The model named by the index's `index.json`.
-    pub async fn read_current(location: &crate::format::IndexLocation) -> crate::error::Result<Self> {
+    pub async fn read_current(
+        location: &crate::format::IndexLocation,
+    ) -> crate::error::Result<Self> {
         io::read_current_model(location).await
     }
 }

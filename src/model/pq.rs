@@ -18,7 +18,13 @@ pub struct ProductQuantizer {
 
 impl ProductQuantizer {
     /// Trains on `residuals` (n × dim); needs n ≥ 256.
-    pub fn train(residuals: &[f32], dim: usize, num_sub_vectors: usize, iterations: usize, seed: u64) -> Self {
+    pub fn train(
+        residuals: &[f32],
+        dim: usize,
+        num_sub_vectors: usize,
+        iterations: usize,
+        seed: u64,
+    ) -> Self {
         let sub_dim = dim / num_sub_vectors;
         let n = residuals.len() / dim;
         let codebook: Vec<Vec<f32>> = (0..num_sub_vectors)
@@ -62,7 +68,11 @@ impl ProductQuantizer {
         for m in 0..self.num_sub_vectors {
             let sub = &target[m * self.sub_dim..(m + 1) * self.sub_dim];
             for c in self.sub_codebook(m).chunks_exact(self.sub_dim) {
-                table.push(if inner_product { dot(sub, c) } else { l2_sq(sub, c) });
+                table.push(if inner_product {
+                    dot(sub, c)
+                } else {
+                    l2_sq(sub, c)
+                });
             }
         }
         table

@@ -22,12 +22,18 @@ impl ScalarQuantizer {
 
     fn scale(&self, d: usize) -> f32 {
         let w = self.upper[d] - self.lower[d];
-        if w > 0.0 { w / 255.0 } else { 1.0 }
+        if w > 0.0 {
+            w / 255.0
+        } else {
+            1.0
+        }
     }
 
     pub fn encode(&self, v: &[f32], out: &mut [u8]) {
         for (d, (o, x)) in out.iter_mut().zip(v).enumerate() {
-            *o = ((x - self.lower[d]) / self.scale(d)).round().clamp(0.0, 255.0) as u8;
+            *o = ((x - self.lower[d]) / self.scale(d))
+                .round()
+                .clamp(0.0, 255.0) as u8;
         }
     }
 
@@ -41,8 +47,12 @@ impl ScalarQuantizer {
     /// `(q' , w)` with `q'_d = (q_d - lower_d) / scale_d` and `w_d = scale_d²` for L2,
     /// or `(q_d · scale_d, offset = Σ q_d · lower_d)` for inner products.
     pub fn query_l2(&self, q: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let scaled = (0..q.len()).map(|d| (q[d] - self.lower[d]) / self.scale(d)).collect();
-        let weights = (0..q.len()).map(|d| self.scale(d) * self.scale(d)).collect();
+        let scaled = (0..q.len())
+            .map(|d| (q[d] - self.lower[d]) / self.scale(d))
+            .collect();
+        let weights = (0..q.len())
+            .map(|d| self.scale(d) * self.scale(d))
+            .collect();
         (scaled, weights)
     }
 
@@ -66,7 +76,12 @@ pub fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
             acc[l] += w[l] * d * d;
         }
     }
-    let tail: f32 = qr.iter().zip(wr).zip(cr).map(|((q, w), &c)| w * (q - c as f32) * (q - c as f32)).sum();
+    let tail: f32 = qr
+        .iter()
+        .zip(wr)
+        .zip(cr)
+        .map(|((q, w), &c)| w * (q - c as f32) * (q - c as f32))
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 

@@ -7,7 +7,9 @@ use rayon::prelude::*;
 use super::distance::{nearest_l2, normalize};
 use super::kmeans::{kmeans, KMeansParams};
 use super::pq::PQ_CODES;
-use super::{HnswParams, IndexType, Metric, Model, ModelParams, ProductQuantizer, Quantizer, ScalarQuantizer};
+use super::{
+    HnswParams, IndexType, Metric, Model, ModelParams, ProductQuantizer, Quantizer, ScalarQuantizer,
+};
 use crate::error::{IndexError, Result};
 use crate::format::FORMAT_VERSION;
 
@@ -43,17 +45,21 @@ impl Default for TrainOptions {
 
 impl TrainOptions {
     pub fn sample_rows(&self) -> usize {
-        self.sample_rows.unwrap_or((256 * self.num_partitions).max(16_384))
+        self.sample_rows
+            .unwrap_or((256 * self.num_partitions).max(16_384))
     }
 
     fn num_sub_vectors(&self, dim: usize) -> Result<usize> {
         match self.num_sub_vectors {
-            Some(m) if m == 0 || dim % m != 0 => Err(IndexError::invalid_argument(
+            Some(m) if m == 0 || !dim.is_multiple_of(m) => Err(IndexError::invalid_argument(
                 "num_sub_vectors",
                 format!("{m} does not divide the dimension {dim}"),
             )),
             Some(m) => Ok(m),
-            None => Ok((1..=(dim / 8).max(1)).rev().find(|m| dim % m == 0).unwrap_or(1)),
+            None => Ok((1..=(dim / 8).max(1))
+                .rev()
+                .find(|&m| dim.is_multiple_of(m))
+                .unwrap_or(1)),
         }
     }
 }
@@ -72,7 +78,14 @@ pub struct SampleCollector {
 
 impl SampleCollector {
     pub fn new(dim: usize, capacity: usize, seed: u64) -> Self {
-        Self { dim, capacity, seed, heap: BinaryHeap::new(), slots: Vec::new(), seen: 0 }
+        Self {
+            dim,
+            capacity,
+            seed,
+            heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            seen: 0,
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -128,12 +141,18 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
     }
     let n = sample.len() / dim;
     if opts.num_partitions == 0 {
-        return Err(IndexError::invalid_argument("num_partitions", "must be at least 1"));
+        return Err(IndexError::invalid_argument(
+            "num_partitions",
+            "must be at least 1",
+        ));
     }
     if n < opts.num_partitions {
         return Err(IndexError::invalid_argument(
             "num_partitions",
-            format!("{} partitions need at least as many training rows; the sample has {n}", opts.num_partitions),
+            format!(
+                "{} partitions need at least as many training rows; the sample has {n}",
+                opts.num_partitions
+            ),
         ));
     }
     let quantizer = opts.index_type.quantizer();
@@ -154,7 +173,11 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
     let centroids = kmeans(
         &sample,
         dim,
-        KMeansParams { k: opts.num_partitions, max_iterations: opts.max_iterations, seed: opts.seed },
+        KMeansParams {
+            k: opts.num_partitions,
+            max_iterations: opts.max_iterations,
+            seed: opts.seed,
+        },
     );
     let pq = num_sub_vectors.map(|m| {
         let residuals: Vec<f32> = sample

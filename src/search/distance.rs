@@ -12,12 +12,26 @@ use crate::model::{Metric, Model, Quantizer};
 
 /// A query prepared for one IVF partition.
 pub enum Scorer {
-    Flat { query: Vec<f32>, metric: Metric },
+    Flat {
+        query: Vec<f32>,
+        metric: Metric,
+    },
     /// `distance = sign · Σ table[code] + offset`.
-    Pq { table: Vec<f32>, offset: f32, sign: f32 },
-    SqL2 { scaled: Vec<f32>, weights: Vec<f32> },
+    Pq {
+        table: Vec<f32>,
+        offset: f32,
+        sign: f32,
+    },
+    SqL2 {
+        scaled: Vec<f32>,
+        weights: Vec<f32>,
+    },
     /// `distance = offset − Σ w·code` (dot), with `offset` folding in `1 −` for cosine.
-    SqDot { weights: Vec<f32>, offset: f32, base: f32 },
+    SqDot {
+        weights: Vec<f32>,
+        offset: f32,
+        base: f32,
+    },
 }
 
 impl Scorer {
@@ -26,25 +40,46 @@ impl Scorer {
         let metric = model.metric();
         let base = if metric == Metric::Cosine { 1.0 } else { 0.0 };
         Ok(match model.index_type().quantizer() {
-            Quantizer::Flat => Self::Flat { query: query.to_vec(), metric },
+            Quantizer::Flat => Self::Flat {
+                query: query.to_vec(),
+                metric,
+            },
             Quantizer::Pq => {
-                let pq = model.pq.as_ref().ok_or_else(|| IndexError::corrupt("model", "PQ codebook missing"))?;
+                let pq = model
+                    .pq
+                    .as_ref()
+                    .ok_or_else(|| IndexError::corrupt("model", "PQ codebook missing"))?;
                 let c = model.centroid(partition);
                 if metric == Metric::L2 {
                     let residual: Vec<f32> = query.iter().zip(c).map(|(q, c)| q - c).collect();
-                    Self::Pq { table: pq.distance_table(&residual, false), offset: 0.0, sign: 1.0 }
+                    Self::Pq {
+                        table: pq.distance_table(&residual, false),
+                        offset: 0.0,
+                        sign: 1.0,
+                    }
                 } else {
-                    Self::Pq { table: pq.distance_table(query, true), offset: base - dot(query, c), sign: -1.0 }
+                    Self::Pq {
+                        table: pq.distance_table(query, true),
+                        offset: base - dot(query, c),
+                        sign: -1.0,
+                    }
                 }
             }
             Quantizer::Sq => {
-                let sq = model.sq.as_ref().ok_or_else(|| IndexError::corrupt("model", "SQ bounds missing"))?;
+                let sq = model
+                    .sq
+                    .as_ref()
+                    .ok_or_else(|| IndexError::corrupt("model", "SQ bounds missing"))?;
                 if metric == Metric::L2 {
                     let (scaled, weights) = sq.query_l2(query);
                     Self::SqL2 { scaled, weights }
                 } else {
                     let (weights, offset) = sq.query_dot(query);
-                    Self::SqDot { weights, offset, base }
+                    Self::SqDot {
+                        weights,
+                        offset,
+                        base,
+                    }
                 }
             }
         })
@@ -67,27 +102,49 @@ impl Scorer {
                         Metric::Dot => -dot(query, v),
                     };
                     if distance <= top.threshold() {
-                        top.push(Scored { distance, row_id: *id });
+                        top.push(Scored {
+                            distance,
+                            row_id: *id,
+                        });
                     }
                 }
             }
             (_, DataType::FixedSizeBinary(w)) => {
                 let w = *w as usize;
                 let codes = col.as_fixed_size_binary();
-                let data = &codes.value_data()[codes.offset() * w..(codes.offset() + codes.len()) * w];
+                let data =
+                    &codes.value_data()[codes.offset() * w..(codes.offset() + codes.len()) * w];
                 for (id, c) in ids.iter().zip(data.chunks_exact(w)) {
                     let distance = match self {
-                        Self::Pq { table, offset, sign } => sign * table_lookup(table, c) + offset,
+                        Self::Pq {
+                            table,
+                            offset,
+                            sign,
+                        } => sign * table_lookup(table, c) + offset,
                         Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, c),
-                        Self::SqDot { weights, offset, base } => base - sq_dot(weights, *offset, c),
-                        Self::Flat { .. } => return Err(IndexError::corrupt("segment", "FLAT index stores codes")),
+                        Self::SqDot {
+                            weights,
+                            offset,
+                            base,
+                        } => base - sq_dot(weights, *offset, c),
+                        Self::Flat { .. } => {
+                            return Err(IndexError::corrupt("segment", "FLAT index stores codes"))
+                        }
                     };
                     if distance <= top.threshold() {
-                        top.push(Scored { distance, row_id: *id });
+                        top.push(Scored {
+                            distance,
+                            row_id: *id,
+                        });
                     }
                 }
             }
-            _ => return Err(IndexError::corrupt("segment", "stored column does not match the index type")),
+            _ => {
+                return Err(IndexError::corrupt(
+                    "segment",
+                    "stored column does not match the index type",
+                ))
+            }
         }
         Ok(())
     }
@@ -114,7 +171,14 @@ mod tests {
             (IndexType::IvfSq, Metric::Dot),
             (IndexType::IvfSq, Metric::Cosine),
         ] {
-            let options = TrainOptions { index_type: ty, metric, num_partitions: 4, num_sub_vectors: Some(4), max_iterations: 5, ..Default::default() };
+            let options = TrainOptions {
+                index_type: ty,
+                metric,
+                num_partitions: 4,
+                num_sub_vectors: Some(4),
+                max_iterations: 5,
+                ..Default::default()
+            };
             let model = Arc::new(train_model(dim, data.clone(), &options).unwrap());
             let mut rows = data[..20 * dim].to_vec();
             let (mut parts, mut codes) = (Vec::new(), Vec::new());
@@ -129,10 +193,13 @@ mod tests {
                 let mut x = vec![0f32; dim];
                 if let Some(pq) = &model.pq {
                     for m in 0..pq.num_sub_vectors {
-                        let c = &pq.codebook[(m * 256 + code[m] as usize) * pq.sub_dim..][..pq.sub_dim];
+                        let c =
+                            &pq.codebook[(m * 256 + code[m] as usize) * pq.sub_dim..][..pq.sub_dim];
                         x[m * pq.sub_dim..(m + 1) * pq.sub_dim].copy_from_slice(c);
                     }
-                    x.iter_mut().zip(model.centroid(p as usize)).for_each(|(a, b)| *a += b);
+                    x.iter_mut()
+                        .zip(model.centroid(p as usize))
+                        .for_each(|(a, b)| *a += b);
                 } else if let Some(sq) = &model.sq {
                     sq.decode(code, &mut x);
                 }
@@ -143,12 +210,23 @@ mod tests {
                 };
                 let scorer = Scorer::new(&model, &q, p as usize).unwrap();
                 let got = match &scorer {
-                    Scorer::Pq { table, offset, sign } => sign * table_lookup(table, code) + offset,
+                    Scorer::Pq {
+                        table,
+                        offset,
+                        sign,
+                    } => sign * table_lookup(table, code) + offset,
                     Scorer::SqL2 { scaled, weights } => sq_l2(scaled, weights, code),
-                    Scorer::SqDot { weights, offset, base } => base - sq_dot(weights, *offset, code),
+                    Scorer::SqDot {
+                        weights,
+                        offset,
+                        base,
+                    } => base - sq_dot(weights, *offset, code),
                     Scorer::Flat { .. } => unreachable!(),
                 };
-                assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{ty} {metric}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                    "{ty} {metric}: {got} vs {exact}"
+                );
             }
         }
     }

@@ -49,7 +49,11 @@ pub struct SearchOptions {
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        Self { k: 10, nprobes: 20, ef: None }
+        Self {
+            k: 10,
+            nprobes: 20,
+            ef: None,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ impl SearchTarget {
                 location.url()
             ))
         })?;
-        let ids: Vec<String> = version.segments.iter().map(|s| s.segment_id.clone()).collect();
+        let ids: Vec<String> = version
+            .segments
+            .iter()
+            .map(|s| s.segment_id.clone())
+            .collect();
         let segments: Vec<SegmentManifest> = futures::stream::iter(ids)
             .map(|id| {
                 let location = location.clone();
@@ -81,9 +89,17 @@ impl SearchTarget {
             .try_collect()
             .await?;
         if let Some(s) = segments.iter().find(|s| s.model != model.fingerprint()) {
-            return Err(IndexError::corrupt(format!("segment {}", s.segment_id), "built with another model"));
+            return Err(IndexError::corrupt(
+                format!("segment {}", s.segment_id),
+                "built with another model",
+            ));
         }
-        Ok(Arc::new(Self { location: location.clone(), model, version: version.version, segments }))
+        Ok(Arc::new(Self {
+            location: location.clone(),
+            model,
+            version: version.version,
+            segments,
+        }))
     }
 }
 
@@ -93,7 +109,10 @@ pub fn queries_schema(dim: usize) -> SchemaRef {
         Field::new("query_id", DataType::UInt32, false),
         Field::new(
             "query",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                dim as i32,
+            ),
             false,
         ),
     ]))
@@ -112,30 +131,59 @@ pub fn search_plan(
         return Err(IndexError::invalid_argument("k", "must be at least 1"));
     }
     if options.nprobes == 0 {
-        return Err(IndexError::invalid_argument("nprobes", "must be at least 1"));
+        return Err(IndexError::invalid_argument(
+            "nprobes",
+            "must be at least 1",
+        ));
     }
-    if queries.is_empty() || queries.len() % dim != 0 {
+    if queries.is_empty() || !queries.len().is_multiple_of(dim) {
         return Err(IndexError::invalid_argument(
             "query",
-            format!("query vectors must have dimension {dim}, got {} values", queries.len()),
+            format!(
+                "query vectors must have dimension {dim}, got {} values",
+                queries.len()
+            ),
         ));
     }
     if queries.iter().any(|x| !x.is_finite()) {
-        return Err(IndexError::invalid_argument("query", "contains NaN or infinity"));
+        return Err(IndexError::invalid_argument(
+            "query",
+            "contains NaN or infinity",
+        ));
     }
     let n = queries.len() / dim;
     let schema = queries_schema(dim);
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let list = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(queries)), None)?;
+    let list = FixedSizeListArray::try_new(
+        item,
+        dim as i32,
+        Arc::new(Float32Array::from(queries)),
+        None,
+    )?;
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
-        vec![Arc::new(UInt32Array::from_iter_values(0..n as u32)), Arc::new(list)],
+        vec![
+            Arc::new(UInt32Array::from_iter_values(0..n as u32)),
+            Arc::new(list),
+        ],
     )?;
     let leaf = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
-    let probe = Arc::new(VectorIndexProbeExec::try_new(leaf, Arc::clone(&target), options)?);
+    let probe = Arc::new(VectorIndexProbeExec::try_new(
+        leaf,
+        Arc::clone(&target),
+        options,
+    )?);
     let partitions = state.config().target_partitions().max(1);
-    let spread = Arc::new(RepartitionExec::try_new(probe, Partitioning::RoundRobinBatch(partitions))?);
-    let scan = Arc::new(VectorIndexScanExec::try_new(spread, Arc::clone(&target), options)?);
-    let topk = VectorIndexTopKExec::try_new(Arc::new(CoalescePartitionsExec::new(scan)), options.k)?;
+    let spread = Arc::new(RepartitionExec::try_new(
+        probe,
+        Partitioning::RoundRobinBatch(partitions),
+    )?);
+    let scan = Arc::new(VectorIndexScanExec::try_new(
+        spread,
+        Arc::clone(&target),
+        options,
+    )?);
+    let topk =
+        VectorIndexTopKExec::try_new(Arc::new(CoalescePartitionsExec::new(scan)), options.k)?;
     Ok(Arc::new(topk))
 }

@@ -11,7 +11,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+};
 use futures::TryStreamExt;
 
 use super::{SearchOptions, SearchTarget};
@@ -27,7 +29,10 @@ pub fn probe_task_schema(dim: usize) -> SchemaRef {
         Field::new("partition", DataType::UInt32, false),
         Field::new(
             "query",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim as i32),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                dim as i32,
+            ),
             false,
         ),
     ]))
@@ -50,9 +55,18 @@ pub struct VectorIndexProbeExec {
 }
 
 impl VectorIndexProbeExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, target: Arc<SearchTarget>, options: SearchOptions) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        target: Arc<SearchTarget>,
+        options: SearchOptions,
+    ) -> Result<Self> {
         let schema = probe_task_schema(target.model.dim());
-        Ok(Self { input, target, options, properties: compute_properties(schema, 1, EmissionType::Final) })
+        Ok(Self {
+            input,
+            target,
+            options,
+            properties: compute_properties(schema, 1, EmissionType::Final),
+        })
     }
 }
 
@@ -88,8 +102,15 @@ impl ExecutionPlan for VectorIndexProbeExec {
         vec![&self.input]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(single_child(self.name(), children)?, Arc::clone(&self.target), self.options)?))
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(
+            single_child(self.name(), children)?,
+            Arc::clone(&self.target),
+            self.options,
+        )?))
     }
 
     fn apply_expressions(
@@ -99,9 +120,15 @@ impl ExecutionPlan for VectorIndexProbeExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
-            return datafusion::common::exec_err!("VectorIndexProbeExec has one partition, asked for {partition}");
+            return datafusion::common::exec_err!(
+                "VectorIndexProbeExec has one partition, asked for {partition}"
+            );
         }
         let spread = context.session_config().target_partitions().max(1);
         let input = self.input.execute(0, context)?;
@@ -114,8 +141,10 @@ impl ExecutionPlan for VectorIndexProbeExec {
             let tasks = probe(&target, nprobes, &batches)?;
             // Several batches per scan partition keep every core busy.
             let per_batch = tasks.len().div_ceil(spread * 4).clamp(1, 256);
-            let out: Vec<Result<RecordBatch>> =
-                tasks.chunks(per_batch).map(|c| task_batch(&out_schema, &target, c)).collect();
+            let out: Vec<Result<RecordBatch>> = tasks
+                .chunks(per_batch)
+                .map(|c| task_batch(&out_schema, &target, c))
+                .collect();
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out))
         })
         .try_flatten();
@@ -148,7 +177,12 @@ fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Resu
             for p in model.rank_partitions(&q, nprobes) {
                 for (s, seg) in target.segments.iter().enumerate() {
                     if seg.block(p as u32).is_some_and(|(_, b)| b.rows > 0) {
-                        tasks.push(Task { segment: s as u32, partition: p as u32, query_id: ids.value(i), query: Arc::clone(&q) });
+                        tasks.push(Task {
+                            segment: s as u32,
+                            partition: p as u32,
+                            query_id: ids.value(i),
+                            query: Arc::clone(&q),
+                        });
                     }
                 }
             }
@@ -162,16 +196,22 @@ fn task_batch(schema: &SchemaRef, target: &SearchTarget, tasks: &[Task]) -> Resu
     let dim = target.model.dim();
     let values: Vec<f32> = tasks.iter().flat_map(|t| t.query.iter().copied()).collect();
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let queries = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?;
+    let queries =
+        FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?;
     RecordBatch::try_new(
         Arc::clone(schema),
         vec![
-            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.query_id))),
-            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.segment))),
-            Arc::new(UInt32Array::from_iter_values(tasks.iter().map(|t| t.partition))),
+            Arc::new(UInt32Array::from_iter_values(
+                tasks.iter().map(|t| t.query_id),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                tasks.iter().map(|t| t.segment),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                tasks.iter().map(|t| t.partition),
+            )),
             Arc::new(queries),
         ],
     )
     .map_err(|e| exec_datafusion_err!("{e}"))
 }
-

@@ -12,7 +12,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
@@ -42,9 +44,18 @@ pub struct VectorIndexScanExec {
 }
 
 impl VectorIndexScanExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, target: Arc<SearchTarget>, options: SearchOptions) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        target: Arc<SearchTarget>,
+        options: SearchOptions,
+    ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
-        Ok(Self { input, target, options, properties: compute_properties(search_output_schema(), partitions, EmissionType::Final) })
+        Ok(Self {
+            input,
+            target,
+            options,
+            properties: compute_properties(search_output_schema(), partitions, EmissionType::Final),
+        })
     }
 }
 
@@ -72,8 +83,15 @@ impl ExecutionPlan for VectorIndexScanExec {
         vec![&self.input]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(single_child(self.name(), children)?, Arc::clone(&self.target), self.options)?))
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(
+            single_child(self.name(), children)?,
+            Arc::clone(&self.target),
+            self.options,
+        )?))
     }
 
     fn apply_expressions(
@@ -83,7 +101,11 @@ impl ExecutionPlan for VectorIndexScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let mut input = self.input.execute(partition, context)?;
         let target = Arc::clone(&self.target);
         let k = self.options.k;
@@ -94,17 +116,27 @@ impl ExecutionPlan for VectorIndexScanExec {
             }
             Ok(tops_to_batch(tops)?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(search_output_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            search_output_schema(),
+            stream,
+        )))
     }
 }
 
-async fn scan_tasks(target: &Arc<SearchTarget>, batch: &RecordBatch, k: usize, tops: &mut BTreeMap<u32, TopK>) -> Result<()> {
+async fn scan_tasks(
+    target: &Arc<SearchTarget>,
+    batch: &RecordBatch,
+    k: usize,
+    tops: &mut BTreeMap<u32, TopK>,
+) -> Result<()> {
     let query_ids = batch.column(0).as_primitive::<UInt32Type>();
     let segments = batch.column(1).as_primitive::<UInt32Type>();
     let partitions = batch.column(2).as_primitive::<UInt32Type>();
     let queries = batch.column(3).as_fixed_size_list();
     let dim = target.model.dim();
-    let mut wanted: Vec<(u32, u32)> = (0..batch.num_rows()).map(|i| (segments.value(i), partitions.value(i))).collect();
+    let mut wanted: Vec<(u32, u32)> = (0..batch.num_rows())
+        .map(|i| (segments.value(i), partitions.value(i)))
+        .collect();
     wanted.dedup();
     let schema = target.model.storage_schema();
     let blocks: HashMap<(u32, u32), RecordBatch> = futures::stream::iter(wanted)
@@ -114,9 +146,18 @@ async fn scan_tasks(target: &Arc<SearchTarget>, batch: &RecordBatch, k: usize, t
             async move {
                 let seg = &target.segments[s as usize];
                 let what = format!("segment {}, partition {p}", seg.segment_id);
-                let (file, block) = seg.block(p).ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
-                let path = target.location.segment_dir(&seg.segment_id).join(file.name.as_str());
-                let bytes = target.location.store().get_range(&path, block.range()).await?;
+                let (file, block) = seg
+                    .block(p)
+                    .ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
+                let path = target
+                    .location
+                    .segment_dir(&seg.segment_id)
+                    .join(file.name.as_str());
+                let bytes = target
+                    .location
+                    .store()
+                    .get_range(&path, block.range())
+                    .await?;
                 Ok::<_, IndexError>(((s, p), decode_block(&what, &schema, block, bytes)?))
             }
         })
@@ -128,7 +169,9 @@ async fn scan_tasks(target: &Arc<SearchTarget>, batch: &RecordBatch, k: usize, t
         let (s, p) = (segments.value(i), partitions.value(i));
         let start = (queries.offset() + i) * dim;
         let scorer = Scorer::new(&target.model, &values[start..start + dim], p as usize)?;
-        let top = tops.entry(query_ids.value(i)).or_insert_with(|| TopK::new(k));
+        let top = tops
+            .entry(query_ids.value(i))
+            .or_insert_with(|| TopK::new(k));
         scorer.score_batch(&blocks[&(s, p)], top)?;
     }
     Ok(())

@@ -32,7 +32,11 @@ pub struct VectorSearchTable {
 
 impl VectorSearchTable {
     pub fn new(location: IndexLocation, query: Vec<f32>, options: SearchOptions) -> Self {
-        Self { location, query, options }
+        Self {
+            location,
+            query,
+            options,
+        }
     }
 }
 

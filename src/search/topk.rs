@@ -17,7 +17,9 @@ impl Eq for Scored {}
 
 impl Ord for Scored {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.distance.total_cmp(&other.distance).then(self.row_id.cmp(&other.row_id))
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.row_id.cmp(&other.row_id))
     }
 }
 
@@ -36,7 +38,10 @@ pub struct TopK {
 
 impl TopK {
     pub fn new(k: usize) -> Self {
-        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
     }
 
     /// The distance a row must beat to enter, once k rows are held.
@@ -78,6 +83,10 @@ pub fn tops_to_batch(tops: BTreeMap<u32, TopK>) -> arrow::error::Result<RecordBa
     }
     RecordBatch::try_new(
         super::search_output_schema(),
-        vec![Arc::new(UInt32Array::from(q)), Arc::new(UInt64Array::from(r)), Arc::new(Float32Array::from(d))],
+        vec![
+            Arc::new(UInt32Array::from(q)),
+            Arc::new(UInt64Array::from(r)),
+            Arc::new(Float32Array::from(d)),
+        ],
     )
 }

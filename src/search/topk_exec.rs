@@ -12,7 +12,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+};
 use futures::StreamExt;
 
 use super::topk::{tops_to_batch, Scored, TopK};
@@ -44,7 +46,11 @@ pub struct VectorIndexTopKExec {
 
 impl VectorIndexTopKExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, k: usize) -> Result<Self> {
-        Ok(Self { input, k, properties: compute_properties(search_output_schema(), 1, EmissionType::Final) })
+        Ok(Self {
+            input,
+            k,
+            properties: compute_properties(search_output_schema(), 1, EmissionType::Final),
+        })
     }
 }
 
@@ -71,8 +77,14 @@ impl ExecutionPlan for VectorIndexTopKExec {
         vec![&self.input]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(single_child(self.name(), children)?, self.k)?))
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::try_new(
+            single_child(self.name(), children)?,
+            self.k,
+        )?))
     }
 
     fn apply_expressions(
@@ -82,9 +94,15 @@ impl ExecutionPlan for VectorIndexTopKExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
-            return datafusion::common::exec_err!("VectorIndexTopKExec has one partition, asked for {partition}");
+            return datafusion::common::exec_err!(
+                "VectorIndexTopKExec has one partition, asked for {partition}"
+            );
         }
         let mut input = self.input.execute(0, context)?;
         let k = self.k;
@@ -98,11 +116,17 @@ impl ExecutionPlan for VectorIndexTopKExec {
                 for i in 0..batch.num_rows() {
                     tops.entry(q.value(i))
                         .or_insert_with(|| TopK::new(k))
-                        .push(Scored { distance: d.value(i), row_id: r.value(i) });
+                        .push(Scored {
+                            distance: d.value(i),
+                            row_id: r.value(i),
+                        });
                 }
             }
             Ok(tops_to_batch(tops)?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(search_output_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            search_output_schema(),
+            stream,
+        )))
     }
 }

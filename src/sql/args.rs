@@ -45,11 +45,19 @@ pub struct Param {
 }
 
 pub const fn req(name: &'static str, kind: Kind) -> Param {
-    Param { name, kind, required: true }
+    Param {
+        name,
+        kind,
+        required: true,
+    }
 }
 
 pub const fn opt(name: &'static str, kind: Kind) -> Param {
-    Param { name, kind, required: false }
+    Param {
+        name,
+        kind,
+        required: false,
+    }
 }
 
 /// A procedure's or table function's signature.
@@ -63,19 +71,29 @@ impl Signature {
     pub fn accepted(&self) -> String {
         self.params
             .iter()
-            .map(|p| format!("{}{} ({})", p.name, if p.required { "" } else { "?" }, p.kind.describe()))
+            .map(|p| {
+                format!(
+                    "{}{} ({})",
+                    p.name,
+                    if p.required { "" } else { "?" },
+                    p.kind.describe()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
 
     fn param(&self, name: &str) -> Result<usize> {
-        self.params.iter().position(|p| p.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
-            plan_datafusion_err!(
-                "{}: unknown argument '{name}'; accepted arguments: {}",
-                self.name,
-                self.accepted()
-            )
-        })
+        self.params
+            .iter()
+            .position(|p| p.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                plan_datafusion_err!(
+                    "{}: unknown argument '{name}'; accepted arguments: {}",
+                    self.name,
+                    self.accepted()
+                )
+            })
     }
 
     /// Orders SQL arguments (positional first, then `name => value`) by parameter,
@@ -87,7 +105,11 @@ impl Signature {
             let (slot, expr) = match arg {
                 FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => {
                     if named_seen {
-                        return plan_err!("{}: positional argument {} follows named arguments", self.name, i + 1);
+                        return plan_err!(
+                            "{}: positional argument {} follows named arguments",
+                            self.name,
+                            i + 1
+                        );
                     }
                     if i >= self.params.len() {
                         return plan_err!(
@@ -99,22 +121,40 @@ impl Signature {
                     }
                     (i, e)
                 }
-                FunctionArg::Named { name, arg: FunctionArgExpr::Expr(e), .. } => {
+                FunctionArg::Named {
+                    name,
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
+                } => {
                     named_seen = true;
                     (self.param(&name.value)?, e)
                 }
-                FunctionArg::ExprNamed { name: ast::Expr::Identifier(name), arg: FunctionArgExpr::Expr(e), .. } => {
+                FunctionArg::ExprNamed {
+                    name: ast::Expr::Identifier(name),
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
+                } => {
                     named_seen = true;
                     (self.param(&name.value)?, e)
                 }
                 other => return plan_err!("{}: unsupported argument {other}", self.name),
             };
             if bound[slot].is_some() {
-                return plan_err!("{}: argument '{}' is given twice", self.name, self.params[slot].name);
+                return plan_err!(
+                    "{}: argument '{}' is given twice",
+                    self.name,
+                    self.params[slot].name
+                );
             }
             bound[slot] = Some(expr);
         }
-        if let Some(p) = self.params.iter().zip(&bound).find(|(p, b)| p.required && b.is_none()).map(|(p, _)| p) {
+        if let Some(p) = self
+            .params
+            .iter()
+            .zip(&bound)
+            .find(|(p, b)| p.required && b.is_none())
+            .map(|(p, _)| p)
+        {
             return plan_err!(
                 "{}: missing required argument '{}'; accepted arguments: {}",
                 self.name,
@@ -166,9 +206,9 @@ pub fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Opt
     };
     Ok(Some(match param.kind {
         Kind::Str | Kind::Name => match &value {
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-                Value::Str(s.clone())
-            }
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Value::Str(s.clone()),
             _ => return Err(wrong(&value)),
         },
         Kind::UInt => {

@@ -13,8 +13,14 @@ use crate::format::IndexLocation;
 use crate::search::{SearchOptions, VectorSearchTable};
 use crate::staging::ShardsTable;
 
-pub const SHARDS: Signature = Signature { name: "vector_index_shards", params: &[req("index", Kind::Str)] };
-pub const SEGMENTS: Signature = Signature { name: "vector_index_segments", params: &[req("index", Kind::Str)] };
+pub const SHARDS: Signature = Signature {
+    name: "vector_index_shards",
+    params: &[req("index", Kind::Str)],
+};
+pub const SEGMENTS: Signature = Signature {
+    name: "vector_index_segments",
+    params: &[req("index", Kind::Str)],
+};
 pub const SEARCH: Signature = Signature {
     name: "vector_search",
     params: &[
@@ -31,7 +37,12 @@ pub const SEARCH: Signature = Signature {
 fn evaluate(sig: &'static Signature, args: &TableFunctionArgs) -> Result<(Args, IndexLocation)> {
     let exprs = args.exprs();
     if exprs.len() > sig.params.len() {
-        return plan_err!("{}: too many arguments ({}); accepted arguments: {}", sig.name, exprs.len(), sig.accepted());
+        return plan_err!(
+            "{}: too many arguments ({}); accepted arguments: {}",
+            sig.name,
+            exprs.len(),
+            sig.accepted()
+        );
     }
     let mut values = HashMap::new();
     for (i, param) in sig.params.iter().enumerate() {
@@ -89,7 +100,9 @@ impl TableFunctionImpl for SearchFunction {
         let defaults = SearchOptions::default();
         let options = SearchOptions {
             k: values.uint("k").unwrap_or(0) as usize,
-            nprobes: values.uint("nprobes").map_or(defaults.nprobes, |n| n as usize),
+            nprobes: values
+                .uint("nprobes")
+                .map_or(defaults.nprobes, |n| n as usize),
             ef: values.uint("ef").map(|e| e as usize),
         };
         if options.k == 0 {

@@ -60,18 +60,30 @@ const FINALIZE: Signature = Signature {
 
 const VACUUM: Signature = Signature {
     name: "vacuum_vector_index",
-    params: &[req("index", Kind::Str), opt("older_than_seconds", Kind::UInt), opt("dry_run", Kind::Bool)],
+    params: &[
+        req("index", Kind::Str),
+        opt("older_than_seconds", Kind::UInt),
+        opt("dry_run", Kind::Bool),
+    ],
 };
 
 const PROCEDURES: [&Signature; 4] = [&CREATE, &BUILD_SHARD, &FINALIZE, &VACUUM];
 
 fn signature(name: &str) -> Result<&'static Signature> {
-    PROCEDURES.iter().copied().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
-        plan_datafusion_err!(
-            "unknown procedure '{name}'; available procedures: {}",
-            PROCEDURES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
-        )
-    })
+    PROCEDURES
+        .iter()
+        .copied()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            plan_datafusion_err!(
+                "unknown procedure '{name}'; available procedures: {}",
+                PROCEDURES
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// Binds and evaluates a CALL's arguments.
@@ -79,24 +91,41 @@ fn bind_args(ctx: &SessionContext, sig: &'static Signature, call: &ast::Function
     let args: &[ast::FunctionArg] = match &call.args {
         FunctionArguments::List(list) => &list.args,
         FunctionArguments::None => &[],
-        FunctionArguments::Subquery(_) => return plan_err!("{}: a subquery is not an argument", sig.name),
+        FunctionArguments::Subquery(_) => {
+            return plan_err!("{}: a subquery is not an argument", sig.name)
+        }
     };
     let state = ctx.state();
     let mut values = HashMap::new();
     for (param, expr) in sig.params.iter().zip(sig.bind(args)?) {
         let Some(expr) = expr else { continue };
         let value = match (param.kind, expr) {
-            (Kind::Name, ast::Expr::Identifier(id)) => Some(super::args::Value::Str(id.value.clone())),
+            (Kind::Name, ast::Expr::Identifier(id)) => {
+                Some(super::args::Value::Str(id.value.clone()))
+            }
             (Kind::Name, ast::Expr::CompoundIdentifier(ids)) => Some(super::args::Value::Str(
-                ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join("."),
+                ids.iter()
+                    .map(|i| i.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
             )),
             _ => {
                 let logical = state
                     .create_logical_expr_from_sql_expr(
-                        ast::ExprWithAlias { expr: expr.clone(), alias: None }.into(),
+                        ast::ExprWithAlias {
+                            expr: expr.clone(),
+                            alias: None,
+                        },
                         &DFSchema::empty(),
                     )
-                    .map_err(|e| plan_datafusion_err!("{}: argument '{}': {}", sig.name, param.name, e.strip_backtrace()))?;
+                    .map_err(|e| {
+                        plan_datafusion_err!(
+                            "{}: argument '{}': {}",
+                            sig.name,
+                            param.name,
+                            e.strip_backtrace()
+                        )
+                    })?;
                 convert(sig, param, eval_const(&state, &logical)?)?
             }
         };
@@ -104,7 +133,9 @@ fn bind_args(ctx: &SessionContext, sig: &'static Signature, call: &ast::Function
             Some(v) => {
                 values.insert(param.name, v);
             }
-            None if param.required => return plan_err!("{}: argument '{}' must not be NULL", sig.name, param.name),
+            None if param.required => {
+                return plan_err!("{}: argument '{}' must not be NULL", sig.name, param.name)
+            }
             None => {}
         }
     }
@@ -112,11 +143,17 @@ fn bind_args(ctx: &SessionContext, sig: &'static Signature, call: &ast::Function
 }
 
 fn procedure_name(call: &ast::Function) -> String {
-    call.name.0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(".")
+    call.name
+        .0
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn index_arg(args: &Args) -> Result<&str> {
-    args.str("index").ok_or_else(|| plan_datafusion_err!("missing argument 'index'"))
+    args.str("index")
+        .ok_or_else(|| plan_datafusion_err!("missing argument 'index'"))
 }
 
 fn train_options(args: &Args) -> Result<TrainOptions> {
@@ -139,7 +176,9 @@ fn train_options(args: &Args) -> Result<TrainOptions> {
     let defaults = HnswParams::default();
     o.hnsw = HnswParams {
         m: args.uint("hnsw_m").map_or(defaults.m, |v| v as u32),
-        ef_construction: args.uint("hnsw_ef_construction").map_or(defaults.ef_construction, |v| v as u32),
+        ef_construction: args
+            .uint("hnsw_ef_construction")
+            .map_or(defaults.ef_construction, |v| v as u32),
     };
     if o.hnsw.m < 2 {
         return plan_err!("create_vector_index: argument 'hnsw_m' must be at least 2");
@@ -148,19 +187,30 @@ fn train_options(args: &Args) -> Result<TrainOptions> {
 }
 
 fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
-    let mut o = FinalizeOptions::default();
-    o.grouping = match (args.uint("target_segment_rows"), args.str("segments")) {
+    let grouping = match (args.uint("target_segment_rows"), args.str("segments")) {
         (Some(_), Some(_)) => {
-            return plan_err!("finalize_vector_index: give either 'target_segment_rows' or 'segments', not both")
+            return plan_err!(
+                "finalize_vector_index: give either 'target_segment_rows' or 'segments', not both"
+            )
         }
-        (Some(0), _) => return plan_err!("finalize_vector_index: argument 'target_segment_rows' must be at least 1"),
+        (Some(0), _) => {
+            return plan_err!(
+                "finalize_vector_index: argument 'target_segment_rows' must be at least 1"
+            )
+        }
         (Some(n), None) => SegmentGrouping::TargetRows(n),
         (None, Some(s)) if s.eq_ignore_ascii_case("single") => SegmentGrouping::Single,
         (None, Some(s)) if s.eq_ignore_ascii_case("per_shard") => SegmentGrouping::PerShard,
         (None, Some(s)) => {
-            return plan_err!("finalize_vector_index: argument 'segments' must be 'single' or 'per_shard', got '{s}'")
+            return plan_err!(
+            "finalize_vector_index: argument 'segments' must be 'single' or 'per_shard', got '{s}'"
+        )
         }
         (None, None) => SegmentGrouping::Single,
+    };
+    let mut o = FinalizeOptions {
+        grouping,
+        ..Default::default()
     };
     if let Some(m) = args.str("mode") {
         o.mode = m.parse()?;
@@ -168,7 +218,9 @@ fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
     o.skip_incomplete = args.bool("skip_incomplete").unwrap_or(false);
     if let Some(b) = args.uint("target_file_bytes") {
         if b == 0 {
-            return plan_err!("finalize_vector_index: argument 'target_file_bytes' must be at least 1");
+            return plan_err!(
+                "finalize_vector_index: argument 'target_file_bytes' must be at least 1"
+            );
         }
         o.target_file_bytes = b;
     }
@@ -180,9 +232,15 @@ fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
 
 fn one_row(fields: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
     let schema = Schema::new(
-        fields.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+        fields
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
     );
-    Ok(RecordBatch::try_new(Arc::new(schema), fields.into_iter().map(|(_, a)| a).collect())?)
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        fields.into_iter().map(|(_, a)| a).collect(),
+    )?)
 }
 
 fn str_col(v: &str) -> ArrayRef {
@@ -200,24 +258,34 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
             let options = train_options(&args)?;
             let table = args.str("table").unwrap_or_default();
             let df = ctx.table(table).await?;
-            let model = index.create(df, args.str("column").unwrap_or_default(), &options).await?;
+            let model = index
+                .create(df, args.str("column").unwrap_or_default(), &options)
+                .await?;
             Ok(vec![one_row(vec![
                 ("index", str_col(index.location().url())),
                 ("model", str_col(model.fingerprint())),
                 ("type", str_col(model.index_type().name())),
                 ("metric", str_col(model.metric().name())),
                 ("dim", Arc::new(UInt32Array::from(vec![model.dim() as u32]))),
-                ("num_partitions", Arc::new(UInt32Array::from(vec![model.num_partitions() as u32]))),
+                (
+                    "num_partitions",
+                    Arc::new(UInt32Array::from(vec![model.num_partitions() as u32])),
+                ),
             ])?])
         }
         "build_vector_index_shard" => {
             let df = shard_input(ctx, &args).await?;
             let row_id = args.str("row_id").unwrap_or("row_id");
-            let shard = index.build_shard(df, row_id, args.str("column").unwrap_or_default()).await?;
+            let shard = index
+                .build_shard(df, row_id, args.str("column").unwrap_or_default())
+                .await?;
             Ok(vec![one_row(vec![
                 ("shard_id", str_col(&shard.shard_id)),
                 ("rows", Arc::new(UInt64Array::from(vec![shard.rows]))),
-                ("num_fragments", Arc::new(UInt64Array::from(vec![shard.num_fragments]))),
+                (
+                    "num_fragments",
+                    Arc::new(UInt64Array::from(vec![shard.num_fragments])),
+                ),
             ])?])
         }
         "finalize_vector_index" => Ok(index.finalize(ctx, &finalize_options(&args)?).await?),
@@ -237,8 +305,12 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
                 schema,
                 vec![
                     Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.kind))),
-                    Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.id.as_str()))),
-                    Arc::new(UInt64Array::from_iter_values(r.iter().map(|x| x.objects as u64))),
+                    Arc::new(StringArray::from_iter_values(
+                        r.iter().map(|x| x.id.as_str()),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(
+                        r.iter().map(|x| x.objects as u64),
+                    )),
                 ],
             )?])
         }
@@ -246,13 +318,19 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
     }
 }
 
-async fn shard_input(ctx: &SessionContext, args: &Args) -> Result<datafusion::dataframe::DataFrame> {
+async fn shard_input(
+    ctx: &SessionContext,
+    args: &Args,
+) -> Result<datafusion::dataframe::DataFrame> {
     let df = ctx.table(args.str("table").unwrap_or_default()).await?;
     match args.str("where") {
         Some(predicate) => {
-            let expr = df
-                .parse_sql_expr(predicate)
-                .map_err(|e| plan_datafusion_err!("build_vector_index_shard: argument 'where': {}", e.strip_backtrace()))?;
+            let expr = df.parse_sql_expr(predicate).map_err(|e| {
+                plan_datafusion_err!(
+                    "build_vector_index_shard: argument 'where': {}",
+                    e.strip_backtrace()
+                )
+            })?;
             df.filter(expr)
         }
         None => Ok(df),
@@ -303,6 +381,9 @@ pub async fn explain(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<R
     ]));
     Ok(vec![RecordBatch::try_new(
         schema,
-        vec![Arc::new(StringArray::from(types)), Arc::new(StringArray::from(plans))],
+        vec![
+            Arc::new(StringArray::from(types)),
+            Arc::new(StringArray::from(plans)),
+        ],
     )?])
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::common::{plan_err, Result};
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
 use datafusion::sql::parser::Statement;
-use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr, TableFactor, VisitMut, VisitorMut};
-use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, TableFactor, VisitMut, VisitorMut,
+};
 use object_store::memory::InMemory;
 
 use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
@@ -98,11 +100,25 @@ fn order_table_function_args(statement: &mut Statement) -> Result<()> {
     impl VisitorMut for Reorder {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-            let TableFactor::Table { name, args: Some(args), .. } = factor else {
+            let TableFactor::Table {
+                name,
+                args: Some(args),
+                ..
+            } = factor
+            else {
                 return ControlFlow::Continue(());
             };
-            let is_search = name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(SEARCH.name));
-            if !is_search || args.args.iter().all(|a| matches!(a, FunctionArg::Unnamed(_))) {
+            let is_search = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case(SEARCH.name));
+            if !is_search
+                || args
+                    .args
+                    .iter()
+                    .all(|a| matches!(a, FunctionArg::Unnamed(_)))
+            {
                 return ControlFlow::Continue(());
             }
             match SEARCH.bind(&args.args) {
@@ -111,7 +127,11 @@ fn order_table_function_args(statement: &mut Statement) -> Result<()> {
                     let null = ast::Expr::Value(ast::Value::Null.into());
                     args.args = bound[..last]
                         .iter()
-                        .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e.cloned().unwrap_or_else(|| null.clone()))))
+                        .map(|e| {
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                                e.cloned().unwrap_or_else(|| null.clone()),
+                            ))
+                        })
                         .collect();
                     ControlFlow::Continue(())
                 }

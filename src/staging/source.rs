@@ -7,7 +7,9 @@ use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
+use datafusion::datasource::physical_plan::{
+    FileOpenFuture, FileOpener, FileScanConfig, FileSource,
+};
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::physical_expr::projection::ProjectionExprs;
@@ -59,7 +61,11 @@ impl FileSource for ShardManifestSource {
             store: object_store,
             file_indices: self.projection.file_indices.clone(),
         });
-        ProjectionOpener::try_new(self.projection.clone(), inner, self.table_schema.file_schema())
+        ProjectionOpener::try_new(
+            self.projection.clone(),
+            inner,
+            self.table_schema.file_schema(),
+        )
     }
 
     fn table_schema(&self) -> &TableSchema {
@@ -70,7 +76,10 @@ impl FileSource for ShardManifestSource {
         Arc::new(self.clone())
     }
 
-    fn try_pushdown_projection(&self, projection: &ProjectionExprs) -> Result<Option<Arc<dyn FileSource>>> {
+    fn try_pushdown_projection(
+        &self,
+        projection: &ProjectionExprs,
+    ) -> Result<Option<Arc<dyn FileSource>>> {
         let mut source = self.clone();
         let merged = self.projection.source.try_merge(projection)?;
         source.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
@@ -155,10 +164,20 @@ impl ShardRow {
 /// Reads a shard's manifest and sidecar; problems become the row's `problem`, not errors,
 /// so one bad shard never hides the others.
 pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> ShardRow {
-    let dir: Path = file.parts().take(file.parts().count().saturating_sub(1)).collect();
+    let dir: Path = file
+        .parts()
+        .take(file.parts().count().saturating_sub(1))
+        .collect();
     let dir_name = dir.filename().unwrap_or_default().to_string();
-    let shard_id = dir_name.strip_prefix("partial_").unwrap_or(&dir_name).to_string();
-    let mut row = ShardRow { shard_id: shard_id.clone(), path: dir.to_string(), ..Default::default() };
+    let shard_id = dir_name
+        .strip_prefix("partial_")
+        .unwrap_or(&dir_name)
+        .to_string();
+    let mut row = ShardRow {
+        shard_id: shard_id.clone(),
+        path: dir.to_string(),
+        ..Default::default()
+    };
     if file.filename() != Some("shard.json") {
         row.problem = Some("incomplete: shard.json is missing (the worker did not finish)".into());
         return row;
@@ -178,7 +197,10 @@ pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> Shar
         }
     };
     if manifest.shard_id != shard_id {
-        row.problem = Some(format!("shard.json names shard {}, but its folder is {dir_name}", manifest.shard_id));
+        row.problem = Some(format!(
+            "shard.json names shard {}, but its folder is {dir_name}",
+            manifest.shard_id
+        ));
     }
     let sidecar = match sidecar {
         Ok(r) => r.bytes().await.map_err(|e| e.to_string()),
@@ -186,8 +208,12 @@ pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> Shar
     };
     match sidecar {
         Err(e) => row.problem = Some(format!("fragments.roaring unreadable: {e}")),
-        Ok(b) if b.len() as u64 != manifest.fragments_file.size || crc32fast::hash(&b) != manifest.fragments_file.crc32 => {
-            row.problem = Some("fragments.roaring does not match the size and checksum in shard.json".into())
+        Ok(b)
+            if b.len() as u64 != manifest.fragments_file.size
+                || crc32fast::hash(&b) != manifest.fragments_file.crc32 =>
+        {
+            row.problem =
+                Some("fragments.roaring does not match the size and checksum in shard.json".into())
         }
         Ok(_) => {}
     }

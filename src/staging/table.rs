@@ -109,7 +109,10 @@ impl TableProvider for ShardsTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let shards = list_staged_shards(&self.location).await?;
-        let groups = state.config().target_partitions().clamp(1, shards.len().max(1));
+        let groups = state
+            .config()
+            .target_partitions()
+            .clamp(1, shards.len().max(1));
         let mut files: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
         for (i, s) in shards.into_iter().enumerate() {
             let mut f = PartitionedFile::new(s.file.to_string(), s.file_size);

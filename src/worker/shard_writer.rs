@@ -44,7 +44,9 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn new(location: IndexLocation, model: Arc<Model>) -> Self {
-        let partitions = (0..model.num_partitions()).map(|_| PartitionRows::default()).collect();
+        let partitions = (0..model.num_partitions())
+            .map(|_| PartitionRows::default())
+            .collect();
         Self {
             location,
             encoder: Encoder::new(model),
@@ -86,10 +88,17 @@ impl ShardWriter {
         let model = Arc::clone(self.encoder.model());
         let dim = model.dim();
         self.scratch.clear();
-        append_vectors(vectors, dim, column, &|i| format!("row id {}", row_ids[i]), &mut self.scratch)?;
+        append_vectors(
+            vectors,
+            dim,
+            column,
+            &|i| format!("row id {}", row_ids[i]),
+            &mut self.scratch,
+        )?;
         self.assigned.clear();
         self.codes.clear();
-        self.encoder.encode(&mut self.scratch, &mut self.assigned, &mut self.codes);
+        self.encoder
+            .encode(&mut self.scratch, &mut self.assigned, &mut self.codes);
         let width = model.code_width();
         for (i, (&row_id, &p)) in row_ids.iter().zip(&self.assigned).enumerate() {
             let part = &mut self.partitions[p as usize];
@@ -100,7 +109,8 @@ impl ShardWriter {
                 )));
             }
             part.row_ids.push(row_id);
-            part.codes.extend_from_slice(&self.codes[i * width..(i + 1) * width]);
+            part.codes
+                .extend_from_slice(&self.codes[i * width..(i + 1) * width]);
             self.fragments.insert(fragment_of(row_id));
         }
         self.rows += row_ids.len() as u64;
@@ -116,7 +126,11 @@ impl ShardWriter {
         let dir = self.location.shard_dir(&self.shard_id);
 
         let mut sink = IpcFileSink::try_new(&schema)?;
-        let mut out = BufWriter::with_capacity(Arc::clone(self.location.store()), dir.clone().join("data.arrow"), 8 << 20);
+        let mut out = BufWriter::with_capacity(
+            Arc::clone(self.location.store()),
+            dir.clone().join("data.arrow"),
+            8 << 20,
+        );
         let mut pending = Vec::<Bytes>::new();
         for part in self.partitions {
             let mut order: Vec<u32> = (0..part.row_ids.len() as u32).collect();
@@ -145,7 +159,9 @@ impl ShardWriter {
             size: fragments_bytes.len() as u64,
             crc32: crc32fast::hash(&fragments_bytes),
         };
-        self.location.put(&dir.clone().join("fragments.roaring"), fragments_bytes).await?;
+        self.location
+            .put(&dir.clone().join("fragments.roaring"), fragments_bytes)
+            .await?;
 
         let manifest = ShardManifest {
             format_version: FORMAT_VERSION,
@@ -159,11 +175,20 @@ impl ShardWriter {
             num_fragments: self.fragments.len(),
             min_fragment: self.fragments.min(),
             max_fragment: self.fragments.max(),
-            data_file: FileInfo { name: "data.arrow".into(), size: data_size, crc32: data_crc },
+            data_file: FileInfo {
+                name: "data.arrow".into(),
+                size: data_size,
+                crc32: data_crc,
+            },
             fragments_file,
             partitions: blocks,
         };
-        self.location.put(&dir.clone().join("shard.json"), serde_json::to_vec_pretty(&manifest)?).await?;
+        self.location
+            .put(
+                &dir.clone().join("shard.json"),
+                serde_json::to_vec_pretty(&manifest)?,
+            )
+            .await?;
         Ok(manifest)
     }
 }

@@ -18,23 +18,39 @@ pub const DIM: usize = 16;
 /// `rows` vectors from a Gaussian mixture of `clusters` centers.
 pub fn clustered(rows: usize, clusters: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
-    let centers: Vec<f32> = (0..clusters * DIM).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+    let centers: Vec<f32> = (0..clusters * DIM)
+        .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+        .collect();
     let mut v = Vec::with_capacity(rows * DIM);
     for _ in 0..rows {
         let c = rng.below(clusters);
-        v.extend(centers[c * DIM..(c + 1) * DIM].iter().map(|x| x + 0.3 * rng.normal() as f32));
+        v.extend(
+            centers[c * DIM..(c + 1) * DIM]
+                .iter()
+                .map(|x| x + 0.3 * rng.normal() as f32),
+        );
     }
     v
 }
 
 /// Row i lives in fragment `i % fragments`.
 pub fn row_ids(rows: usize, fragments: u64) -> Vec<u64> {
-    (0..rows as u64).map(|i| ((i % fragments) << 32) | i).collect()
+    (0..rows as u64)
+        .map(|i| ((i % fragments) << 32) | i)
+        .collect()
 }
 
 pub fn vector_array(values: &[f32]) -> ArrayRef {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Arc::new(FixedSizeListArray::try_new(item, DIM as i32, Arc::new(Float32Array::from(values.to_vec())), None).unwrap())
+    Arc::new(
+        FixedSizeListArray::try_new(
+            item,
+            DIM as i32,
+            Arc::new(Float32Array::from(values.to_vec())),
+            None,
+        )
+        .unwrap(),
+    )
 }
 
 pub fn train(data: &[f32], index_type: IndexType, metric: Metric, partitions: usize) -> Model {
@@ -59,8 +75,11 @@ pub struct TestIndex {
 impl TestIndex {
     pub async fn new(model: &Model) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = datafusion_vector_index::VectorIndexSession::new().context().clone();
-        let index = VectorIndex::open(&ctx, &format!("file://{}/idx", dir.path().display())).unwrap();
+        let ctx = datafusion_vector_index::VectorIndexSession::new()
+            .context()
+            .clone();
+        let index =
+            VectorIndex::open(&ctx, &format!("file://{}/idx", dir.path().display())).unwrap();
         model.write(index.location()).await.unwrap();
         Self { dir, ctx, index }
     }
@@ -74,19 +93,29 @@ impl TestIndex {
     }
 
     /// Writes one shard per group of fragments: `groups[f]` is the worker owning fragment f.
-    pub async fn stage(&self, model: &Model, data: &[f32], ids: &[u64], owner_of_fragment: &[usize]) -> Vec<String> {
+    pub async fn stage(
+        &self,
+        model: &Model,
+        data: &[f32],
+        ids: &[u64],
+        owner_of_fragment: &[usize],
+    ) -> Vec<String> {
         let workers = owner_of_fragment.iter().max().map_or(0, |m| m + 1);
         let mut shard_ids = Vec::new();
         for w in 0..workers {
             let mut writer = ShardWriter::new(self.location().clone(), Arc::new(model.clone()));
-            let mine: Vec<usize> =
-                (0..ids.len()).filter(|&i| owner_of_fragment[(ids[i] >> 32) as usize] == w).collect();
+            let mine: Vec<usize> = (0..ids.len())
+                .filter(|&i| owner_of_fragment[(ids[i] >> 32) as usize] == w)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
             // Several batches per worker, in an order unrelated to row ids.
             for chunk in mine.chunks(97).rev() {
-                let vals: Vec<f32> = chunk.iter().flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied()).collect();
+                let vals: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied())
+                    .collect();
                 let cids: Vec<u64> = chunk.iter().map(|&i| ids[i]).collect();
                 writer.write(&cids, &vector_array(&vals), "vec").unwrap();
             }
@@ -106,7 +135,10 @@ pub fn files_below(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }

@@ -70,6 +70,10 @@ impl IpcFileSink {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Bytes> {
         let pending = self.writer.get_ref().len();
         let offset = self.written + pending as u64;
+        // Sized up front: growing by doubling would copy the block again and churn the heap.
+        self.writer
+            .get_mut()
+            .reserve(batch.get_array_memory_size() + 4096);
         self.writer.write(batch)?;
         let buf = std::mem::take(self.writer.get_mut());
         self.crc.update(&buf[..pending]);
@@ -148,6 +152,15 @@ pub fn decode_block(
                 info.offset,
                 bytes.len(),
                 info.length
+            ),
+        ));
+    }
+    if (info.meta_len as u64) > info.length {
+        return Err(IndexError::corrupt(
+            what,
+            format!(
+                "block at offset {} has a header longer than itself",
+                info.offset
             ),
         ));
     }

@@ -124,7 +124,12 @@ impl SegmentManifest {
         self.files
             .iter()
             .find(|f| (f.partition_start..f.partition_end).contains(&partition))
-            .map(|f| (f, &f.partitions[(partition - f.partition_start) as usize]))
+            .and_then(|f| {
+                Some((
+                    f,
+                    f.partitions.get((partition - f.partition_start) as usize)?,
+                ))
+            })
     }
 }
 

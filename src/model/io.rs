@@ -187,6 +187,23 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
     } else {
         None
     };
+    if let Some(pq) = &pq {
+        let m = pq.num_sub_vectors;
+        if m == 0
+            || !dim.is_multiple_of(m)
+            || pq.codebook.len() != m * crate::model::pq::PQ_CODES * pq.sub_dim
+        {
+            return Err(IndexError::corrupt(
+                &what,
+                "PQ codebook does not match num_sub_vectors and dim",
+            ));
+        }
+    }
+    if let Some(sq) = &sq {
+        if sq.lower.len() != dim || sq.upper.len() != dim {
+            return Err(IndexError::corrupt(&what, "SQ bounds do not match dim"));
+        }
+    }
     let model = Model::new(params, centroids, pq, sq);
     if model.fingerprint() != fp {
         return Err(IndexError::corrupt(

@@ -276,7 +276,10 @@ async fn bench_type(
         "  search ({QUERIES} queries, nprobes 20):   {qps:>8.0} queries/s, recall@10 {recall:.3}"
     );
     std::fs::remove_dir_all(&last).ok();
-    std::fs::remove_dir_all(&pristine).ok();
+    // FINALIZE_BENCH_KEEP=1 keeps the staged index, e.g. to profile a finalize of it.
+    if std::env::var("FINALIZE_BENCH_KEEP").is_err() {
+        std::fs::remove_dir_all(&pristine).ok();
+    }
     format!(
         "summary {} finalize_over_copy={rm:.2} peak_rss_mib={pmax:.0} recall_at_10={recall:.3}",
         ty.name()
@@ -300,6 +303,7 @@ fn main() {
         .split(',')
         .map(|t| t.trim().parse().unwrap())
         .collect();
+    let keep = std::env::var("FINALIZE_BENCH_KEEP").is_ok();
     let work = tempfile::Builder::new()
         .prefix("finalize-bench")
         .tempdir_in(
@@ -345,5 +349,8 @@ fn main() {
     println!();
     for s in summaries {
         println!("{s}");
+    }
+    if keep {
+        println!("kept {}", work.keep().display());
     }
 }

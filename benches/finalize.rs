@@ -21,9 +21,9 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
 use arrow::datatypes::{DataType, Field};
 use datafusion::prelude::SessionContext;
+use datafusion_vector_index::datasets::gaussian_mixture;
 use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::model::rng::SplitMix64;
 use datafusion_vector_index::model::{
     train_model, IndexType, Metric, SampleCollector, TrainOptions,
 };
@@ -46,21 +46,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn dataset(rows: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(1);
-    let centers: Vec<f32> = (0..CLUSTERS * DIM)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect();
-    let mut rng = SplitMix64::new(seed);
-    let mut v = Vec::with_capacity(rows * DIM);
-    for _ in 0..rows {
-        let c = rng.below(CLUSTERS);
-        v.extend(
-            centers[c * DIM..(c + 1) * DIM]
-                .iter()
-                .map(|x| x + 0.15 * rng.normal() as f32),
-        );
-    }
-    v
+    gaussian_mixture(rows, DIM, CLUSTERS, 0.15, 1, seed)
 }
 
 fn row_id(i: usize, rows: usize) -> u64 {

@@ -16,8 +16,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 use datafusion::prelude::SessionContext;
+use datafusion_vector_index::datasets::gaussian_mixture;
 use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::model::rng::SplitMix64;
 use datafusion_vector_index::search::SearchOptions;
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
@@ -30,22 +30,10 @@ const QUERIES: usize = 200;
 const K: usize = 10;
 const NPROBES: usize = 12;
 
-/// A Gaussian mixture: `CLUSTERS` centers in [-1, 1]^DIM, σ = 0.25 around them.
+/// A Gaussian mixture: `CLUSTERS` centers in [-1, 1]^DIM, σ = 0.25 around them; queries
+/// share the data's centers.
 fn dataset(rows: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
-    let centers: Vec<f32> = (0..CLUSTERS * DIM)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect();
-    let mut v = Vec::with_capacity(rows * DIM);
-    for _ in 0..rows {
-        let c = rng.below(CLUSTERS);
-        v.extend(
-            centers[c * DIM..(c + 1) * DIM]
-                .iter()
-                .map(|x| x + 0.25 * rng.normal() as f32),
-        );
-    }
-    v
+    gaussian_mixture(rows, DIM, CLUSTERS, 0.25, 7, seed)
 }
 
 /// Row ids follow Lance's convention: fragment in the high 32 bits.

@@ -8,6 +8,7 @@
 //! - [`format`]: the on-disk layout, manifests and block-addressed IPC files.
 
 pub mod catalog;
+pub mod datasets;
 pub mod error;
 mod exec;
 pub mod finalize;

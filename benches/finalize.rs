@@ -18,10 +18,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
-use arrow::datatypes::{DataType, Field};
+use arrow::array::ArrayRef;
 use datafusion::prelude::SessionContext;
-use datafusion_vector_index::datasets::gaussian_mixture;
+use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
 use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::model::distance::l2_sq;
 use datafusion_vector_index::model::{
@@ -55,16 +54,7 @@ fn row_id(i: usize, rows: usize) -> u64 {
 }
 
 fn vectors(values: &[f32]) -> ArrayRef {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Arc::new(
-        FixedSizeListArray::try_new(
-            item,
-            DIM as i32,
-            Arc::new(Float32Array::from(values.to_vec())),
-            None,
-        )
-        .unwrap(),
-    )
+    vector_column(values, DIM)
 }
 
 fn dir_bytes(p: &Path) -> u64 {

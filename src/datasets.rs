@@ -1,5 +1,10 @@
 //! Seeded synthetic data for examples, benchmarks and tests.
 
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
+use arrow::datatypes::{DataType, Field};
+
 use crate::model::rng::SplitMix64;
 
 /// `rows` vectors of `dim` floats from a Gaussian mixture: `clusters` centers drawn
@@ -29,4 +34,15 @@ pub fn gaussian_mixture(
         );
     }
     v
+}
+
+/// Rows of `dim` floats (row-major) as a `FixedSizeList<Float32>` column, the vector
+/// type this crate stores. Panics if `values.len()` is not a multiple of `dim`.
+pub fn vector_column(values: &[f32], dim: usize) -> ArrayRef {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = Arc::new(Float32Array::from(values.to_vec()));
+    Arc::new(
+        FixedSizeListArray::try_new(item, dim as i32, values, None)
+            .expect("whole rows of `dim` floats"),
+    )
 }

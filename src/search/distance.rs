@@ -85,6 +85,25 @@ impl Scorer {
         })
     }
 
+    /// Distance of one row of PQ or SQ codes; `None` for a FLAT scorer.
+    #[inline]
+    pub fn score_codes(&self, codes: &[u8]) -> Option<f32> {
+        Some(match self {
+            Self::Pq {
+                table,
+                offset,
+                sign,
+            } => sign * table_lookup(table, codes) + offset,
+            Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, codes),
+            Self::SqDot {
+                weights,
+                offset,
+                base,
+            } => base - sq_dot(weights, *offset, codes),
+            Self::Flat { .. } => return None,
+        })
+    }
+
     /// Scores every row of a storage batch into `top`.
     pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
         let (ids, _, _) = crate::model::batch_rows(batch)?;
@@ -115,21 +134,8 @@ impl Scorer {
                 let data =
                     &codes.value_data()[codes.offset() * w..(codes.offset() + codes.len()) * w];
                 for (id, c) in ids.iter().zip(data.chunks_exact(w)) {
-                    let distance = match self {
-                        Self::Pq {
-                            table,
-                            offset,
-                            sign,
-                        } => sign * table_lookup(table, c) + offset,
-                        Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, c),
-                        Self::SqDot {
-                            weights,
-                            offset,
-                            base,
-                        } => base - sq_dot(weights, *offset, c),
-                        Self::Flat { .. } => {
-                            return Err(IndexError::corrupt("segment", "FLAT index stores codes"))
-                        }
+                    let Some(distance) = self.score_codes(c) else {
+                        return Err(IndexError::corrupt("segment", "FLAT index stores codes"));
                     };
                     if distance <= top.threshold() {
                         top.push(Scored {
@@ -209,20 +215,7 @@ mod tests {
                     Metric::Dot => -dot(&q, &x),
                 };
                 let scorer = Scorer::new(&model, &q, p as usize).unwrap();
-                let got = match &scorer {
-                    Scorer::Pq {
-                        table,
-                        offset,
-                        sign,
-                    } => sign * table_lookup(table, code) + offset,
-                    Scorer::SqL2 { scaled, weights } => sq_l2(scaled, weights, code),
-                    Scorer::SqDot {
-                        weights,
-                        offset,
-                        base,
-                    } => base - sq_dot(weights, *offset, code),
-                    Scorer::Flat { .. } => unreachable!(),
-                };
+                let got = scorer.score_codes(code).expect("quantized scorer");
                 assert!(
                     (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
                     "{ty} {metric}: {got} vs {exact}"

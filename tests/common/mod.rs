@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
-use arrow::datatypes::{DataType, Field};
+use arrow::array::ArrayRef;
 use datafusion::prelude::SessionContext;
 use datafusion_vector_index::format::IndexLocation;
 use datafusion_vector_index::model::rng::SplitMix64;
@@ -41,16 +40,7 @@ pub fn row_ids(rows: usize, fragments: u64) -> Vec<u64> {
 }
 
 pub fn vector_array(values: &[f32]) -> ArrayRef {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Arc::new(
-        FixedSizeListArray::try_new(
-            item,
-            DIM as i32,
-            Arc::new(Float32Array::from(values.to_vec())),
-            None,
-        )
-        .unwrap(),
-    )
+    datafusion_vector_index::datasets::vector_column(values, DIM)
 }
 
 pub fn train(data: &[f32], index_type: IndexType, metric: Metric, partitions: usize) -> Model {

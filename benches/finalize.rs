@@ -4,6 +4,7 @@
 //! cargo bench --bench finalize                          # N = 1,000,000
 //! FINALIZE_BENCH_ROWS=4000000 cargo bench --bench finalize
 //! FINALIZE_BENCH_TYPES=IVF_PQ FINALIZE_BENCH_RUNS=5 cargo bench --bench finalize
+//! FINALIZE_BENCH_TYPES=IVF_HNSW_SQ FINALIZE_BENCH_HNSW_EF_CONSTRUCTION=64 cargo bench --bench finalize
 //! ```
 //!
 //! For IVF_FLAT, IVF_PQ and IVF_SQ: a seeded Gaussian mixture of N × 128 vectors,
@@ -24,7 +25,7 @@ use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
 use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::model::distance::l2_sq;
 use datafusion_vector_index::model::{
-    train_model, IndexType, Metric, SampleCollector, TrainOptions,
+    train_model, HnswParams, IndexType, Metric, SampleCollector, TrainOptions,
 };
 use datafusion_vector_index::search::SearchOptions;
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
@@ -134,12 +135,28 @@ async fn bench_type(
     let index = VectorIndex::open(&ctx, &url).unwrap();
 
     let t = Instant::now();
+    let defaults = HnswParams::default();
     let options = TrainOptions {
         index_type: ty,
         metric: Metric::L2,
         num_partitions: PARTITIONS,
+        hnsw: HnswParams {
+            m: env_usize("FINALIZE_BENCH_HNSW_M", defaults.m as usize) as u32,
+            ef_construction: env_usize(
+                "FINALIZE_BENCH_HNSW_EF_CONSTRUCTION",
+                defaults.ef_construction as usize,
+            ) as u32,
+        },
         ..Default::default()
     };
+    if ty.is_hnsw() {
+        println!(
+            "  graphs: m={}, ef_construction={}; search ef={}",
+            options.hnsw.m,
+            options.hnsw.ef_construction,
+            datafusion_vector_index::hnsw::DEFAULT_EF
+        );
+    }
     let mut sample = SampleCollector::new(DIM, options.sample_rows(), options.seed);
     sample.push_rows(data);
     let model = train_model(DIM, sample.finish(), &options).unwrap();

@@ -1,6 +1,7 @@
 //! The whole flow on a seeded clustered dataset: train a model, build shards with
 //! several concurrent workers, finalize through SQL, search, and measure recall@10
-//! against brute force, for each index type.
+//! against brute force, for IVF_FLAT, IVF_PQ, IVF_SQ and IVF_HNSW_SQ (graph search
+//! with the default `ef`).
 //!
 //! ```text
 //! cargo run --release --example quickstart [INDEX_ROOT] [--rows N]
@@ -121,7 +122,10 @@ async fn main() -> Result<()> {
     step(&format!("brute-force ground truth ({QUERIES} queries)"), t);
 
     let mut summary = Vec::new();
-    for (n, ty) in ["IVF_FLAT", "IVF_PQ", "IVF_SQ"].into_iter().enumerate() {
+    for (n, ty) in ["IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_HNSW_SQ"]
+        .into_iter()
+        .enumerate()
+    {
         let url = format!("{root}/{}", ty.to_lowercase());
         // 16 one-byte codes per 64-dim vector: PQ trades recall for 16× less storage than FLAT.
         let pq = if ty == "IVF_PQ" {

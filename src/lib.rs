@@ -6,6 +6,7 @@
 //! - [`model`]: training the shared model (k-means, PQ, SQ) and distances.
 //! - [`worker`]: encoding one worker's rows into a partial shard.
 //! - [`format`]: the on-disk layout, manifests and block-addressed IPC files.
+//! - [`hnsw`]: the per-partition HNSW graphs of the IVF_HNSW_* types.
 
 pub mod catalog;
 pub mod datasets;
@@ -13,6 +14,7 @@ pub mod error;
 mod exec;
 pub mod finalize;
 pub mod format;
+pub mod hnsw;
 mod index;
 pub mod model;
 pub mod search;

@@ -52,12 +52,13 @@ async fn build(model: &Model, data: &[f32], ids: &[u64], owners: &[usize]) -> Te
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 8, .. ProptestConfig::default() })]
 
-    /// The committed segment's data does not depend on how rows were spread over workers.
+    /// The committed segment's data (and, for HNSW types, its graphs) does not depend on
+    /// how rows were spread over workers.
     #[test]
-    fn segment_bytes_do_not_depend_on_the_worker_split(owners in proptest::collection::vec(0usize..8, FRAGMENTS as usize), ty in 0usize..3) {
-        let ty = [IndexType::IvfFlat, IndexType::IvfPq, IndexType::IvfSq][ty];
+    fn segment_bytes_do_not_depend_on_the_worker_split(owners in proptest::collection::vec(0usize..8, FRAGMENTS as usize), ty in 0usize..IndexType::ALL.len()) {
+        let ty = IndexType::ALL[ty];
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let data = clustered(ROWS, 6, 11);

@@ -197,6 +197,14 @@ fn collect_segments(batches: &[RecordBatch], model: &Model) -> Result<Vec<NewSeg
                     s.plan.segment_id
                 ));
             }
+            let graphs = f.graph.as_ref().map(|g| g.partitions.len());
+            if model.index_type().is_hnsw() && graphs != Some(f.partitions.len()) {
+                return Err(exec_datafusion_err!(
+                    "segment {}: file {} lacks the HNSW graphs of its partitions",
+                    s.plan.segment_id,
+                    f.name
+                ));
+            }
             next = f.partition_end;
         }
         if next as usize != model.num_partitions() || s.files.len() != s.plan.num_files as usize {

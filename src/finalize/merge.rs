@@ -1,6 +1,8 @@
 //! Merging one work unit: for each IVF partition of the unit's range, the rows of
 //! every shard of the segment are merged in row-id order and appended to one
-//! segment data file. Codes are copied as bytes, never decoded.
+//! segment data file. Codes are copied as bytes, never decoded — except that for
+//! the HNSW types each merged partition is also decoded to build its graph, which
+//! goes to a graph file next to the data file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +17,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::WorkUnit;
 use crate::error::{IndexError, Result};
-use crate::format::{decode_block, IndexLocation, IpcFileSink, SegmentFile};
-use crate::model::{batch_rows, encode_rows};
+use crate::format::{decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile};
+use crate::hnsw::{build_graph, graph_schema, partition_seed};
+use crate::model::{batch_rows, decode_rows, encode_rows, HnswParams, Model};
 use crate::worker::fragment_of;
 use futures::StreamExt;
 
@@ -61,7 +64,7 @@ impl FragmentCache {
 /// On error the partial upload is aborted; nothing else is touched.
 pub async fn merge_unit(
     location: &IndexLocation,
-    schema: &SchemaRef,
+    model: &Arc<Model>,
     unit: &WorkUnit,
     cache: &mut FragmentCache,
 ) -> Result<SegmentFile> {
@@ -69,26 +72,113 @@ pub async fn merge_unit(
     for s in &unit.shards {
         fragments.push(cache.get(location, &s.shard_id, &s.dir).await?);
     }
-    let path = location
-        .segment_dir(&unit.segment.segment_id)
-        .join(unit.file_name.as_str());
-    let mut out = BufWriter::with_capacity(Arc::clone(location.store()), path, WRITE_PART_BYTES);
-    match write_file(location, schema, unit, &fragments, &mut out).await {
+    let dir = location.segment_dir(&unit.segment.segment_id);
+    let writer = |name: &str| {
+        BufWriter::with_capacity(
+            Arc::clone(location.store()),
+            dir.clone().join(name),
+            WRITE_PART_BYTES,
+        )
+    };
+    let mut out = writer(&unit.file_name);
+    let mut graphs = match graph_params(model) {
+        Some(params) => {
+            let name = graph_file_name(&unit.file_name);
+            Some(GraphSink {
+                params,
+                out: writer(&name),
+                sink: Some(IpcFileSink::try_new(&graph_schema())?),
+                name,
+            })
+        }
+        None => None,
+    };
+    match write_file(location, model, unit, &fragments, &mut out, graphs.as_mut()).await {
         Ok(file) => Ok(file),
         Err(e) => {
             out.abort().await.ok();
+            if let Some(g) = graphs.as_mut() {
+                g.out.abort().await.ok();
+            }
             Err(e)
         }
     }
 }
 
+/// Graph parameters when `model` is of an HNSW type.
+fn graph_params(model: &Model) -> Option<HnswParams> {
+    model.params.hnsw.filter(|_| model.index_type().is_hnsw())
+}
+
+/// `part-00000-00064.arrow` → `part-00000-00064.hnsw.arrow`.
+fn graph_file_name(data_file: &str) -> String {
+    let stem = data_file.strip_suffix(".arrow").unwrap_or(data_file);
+    format!("{stem}.hnsw.arrow")
+}
+
+/// Where a work unit's graphs go.
+struct GraphSink {
+    params: HnswParams,
+    name: String,
+    out: BufWriter,
+    /// Taken by [`GraphSink::finish`].
+    sink: Option<IpcFileSink>,
+}
+
+impl GraphSink {
+    async fn write(&mut self, graph: &RecordBatch) -> Result<()> {
+        let sink = self.sink.as_mut().ok_or_else(|| {
+            IndexError::InvalidInput(format!("graph file {} already finished", self.name))
+        })?;
+        self.out.put(sink.write(graph)?).await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<GraphFile> {
+        let sink = self.sink.take().ok_or_else(|| {
+            IndexError::InvalidInput(format!("graph file {} already finished", self.name))
+        })?;
+        let (tail, blocks, size, _) = sink.finish()?;
+        self.out.put(tail).await?;
+        self.out.shutdown().await?;
+        Ok(GraphFile {
+            name: self.name.clone(),
+            size,
+            partitions: blocks,
+        })
+    }
+}
+
+/// Builds the graph of one merged partition on a blocking thread, so the merge
+/// partition's reads keep flowing while it runs.
+async fn partition_graph(
+    model: &Arc<Model>,
+    params: HnswParams,
+    partition: usize,
+    merged: RecordBatch,
+) -> Result<RecordBatch> {
+    let model = Arc::clone(model);
+    tokio::task::spawn_blocking(move || {
+        let (ids, codes, _) = batch_rows(&merged)?;
+        let vectors = decode_rows(&model, partition, codes)?;
+        let seed = partition_seed(model.params.seed, partition);
+        build_graph(&vectors, model.dim(), ids, model.metric(), params, seed).to_batch()
+    })
+    .await
+    .map_err(|e| {
+        IndexError::InvalidInput(format!("graph build of partition {partition} failed: {e}"))
+    })?
+}
+
 async fn write_file(
     location: &IndexLocation,
-    schema: &SchemaRef,
+    model: &Arc<Model>,
     unit: &WorkUnit,
     fragments: &[Arc<RoaringBitmap>],
     out: &mut BufWriter,
+    mut graphs: Option<&mut GraphSink>,
 ) -> Result<SegmentFile> {
+    let schema = &model.storage_schema();
     let shared = Arc::new(unit.clone());
     let mut chunks = futures::stream::iter(read_chunks(unit))
         .map(|range| {
@@ -108,18 +198,27 @@ async fn write_file(
         for batches in chunk {
             let merged = merge_partition(schema, unit, partition, &batches, fragments)?;
             out.put(sink.write(&merged)?).await?;
+            if let Some(g) = graphs.as_deref_mut() {
+                let graph = partition_graph(model, g.params, partition, merged).await?;
+                g.write(&graph).await?;
+            }
             partition += 1;
         }
     }
     let (tail, blocks, size, _) = sink.finish()?;
     out.put(tail).await?;
     out.shutdown().await?;
+    let graph = match graphs {
+        Some(g) => Some(g.finish().await?),
+        None => None,
+    };
     Ok(SegmentFile {
         name: unit.file_name.clone(),
         size,
         partition_start: unit.partition_start,
         partition_end: unit.partition_end,
         partitions: blocks,
+        graph,
     })
 }
 

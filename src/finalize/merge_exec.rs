@@ -45,7 +45,9 @@ pub fn merged_file_schema() -> SchemaRef {
 /// reading about 4 MiB of staged blocks per request while the previous chunk is
 /// merged, so memory is bounded by the chunks in flight, not by the index. Emits one row
 /// per file written (schema: [`merged_file_schema`]), carrying the unit's segment
-/// plan and fragment set through to the commit.
+/// plan and fragment set through to the commit. For the HNSW types each merged IVF
+/// partition's graph is built here too (on a blocking thread, seeded per
+/// partition), so graph building is spread over the same partitions and cores.
 #[derive(Debug)]
 pub struct VectorIndexMergeExec {
     input: Arc<dyn ExecutionPlan>,
@@ -88,7 +90,20 @@ impl DisplayAs for VectorIndexMergeExec {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.properties.partitioning.partition_count()
-        )
+        )?;
+        if let Some(h) = self
+            .model
+            .params
+            .hnsw
+            .filter(|_| self.model.index_type().is_hnsw())
+        {
+            write!(
+                f,
+                ", graphs=hnsw(m={}, ef_construction={})",
+                h.m, h.ef_construction
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -135,17 +150,17 @@ impl ExecutionPlan for VectorIndexMergeExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let location = self.location.clone();
-        let schema = self.model.storage_schema();
+        let model = Arc::clone(&self.model);
         let state = (input, FragmentCache::default());
         let stream = futures::stream::unfold(state, move |(mut input, mut cache)| {
             let location = location.clone();
-            let schema = Arc::clone(&schema);
+            let model = Arc::clone(&model);
             async move {
                 let batch = match input.next().await? {
                     Ok(b) => b,
                     Err(e) => return Some((Err(e), (input, cache))),
                 };
-                let out = merge_batch(&location, &schema, &batch, &mut cache).await;
+                let out = merge_batch(&location, &model, &batch, &mut cache).await;
                 Some((out, (input, cache)))
             }
         });
@@ -158,7 +173,7 @@ impl ExecutionPlan for VectorIndexMergeExec {
 
 async fn merge_batch(
     location: &IndexLocation,
-    schema: &SchemaRef,
+    model: &Arc<Model>,
     batch: &RecordBatch,
     cache: &mut FragmentCache,
 ) -> Result<RecordBatch> {
@@ -177,7 +192,7 @@ async fn merge_batch(
     for i in 0..batch.num_rows() {
         let unit: WorkUnit = serde_json::from_str(units.value(i))
             .map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
-        let file = merge_unit(location, schema, &unit, cache).await?;
+        let file = merge_unit(location, model, &unit, cache).await?;
         seg_ids.push(unit.segment.segment_id.clone());
         idx.push(unit.file_index);
         rows.push(unit.rows);

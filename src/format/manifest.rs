@@ -88,6 +88,19 @@ pub struct SegmentFile {
     pub partition_end: u32,
     /// One block per partition in `partition_start..partition_end`.
     pub partitions: Vec<BlockInfo>,
+    /// HNSW types: the graphs of the same partitions, one block each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<GraphFile>,
+}
+
+/// The graph file of a segment data file: one graph block per IVF partition
+/// (FORMAT.md, "Graph files").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphFile {
+    pub name: String,
+    pub size: u64,
+    /// One block per partition, in the order of the data file's blocks.
+    pub partitions: Vec<BlockInfo>,
 }
 
 /// `segment.json`: describes one immutable segment.
@@ -116,7 +129,23 @@ impl SegmentManifest {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum::<u64>() + self.fragments_file.size
+        self.files
+            .iter()
+            .map(|f| f.size + f.graph.as_ref().map_or(0, |g| g.size))
+            .sum::<u64>()
+            + self.fragments_file.size
+    }
+
+    /// The graph file and graph block of IVF partition `partition`, if the segment has graphs.
+    pub fn graph_block(&self, partition: u32) -> Option<(&GraphFile, &BlockInfo)> {
+        let (file, _) = self.block(partition)?;
+        let graph = file.graph.as_ref()?;
+        Some((
+            graph,
+            graph
+                .partitions
+                .get((partition - file.partition_start) as usize)?,
+        ))
     }
 
     /// The file and block holding IVF partition `partition`, if any.

@@ -7,7 +7,7 @@ mod manifest;
 pub use ipc::{decode_block, encode_partitions, BlockInfo, IpcFileSink};
 pub use location::IndexLocation;
 pub use manifest::{
-    check_version, FileInfo, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
+    check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
     ShardManifest, VersionManifest,
 };
 

@@ -166,3 +166,44 @@ fn bytemuck_f32(f: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(f.as_ptr().cast::<u8>(), std::mem::size_of_val(f)) }
 }
+
+/// Decodes `codes` (rows of `code_width()` bytes, all from IVF partition
+/// `partition`) back to vectors: exact for FLAT, the quantizer's reconstruction for
+/// SQ and PQ. HNSW graphs are built on these, so graph distances agree with what
+/// search scores.
+pub fn decode_rows(model: &Model, partition: usize, codes: &[u8]) -> Result<Vec<f32>> {
+    let dim = model.dim();
+    let width = model.code_width();
+    if width == 0 || !codes.len().is_multiple_of(width) {
+        return Err(IndexError::corrupt(
+            format!("partition {partition}"),
+            "stored bytes are not whole rows",
+        ));
+    }
+    let n = codes.len() / width;
+    let mut out = vec![0f32; n * dim];
+    match (model.index_type().quantizer(), &model.pq, &model.sq) {
+        (Quantizer::Flat, _, _) => {
+            for (o, b) in out.iter_mut().zip(codes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        (Quantizer::Sq, _, Some(sq)) => {
+            for (o, c) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(width)) {
+                sq.decode(c, o);
+            }
+        }
+        (Quantizer::Pq, Some(pq), _) => {
+            let centroid = model.centroid(partition);
+            for (o, c) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(width)) {
+                for (m, &code) in c.iter().enumerate() {
+                    let sub = &pq.codebook[(m * 256 + code as usize) * pq.sub_dim..][..pq.sub_dim];
+                    o[m * pq.sub_dim..(m + 1) * pq.sub_dim].copy_from_slice(sub);
+                }
+                o.iter_mut().zip(centroid).for_each(|(x, c)| *x += c);
+            }
+        }
+        _ => return Err(IndexError::corrupt("model", "quantizer parameters missing")),
+    }
+    Ok(out)
+}

@@ -155,6 +155,9 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
             ),
         ));
     }
+    if opts.index_type.is_hnsw() {
+        opts.hnsw.check()?;
+    }
     let quantizer = opts.index_type.quantizer();
     let num_sub_vectors = match quantizer {
         Quantizer::Pq => {

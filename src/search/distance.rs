@@ -104,45 +104,84 @@ impl Scorer {
         })
     }
 
-    /// Scores every row of a storage batch into `top`.
-    pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
-        let (ids, _, _) = crate::model::batch_rows(batch)?;
-        let col = batch.column(1);
-        match (self, col.data_type()) {
-            (Self::Flat { query, metric }, DataType::FixedSizeList(_, d)) => {
-                let d = *d as usize;
-                let list = col.as_fixed_size_list();
-                let values = list.values().as_primitive::<Float32Type>().values();
-                let values = &values[list.offset() * d..(list.offset() + list.len()) * d];
-                for (id, v) in ids.iter().zip(values.chunks_exact(d)) {
-                    let distance = match metric {
-                        Metric::L2 => l2_sq(query, v),
-                        Metric::Cosine => 1.0 - dot(query, v),
-                        Metric::Dot => -dot(query, v),
-                    };
-                    if distance <= top.threshold() {
-                        top.push(Scored {
-                            distance,
-                            row_id: *id,
-                        });
-                    }
+    /// Distance to row `i` of `rows`; `rows` must have passed [`Scorer::check`].
+    #[inline]
+    pub fn distance(&self, rows: &StoredRows, i: usize) -> f32 {
+        match (self, rows) {
+            (Self::Flat { query, metric }, StoredRows::Vectors { values, dim }) => {
+                let v = &values[i * dim..(i + 1) * dim];
+                match metric {
+                    Metric::L2 => l2_sq(query, v),
+                    Metric::Cosine => 1.0 - dot(query, v),
+                    Metric::Dot => -dot(query, v),
                 }
             }
-            (_, DataType::FixedSizeBinary(w)) => {
-                let w = *w as usize;
+            (_, StoredRows::Codes { bytes, width }) => self
+                .score_codes(&bytes[i * width..(i + 1) * width])
+                .unwrap_or(f32::INFINITY),
+            _ => f32::INFINITY,
+        }
+    }
+
+    /// Fails unless `rows` hold what this scorer reads (vectors for FLAT, codes otherwise).
+    pub fn check(&self, rows: &StoredRows) -> Result<()> {
+        let fits = match (self, rows) {
+            (Self::Flat { query, .. }, StoredRows::Vectors { dim, .. }) => query.len() == *dim,
+            (Self::Flat { .. }, _) | (_, StoredRows::Vectors { .. }) => false,
+            _ => true,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(IndexError::corrupt(
+                "segment",
+                "stored column does not match the index type",
+            ))
+        }
+    }
+
+    /// Scores every row of a storage batch into `top`.
+    pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
+        let (ids, rows) = StoredRows::of(batch)?;
+        self.check(&rows)?;
+        for (i, &row_id) in ids.iter().enumerate() {
+            let distance = self.distance(&rows, i);
+            if distance <= top.threshold() {
+                top.push(Scored { distance, row_id });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored rows of a storage batch, viewed without copying.
+pub enum StoredRows<'a> {
+    Vectors { values: &'a [f32], dim: usize },
+    Codes { bytes: &'a [u8], width: usize },
+}
+
+impl<'a> StoredRows<'a> {
+    /// The row ids and stored rows of `batch`.
+    pub fn of(batch: &'a RecordBatch) -> Result<(&'a [u64], Self)> {
+        let (ids, _, _) = crate::model::batch_rows(batch)?;
+        let col = batch.column(1);
+        let rows = match col.data_type() {
+            DataType::FixedSizeList(_, d) => {
+                let dim = *d as usize;
+                let list = col.as_fixed_size_list();
+                let values = list.values().as_primitive::<Float32Type>().values();
+                Self::Vectors {
+                    values: &values[list.offset() * dim..(list.offset() + list.len()) * dim],
+                    dim,
+                }
+            }
+            DataType::FixedSizeBinary(w) => {
+                let width = *w as usize;
                 let codes = col.as_fixed_size_binary();
-                let data =
-                    &codes.value_data()[codes.offset() * w..(codes.offset() + codes.len()) * w];
-                for (id, c) in ids.iter().zip(data.chunks_exact(w)) {
-                    let Some(distance) = self.score_codes(c) else {
-                        return Err(IndexError::corrupt("segment", "FLAT index stores codes"));
-                    };
-                    if distance <= top.threshold() {
-                        top.push(Scored {
-                            distance,
-                            row_id: *id,
-                        });
-                    }
+                Self::Codes {
+                    bytes: &codes.value_data()
+                        [codes.offset() * width..(codes.offset() + codes.len()) * width],
+                    width,
                 }
             }
             _ => {
@@ -151,8 +190,8 @@ impl Scorer {
                     "stored column does not match the index type",
                 ))
             }
-        }
-        Ok(())
+        };
+        Ok((ids, rows))
     }
 }
 

@@ -43,8 +43,16 @@ pub struct SearchOptions {
     pub k: usize,
     /// IVF partitions probed per query; default 20 (at most the number of partitions).
     pub nprobes: usize,
-    /// HNSW search breadth; accepted for HNSW types.
+    /// HNSW search breadth per probed partition (HNSW types; the others ignore it); default
+    /// [`crate::hnsw::DEFAULT_EF`], never less than `k`.
     pub ef: Option<usize>,
+}
+
+impl SearchOptions {
+    /// The breadth HNSW searches use.
+    pub fn effective_ef(&self) -> usize {
+        self.ef.unwrap_or(crate::hnsw::DEFAULT_EF).max(self.k)
+    }
 }
 
 impl Default for SearchOptions {
@@ -135,6 +143,9 @@ pub fn search_plan(
             "nprobes",
             "must be at least 1",
         ));
+    }
+    if options.ef == Some(0) {
+        return Err(IndexError::invalid_argument("ef", "must be at least 1"));
     }
     if queries.is_empty() || !queries.len().is_multiple_of(dim) {
         return Err(IndexError::invalid_argument(

@@ -18,20 +18,23 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
-use super::distance::Scorer;
-use super::topk::{tops_to_batch, TopK};
+use super::distance::{Scorer, StoredRows};
+use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::decode_block;
+use crate::hnsw::{graph_schema, HnswGraph, Visited};
 
 /// Blocks read at once by one scan partition.
 const READ_CONCURRENCY: usize = 8;
 
 /// Reads each probed (segment, partition) block with one ranged read (checked
 /// against its CRC-32), scores it for every query that probes it, and keeps each
-/// query's k nearest rows.
+/// query's k nearest rows. For the HNSW types the partition's graph block is read
+/// alongside (graphs are loaded lazily, only for probed partitions) and searched
+/// with breadth `ef` instead of scoring every row.
 ///
 /// Partitioning: one output partition per input partition of probe tasks; emits,
 /// when its input ends, each query's local top k (`query_id`, `row_id`, `distance`).
@@ -63,10 +66,14 @@ impl DisplayAs for VectorIndexScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "VectorIndexScanExec: type={}, k={}, read_concurrency={READ_CONCURRENCY}",
+            "VectorIndexScanExec: type={}, k={}",
             self.target.model.index_type(),
             self.options.k
-        )
+        )?;
+        if self.target.model.index_type().is_hnsw() {
+            write!(f, ", ef={}", self.options.effective_ef())?;
+        }
+        write!(f, ", read_concurrency={READ_CONCURRENCY}")
     }
 }
 
@@ -108,11 +115,12 @@ impl ExecutionPlan for VectorIndexScanExec {
     ) -> Result<SendableRecordBatchStream> {
         let mut input = self.input.execute(partition, context)?;
         let target = Arc::clone(&self.target);
-        let k = self.options.k;
+        let options = self.options;
         let stream = futures::stream::once(async move {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
+            let mut visited = Visited::default();
             while let Some(batch) = input.next().await {
-                scan_tasks(&target, &batch?, k, &mut tops).await?;
+                scan_tasks(&target, &batch?, options, &mut tops, &mut visited).await?;
             }
             Ok(tops_to_batch(tops)?)
         });
@@ -123,11 +131,54 @@ impl ExecutionPlan for VectorIndexScanExec {
     }
 }
 
+/// A probed partition: its rows and, for HNSW types, its graph.
+struct Block {
+    rows: RecordBatch,
+    graph: Option<HnswGraph>,
+}
+
+async fn read_block(target: &SearchTarget, s: u32, p: u32) -> crate::error::Result<Block> {
+    let seg = &target.segments[s as usize];
+    let what = format!("segment {}, partition {p}", seg.segment_id);
+    let (file, block) = seg
+        .block(p)
+        .ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
+    let dir = target.location.segment_dir(&seg.segment_id);
+    let store = target.location.store();
+    let schema = target.model.storage_schema();
+    let data_path = dir.clone().join(file.name.as_str());
+    let data = store.get_range(&data_path, block.range());
+    let graph = async {
+        if !target.model.index_type().is_hnsw() {
+            return Ok(None);
+        }
+        let Some((file, block)) = seg.graph_block(p) else {
+            return Ok(None);
+        };
+        let bytes = store
+            .get_range(&dir.clone().join(file.name.as_str()), block.range())
+            .await?;
+        let what = format!("{what}, graph");
+        Ok::<_, IndexError>(Some((
+            what.clone(),
+            decode_block(&what, &graph_schema(), block, bytes)?,
+        )))
+    };
+    let (data, graph) = futures::try_join!(async { Ok::<_, IndexError>(data.await?) }, graph)?;
+    let rows = decode_block(&what, &schema, block, data)?;
+    let graph = match graph {
+        Some((what, batch)) => Some(HnswGraph::from_batch(&what, &batch, rows.num_rows())?),
+        None => None,
+    };
+    Ok(Block { rows, graph })
+}
+
 async fn scan_tasks(
     target: &Arc<SearchTarget>,
     batch: &RecordBatch,
-    k: usize,
+    options: SearchOptions,
     tops: &mut BTreeMap<u32, TopK>,
+    visited: &mut Visited,
 ) -> Result<()> {
     let query_ids = batch.column(0).as_primitive::<UInt32Type>();
     let segments = batch.column(1).as_primitive::<UInt32Type>();
@@ -138,28 +189,10 @@ async fn scan_tasks(
         .map(|i| (segments.value(i), partitions.value(i)))
         .collect();
     wanted.dedup();
-    let schema = target.model.storage_schema();
-    let blocks: HashMap<(u32, u32), RecordBatch> = futures::stream::iter(wanted)
+    let blocks: HashMap<(u32, u32), Block> = futures::stream::iter(wanted)
         .map(|(s, p)| {
             let target = Arc::clone(target);
-            let schema = Arc::clone(&schema);
-            async move {
-                let seg = &target.segments[s as usize];
-                let what = format!("segment {}, partition {p}", seg.segment_id);
-                let (file, block) = seg
-                    .block(p)
-                    .ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
-                let path = target
-                    .location
-                    .segment_dir(&seg.segment_id)
-                    .join(file.name.as_str());
-                let bytes = target
-                    .location
-                    .store()
-                    .get_range(&path, block.range())
-                    .await?;
-                Ok::<_, IndexError>(((s, p), decode_block(&what, &schema, block, bytes)?))
-            }
+            async move { Ok::<_, IndexError>(((s, p), read_block(&target, s, p).await?)) }
         })
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
@@ -171,8 +204,28 @@ async fn scan_tasks(
         let scorer = Scorer::new(&target.model, &values[start..start + dim], p as usize)?;
         let top = tops
             .entry(query_ids.value(i))
-            .or_insert_with(|| TopK::new(k));
-        scorer.score_batch(&blocks[&(s, p)], top)?;
+            .or_insert_with(|| TopK::new(options.k));
+        let block = &blocks[&(s, p)];
+        match &block.graph {
+            Some(graph) => {
+                let (ids, rows) = StoredRows::of(&block.rows)?;
+                scorer.check(&rows)?;
+                let found = graph.search(
+                    options.effective_ef(),
+                    |node| scorer.distance(&rows, node as usize),
+                    visited,
+                );
+                for c in found {
+                    if c.distance <= top.threshold() {
+                        top.push(Scored {
+                            distance: c.distance,
+                            row_id: ids[c.node as usize],
+                        });
+                    }
+                }
+            }
+            None => scorer.score_batch(&block.rows, top)?,
+        }
     }
     Ok(())
 }

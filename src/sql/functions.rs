@@ -111,6 +111,9 @@ impl TableFunctionImpl for SearchFunction {
         if options.nprobes == 0 {
             return plan_err!("vector_search: argument 'nprobes' must be at least 1");
         }
+        if options.ef == Some(0) {
+            return plan_err!("vector_search: argument 'ef' must be at least 1");
+        }
         let query = values.vector("query").unwrap_or_default().to_vec();
         Ok(Arc::new(VectorSearchTable::new(location, query, options)))
     }

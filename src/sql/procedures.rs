@@ -175,13 +175,15 @@ fn train_options(args: &Args) -> Result<TrainOptions> {
     }
     let defaults = HnswParams::default();
     o.hnsw = HnswParams {
-        m: args.uint("hnsw_m").map_or(defaults.m, |v| v as u32),
+        m: args
+            .uint("hnsw_m")
+            .map_or(defaults.m, |v| v.min(u32::MAX as u64) as u32),
         ef_construction: args
             .uint("hnsw_ef_construction")
-            .map_or(defaults.ef_construction, |v| v as u32),
+            .map_or(defaults.ef_construction, |v| v.min(u32::MAX as u64) as u32),
     };
-    if o.hnsw.m < 2 {
-        return plan_err!("create_vector_index: argument 'hnsw_m' must be at least 2");
+    if let Err(e) = o.hnsw.check() {
+        return plan_err!("create_vector_index: {e}");
     }
     Ok(o)
 }

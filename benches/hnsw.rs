@@ -1,0 +1,245 @@
+//! HNSW graph building on the finalize bench's data, partition by partition.
+//!
+//! ```text
+//! cargo bench --bench hnsw
+//! HNSW_BENCH_ROWS=200000 HNSW_BENCH_PARTITIONS=51 cargo bench --bench hnsw
+//! HNSW_BENCH_M=12 HNSW_BENCH_EF_CONSTRUCTION=64 cargo bench --bench hnsw
+//! cargo bench --bench hnsw --features hnsw-crate-comparison   # also the hnsw_rs crate
+//! ```
+//!
+//! The rows of the finalize bench's Gaussian mixture (128 dimensions) are assigned
+//! to IVF partitions of about the size a 1M-row, 256-partition index has (~3,900
+//! rows), encoded as IVF_HNSW_SQ and decoded, exactly as finalize does. For every
+//! partition a graph is built (one partition per core at a time, like finalize),
+//! then queries drawn from the same mixture search each partition with `ef` = 100
+//! and are compared with the exact 10 nearest decoded rows of that partition.
+//! Prints build time, rows/s, recall@10, memory and search time; with the
+//! `hnsw-crate-comparison` feature, the same for the `hnsw_rs` crate with the same
+//! parameters (its own L2 kernel, one graph per partition, serial insertion).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion_vector_index::datasets::gaussian_mixture;
+use datafusion_vector_index::hnsw::{build_graph, partition_seed, Visited};
+use datafusion_vector_index::model::distance::l2_sq;
+use datafusion_vector_index::model::{
+    decode_rows, train_model, Encoder, HnswParams, IndexType, Metric, TrainOptions,
+};
+use rayon::prelude::*;
+
+const DIM: usize = 128;
+const QUERIES: usize = 100;
+const EF: usize = 100;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Rows of one IVF partition, decoded as finalize decodes them.
+struct Partition {
+    ids: Vec<u64>,
+    vectors: Vec<f32>,
+}
+
+fn main() {
+    let rows = env_usize("HNSW_BENCH_ROWS", 200_000);
+    let partitions = env_usize("HNSW_BENCH_PARTITIONS", 51);
+    let defaults = HnswParams::default();
+    let params = HnswParams {
+        m: env_usize("HNSW_BENCH_M", defaults.m as usize) as u32,
+        ef_construction: env_usize(
+            "HNSW_BENCH_EF_CONSTRUCTION",
+            defaults.ef_construction as usize,
+        ) as u32,
+    };
+    println!(
+        "hnsw bench: {rows} rows × {DIM} in {partitions} partitions (IVF_HNSW_SQ), m={}, ef_construction={}, ef={EF}, {} cores",
+        params.m,
+        params.ef_construction,
+        rayon::current_num_threads()
+    );
+    let mut data = gaussian_mixture(rows, DIM, 1024, 0.15, 1, 7);
+    let options = TrainOptions {
+        index_type: IndexType::IvfHnswSq,
+        metric: Metric::L2,
+        num_partitions: partitions,
+        ..Default::default()
+    };
+    let sample = data[..options.sample_rows().min(rows) * DIM].to_vec();
+    let model = Arc::new(train_model(DIM, sample, &options).unwrap());
+    let (mut parts, mut codes) = (Vec::new(), Vec::new());
+    Encoder::new(Arc::clone(&model)).encode(&mut data, &mut parts, &mut codes);
+    let width = model.code_width();
+    let mut by_partition: Vec<Vec<u8>> = vec![Vec::new(); partitions];
+    let mut ids: Vec<Vec<u64>> = vec![Vec::new(); partitions];
+    for (i, &p) in parts.iter().enumerate() {
+        by_partition[p as usize].extend_from_slice(&codes[i * width..(i + 1) * width]);
+        ids[p as usize].push(i as u64);
+    }
+    let data: Vec<Partition> = by_partition
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(p, (c, ids))| Partition {
+            ids,
+            vectors: decode_rows(&model, p, c).unwrap(),
+        })
+        .collect();
+    let sizes: Vec<usize> = data.iter().map(|p| p.ids.len()).collect();
+    println!(
+        "  partition rows: min {}, median {}, max {}",
+        sizes.iter().min().unwrap(),
+        {
+            let mut s = sizes.clone();
+            s.sort();
+            s[s.len() / 2]
+        },
+        sizes.iter().max().unwrap()
+    );
+    let queries = gaussian_mixture(QUERIES, DIM, 1024, 0.15, 1, 99);
+    let query_partition: Vec<usize> = queries
+        .chunks(DIM)
+        .map(|q| model.rank_partitions(q, 1)[0])
+        .collect();
+
+    let exact: Vec<Vec<u32>> = queries
+        .chunks(DIM)
+        .zip(&query_partition)
+        .map(|(q, &p)| {
+            let part = &data[p];
+            let dist = |i: u32| l2_sq(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM]);
+            let mut all: Vec<u32> = (0..part.ids.len() as u32).collect();
+            all.sort_by(|&a, &b| dist(a).total_cmp(&dist(b)));
+            all.truncate(10);
+            all
+        })
+        .collect();
+
+    // Ours.
+    let rss_before = rss_mib();
+    let t = Instant::now();
+    let graphs: Vec<_> = (0..partitions)
+        .into_par_iter()
+        .map(|p| {
+            let part = &data[p];
+            build_graph(
+                &part.vectors,
+                DIM,
+                &part.ids,
+                Metric::L2,
+                params,
+                partition_seed(options.seed, p),
+            )
+        })
+        .collect();
+    let build = t.elapsed().as_secs_f64();
+    let bytes: usize = graphs
+        .iter()
+        .map(|g| g.to_batch().unwrap().get_array_memory_size())
+        .sum();
+    let rss_built = rss_mib();
+    let mut visited = Visited::default();
+    let mut search_at = |ef: usize| {
+        let t = Instant::now();
+        let mut found = 0;
+        for ((q, &p), exact) in queries.chunks(DIM).zip(&query_partition).zip(&exact) {
+            let part = &data[p];
+            let dist = |i: u32| l2_sq(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM]);
+            let hits = graphs[p].search(ef, dist, &mut visited);
+            found += hits
+                .iter()
+                .take(10)
+                .filter(|c| exact.contains(&c.node))
+                .count();
+        }
+        (
+            found as f64 / (QUERIES * 10) as f64,
+            t.elapsed().as_secs_f64(),
+        )
+    };
+    let (narrow, _) = search_at(10);
+    let (recall, search) = search_at(EF);
+    println!(
+        "  ours:     build {build:>6.2} s ({:>6.0} rows/s), recall@10 {recall:.3} (ef 10: {narrow:.3}), graphs {:>6.1} MiB stored, RSS +{:.0} MiB, {QUERIES} searches {:.1} ms",
+        rows as f64 / build,
+        bytes as f64 / (1 << 20) as f64,
+        rss_built - rss_before,
+        search * 1e3
+    );
+    drop(graphs);
+    #[cfg(feature = "hnsw-crate-comparison")]
+    crate_comparison(&data, params, &queries, &query_partition, &exact);
+}
+
+/// The same graphs built and searched with the `hnsw_rs` crate.
+#[cfg(feature = "hnsw-crate-comparison")]
+fn crate_comparison(
+    data: &[Partition],
+    params: HnswParams,
+    queries: &[f32],
+    query_partition: &[usize],
+    exact: &[Vec<u32>],
+) {
+    use hnsw_rs::prelude::{DistL2, Hnsw};
+    let rows: usize = data.iter().map(|p| p.ids.len()).sum();
+    let rss_before = rss_mib();
+    let t = Instant::now();
+    let graphs: Vec<Hnsw<f32, DistL2>> = data
+        .par_iter()
+        .map(|part| {
+            let n = part.ids.len();
+            let hnsw = Hnsw::new(
+                params.m as usize,
+                n,
+                16,
+                params.ef_construction as usize,
+                DistL2 {},
+            );
+            for (i, v) in part.vectors.chunks_exact(DIM).enumerate() {
+                hnsw.insert_slice((v, i));
+            }
+            hnsw
+        })
+        .collect();
+    let build = t.elapsed().as_secs_f64();
+    let rss_built = rss_mib();
+    let search_at = |ef: usize| {
+        let t = Instant::now();
+        let mut found = 0;
+        for ((q, &p), exact) in queries.chunks(DIM).zip(query_partition).zip(exact) {
+            let hits = graphs[p].search(q, 10, ef);
+            found += hits
+                .iter()
+                .filter(|h| exact.contains(&(h.d_id as u32)))
+                .count();
+        }
+        (
+            found as f64 / (QUERIES * 10) as f64,
+            t.elapsed().as_secs_f64(),
+        )
+    };
+    let (narrow, _) = search_at(10);
+    let (recall, search) = search_at(EF);
+    println!(
+        "  hnsw_rs:  build {build:>6.2} s ({:>6.0} rows/s), recall@10 {recall:.3} (ef 10: {narrow:.3}), RSS +{:.0} MiB, {QUERIES} searches {:.1} ms",
+        rows as f64 / build,
+        rss_built - rss_before,
+        search * 1e3
+    );
+}
+
+/// Resident memory of this process now, in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}

@@ -240,9 +240,14 @@ pub fn plan_segments(
     Ok(Planned { units, fragments })
 }
 
-/// Splits partitions into contiguous ranges of about `target_bytes` each. Sizes are
-/// computed from row counts, so ranges depend only on the rows, never on how they
-/// were spread over shards.
+/// Work units per segment the HNSW types aim for at least: their units are CPU-heavy
+/// (graph building) and uneven, so more of them keep every merge partition busy.
+const MIN_HNSW_UNITS: u64 = 16;
+
+/// Splits partitions into contiguous ranges of about `target_bytes` each (for the
+/// HNSW types, also at least about [`MIN_HNSW_UNITS`] ranges). Sizes are computed from
+/// row counts, so ranges depend only on the rows, never on how they were spread over
+/// shards.
 fn partition_ranges(group: &[PlannedShard], model: &Model, target_bytes: u64) -> Vec<(u32, u32)> {
     let p = model.num_partitions();
     let row_bytes = 8 + model.code_width() as u64;
@@ -255,6 +260,11 @@ fn partition_ranges(group: &[PlannedShard], model: &Model, target_bytes: u64) ->
                 * row_bytes
         })
         .collect();
+    let target_bytes = if model.index_type().is_hnsw() {
+        target_bytes.min(sizes.iter().sum::<u64>() / MIN_HNSW_UNITS)
+    } else {
+        target_bytes
+    };
     let mut ranges = Vec::new();
     let mut start = 0usize;
     let mut acc = 0u64;

@@ -147,3 +147,43 @@ async fn graphs_are_stored_per_partition_and_checked_when_read() {
         "{err}"
     );
 }
+
+#[test]
+fn graph_parameters_are_checked_when_training() {
+    use datafusion_vector_index::model::{train_model, HnswParams, TrainOptions};
+    let data = clustered(500, 4, 34);
+    for (hnsw, name) in [
+        (
+            HnswParams {
+                m: 1,
+                ef_construction: 64,
+            },
+            "`hnsw_m`",
+        ),
+        (
+            HnswParams {
+                m: 129,
+                ef_construction: 64,
+            },
+            "`hnsw_m`",
+        ),
+        (
+            HnswParams {
+                m: 16,
+                ef_construction: 0,
+            },
+            "`hnsw_ef_construction`",
+        ),
+    ] {
+        let options = TrainOptions {
+            index_type: IndexType::IvfHnswFlat,
+            num_partitions: 4,
+            hnsw,
+            ..Default::default()
+        };
+        let err = train_model(DIM, data.clone(), &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(name), "{err}");
+    }
+}

@@ -203,4 +203,18 @@ async fn search_arguments_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`k`"), "{err}");
+    let err = t
+        .index
+        .search(
+            &t.ctx,
+            &data[..DIM],
+            SearchOptions {
+                ef: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`ef`") && err.contains("at least 1"), "{err}");
 }

@@ -14,6 +14,8 @@
 //! medians, min and max, the ratio, bytes, build throughput, training time, search
 //! throughput and recall@10 at nprobes 20, and one `summary` line per type.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use datafusion_vector_index::model::{
 use datafusion_vector_index::search::SearchOptions;
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
+use common::env_usize;
+
 const DIM: usize = 128;
 const PARTITIONS: usize = 256;
 const WORKERS: usize = 8;
@@ -37,13 +41,6 @@ const FRAGMENTS: usize = 64;
 const CLUSTERS: usize = 1024;
 const QUERIES: usize = 200;
 const TRUTH_QUERIES: usize = 100;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn dataset(rows: usize, seed: u64) -> Vec<f32> {
     gaussian_mixture(rows, DIM, CLUSTERS, 0.15, 1, seed)
@@ -73,18 +70,6 @@ fn dir_bytes(p: &Path) -> u64 {
     total
 }
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -103,7 +88,7 @@ async fn child(url: &str) {
     println!(
         "finalize_secs={} peak_rss_kib={}",
         t.elapsed().as_secs_f64(),
-        peak_rss_kib()
+        common::proc_status_kib("VmHWM")
     );
 }
 

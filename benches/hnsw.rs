@@ -17,6 +17,8 @@
 //! `hnsw-crate-comparison` feature, the same for the `hnsw_rs` crate with the same
 //! parameters (its own L2 kernel, one graph per partition, serial insertion).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,16 +30,11 @@ use datafusion_vector_index::model::{
 };
 use rayon::prelude::*;
 
+use common::env_usize;
+
 const DIM: usize = 128;
 const QUERIES: usize = 100;
 const EF: usize = 100;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 /// Rows of one IVF partition, decoded as finalize decodes them.
 struct Partition {
@@ -144,22 +141,12 @@ fn main() {
     let rss_built = rss_mib();
     let mut visited = Visited::default();
     let mut search_at = |ef: usize| {
-        let t = Instant::now();
-        let mut found = 0;
-        for ((q, &p), exact) in queries.chunks(DIM).zip(&query_partition).zip(&exact) {
+        measure(&queries, &query_partition, &exact, |q, p| {
             let part = &data[p];
             let dist = |i: u32| l2_sq(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM]);
             let hits = graphs[p].search(ef, dist, &mut visited);
-            found += hits
-                .iter()
-                .take(10)
-                .filter(|c| exact.contains(&c.node))
-                .count();
-        }
-        (
-            found as f64 / (QUERIES * 10) as f64,
-            t.elapsed().as_secs_f64(),
-        )
+            hits.iter().take(10).map(|c| c.node).collect()
+        })
     };
     let (narrow, _) = search_at(10);
     let (recall, search) = search_at(EF);
@@ -208,19 +195,10 @@ fn crate_comparison(
     let build = t.elapsed().as_secs_f64();
     let rss_built = rss_mib();
     let search_at = |ef: usize| {
-        let t = Instant::now();
-        let mut found = 0;
-        for ((q, &p), exact) in queries.chunks(DIM).zip(query_partition).zip(exact) {
+        measure(queries, query_partition, exact, |q, p| {
             let hits = graphs[p].search(q, 10, ef);
-            found += hits
-                .iter()
-                .filter(|h| exact.contains(&(h.d_id as u32)))
-                .count();
-        }
-        (
-            found as f64 / (QUERIES * 10) as f64,
-            t.elapsed().as_secs_f64(),
-        )
+            hits.iter().map(|h| h.d_id as u32).collect()
+        })
     };
     let (narrow, _) = search_at(10);
     let (recall, search) = search_at(EF);
@@ -232,14 +210,26 @@ fn crate_comparison(
     );
 }
 
+/// Recall@10 of `search` (a query and its partition → the nodes found) against the
+/// exact top 10 of each query's partition, and the seconds the searches took.
+fn measure(
+    queries: &[f32],
+    query_partition: &[usize],
+    exact: &[Vec<u32>],
+    mut search: impl FnMut(&[f32], usize) -> Vec<u32>,
+) -> (f64, f64) {
+    let t = Instant::now();
+    let mut found = 0;
+    for ((q, &p), exact) in queries.chunks(DIM).zip(query_partition).zip(exact) {
+        found += search(q, p).iter().filter(|n| exact.contains(n)).count();
+    }
+    (
+        found as f64 / (QUERIES * 10) as f64,
+        t.elapsed().as_secs_f64(),
+    )
+}
+
 /// Resident memory of this process now, in MiB.
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    common::proc_status_kib("VmRSS") as f64 / 1024.0
 }

@@ -81,7 +81,7 @@ pub async fn merge_unit(
         )
     };
     let mut out = writer(&unit.file_name);
-    let mut graphs = match graph_params(model) {
+    let mut graphs = match model.hnsw_params() {
         Some(params) => {
             let name = graph_file_name(&unit.file_name);
             Some(GraphSink {
@@ -103,11 +103,6 @@ pub async fn merge_unit(
             Err(e)
         }
     }
-}
-
-/// Graph parameters when `model` is of an HNSW type.
-fn graph_params(model: &Model) -> Option<HnswParams> {
-    model.params.hnsw.filter(|_| model.index_type().is_hnsw())
 }
 
 /// `part-00000-00064.arrow` → `part-00000-00064.hnsw.arrow`.

@@ -91,12 +91,7 @@ impl DisplayAs for VectorIndexMergeExec {
                 .join(", "),
             self.properties.partitioning.partition_count()
         )?;
-        if let Some(h) = self
-            .model
-            .params
-            .hnsw
-            .filter(|_| self.model.index_type().is_hnsw())
-        {
+        if let Some(h) = self.model.hnsw_params() {
             write!(
                 f,
                 ", graphs=hnsw(m={}, ef_construction={})",

@@ -13,6 +13,11 @@ use crate::error::{IndexError, Result};
 /// level 0 first with every node in row order, then each upper level with its
 /// nodes ascending. Node numbers are row positions within the partition's data block.
 pub fn graph_schema() -> SchemaRef {
+    Arc::clone(&GRAPH_SCHEMA)
+}
+
+// Built once: search decodes a graph block per probed partition.
+static GRAPH_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("level", DataType::UInt8, false),
         Field::new("node", DataType::UInt32, false),
@@ -22,7 +27,7 @@ pub fn graph_schema() -> SchemaRef {
             false,
         ),
     ]))
-}
+});
 
 /// One layer in compressed-row form. Level 0 lists every node, so `nodes` is empty there.
 #[derive(Debug, Clone, PartialEq)]

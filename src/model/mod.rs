@@ -251,6 +251,11 @@ impl Model {
         self.params.index_type
     }
 
+    /// The graph parameters, for the HNSW types only.
+    pub fn hnsw_params(&self) -> Option<HnswParams> {
+        self.params.hnsw.filter(|_| self.index_type().is_hnsw())
+    }
+
     pub fn metric(&self) -> Metric {
         self.params.metric
     }

@@ -199,10 +199,11 @@ impl<'a> StoredRows<'a> {
 mod tests {
     use super::*;
     use crate::model::rng::SplitMix64;
-    use crate::model::{train_model, Encoder, IndexType, TrainOptions};
+    use crate::model::{decode_rows, train_model, Encoder, IndexType, TrainOptions};
     use std::sync::Arc;
 
-    /// Asymmetric PQ and SQ scores equal the exact distance to the decoded vector.
+    /// Asymmetric PQ and SQ scores equal the exact distance to the decoded vector
+    /// (`decode_rows`, which the HNSW builder uses).
     #[test]
     fn quantized_scores_are_distances_to_the_reconstruction() {
         let dim = 16;
@@ -235,19 +236,8 @@ mod tests {
             let w = model.code_width();
             for (r, &p) in parts.iter().enumerate() {
                 let code = &codes[r * w..(r + 1) * w];
-                let mut x = vec![0f32; dim];
-                if let Some(pq) = &model.pq {
-                    for m in 0..pq.num_sub_vectors {
-                        let c =
-                            &pq.codebook[(m * 256 + code[m] as usize) * pq.sub_dim..][..pq.sub_dim];
-                        x[m * pq.sub_dim..(m + 1) * pq.sub_dim].copy_from_slice(c);
-                    }
-                    x.iter_mut()
-                        .zip(model.centroid(p as usize))
-                        .for_each(|(a, b)| *a += b);
-                } else if let Some(sq) = &model.sq {
-                    sq.decode(code, &mut x);
-                }
+                // The quantizer's reconstruction, as finalize decodes rows for graphs.
+                let x = decode_rows(&model, p as usize, code).unwrap();
                 let exact = match metric {
                     Metric::L2 => l2_sq(&q, &x),
                     Metric::Cosine => 1.0 - dot(&q, &x),

@@ -15,7 +15,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 
 use super::{CommitMode, FinalizeOptions, SegmentPlan};
@@ -350,12 +350,18 @@ async fn commit(
     )))
 }
 
+/// Shard folders removed at once after a commit.
+const CLEANUP_CONCURRENCY: usize = 8;
+
 /// Best effort: what fails here is left for `vacuum_vector_index`, and a re-run of
 /// finalize skips it because the committed segments name it as consumed.
 async fn cleanup_consumed(location: &IndexLocation, refs: &[SegmentRef]) {
-    for shard in refs.iter().flat_map(|r| &r.consumed_shards) {
-        let _ = location.delete_dir(&location.shard_dir(shard)).await;
-    }
+    // Concurrently: unlinking large files is slow, and the finalize waits for it.
+    futures::stream::iter(refs.iter().flat_map(|r| &r.consumed_shards))
+        .for_each_concurrent(CLEANUP_CONCURRENCY, |shard| async move {
+            let _ = location.delete_dir(&location.shard_dir(shard)).await;
+        })
+        .await;
 }
 
 fn output(refs: &[SegmentRef], version: u64, replaced: &[String]) -> crate::Result<RecordBatch> {

@@ -10,16 +10,20 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::buffer::MutableBuffer;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use roaring::RoaringBitmap;
 use tokio::io::AsyncWriteExt;
 
 use super::WorkUnit;
 use crate::error::{IndexError, Result};
-use crate::format::{decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile};
+use crate::format::{
+    arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile,
+};
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
-use crate::model::{batch_rows, decode_rows, encode_rows, HnswParams, Model};
+use crate::model::{batch_buffers, batch_rows, decode_rows, encode_rows, HnswParams, Model};
 use crate::worker::fragment_of;
 use futures::StreamExt;
 
@@ -125,7 +129,9 @@ impl GraphSink {
         let sink = self.sink.as_mut().ok_or_else(|| {
             IndexError::InvalidInput(format!("graph file {} already finished", self.name))
         })?;
-        self.out.put(sink.write(graph)?).await?;
+        for piece in sink.write(graph)? {
+            self.out.put(piece).await?;
+        }
         Ok(())
     }
 
@@ -191,9 +197,12 @@ async fn write_file(
         let chunk =
             joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
         for batches in chunk {
-            let merged = merge_partition(schema, unit, partition, &batches, fragments)?;
-            out.put(sink.write(&merged)?).await?;
+            let (runs, rows) = merge_runs(unit, partition, &batches, fragments)?;
+            for piece in gather_partition(&mut sink, &batches, &runs, rows)? {
+                out.put(piece).await?;
+            }
             if let Some(g) = graphs.as_deref_mut() {
+                let merged = concat_runs(schema, &batches, &runs, rows)?;
                 let graph = partition_graph(model, g.params, partition, merged).await?;
                 g.write(&graph).await?;
             }
@@ -235,8 +244,9 @@ fn read_chunks(unit: &WorkUnit) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Reads the blocks of partitions `range` (relative to the unit) from every shard,
-/// one request per shard, all shards concurrently; returns, per partition, the
-/// batches of the shards holding rows there, in shard order.
+/// one ranged read per shard (a shard's blocks for consecutive partitions are
+/// contiguous), all shards concurrently; returns, per partition, the batches of the
+/// shards holding rows there, in shard order.
 async fn fetch_chunk(
     location: IndexLocation,
     schema: SchemaRef,
@@ -246,35 +256,46 @@ async fn fetch_chunk(
     let mut reads = Vec::with_capacity(unit.shards.len());
     for s in &unit.shards {
         let wanted: Vec<usize> = range.clone().filter(|&i| s.blocks[i].rows > 0).collect();
-        if wanted.is_empty() {
+        let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
             continue;
-        }
-        let ranges: Vec<_> = wanted.iter().map(|&i| s.blocks[i].range()).collect();
-        let blocks: Vec<_> = wanted.iter().map(|&i| s.blocks[i]).collect();
+        };
+        let span = s.blocks[first].offset..s.blocks[last].range().end;
         let base = unit.partition_start as usize;
-        let first = base + wanted[0];
         let what = format!("shard {}: data.arrow", s.shard_id);
         let path = Path::from(s.dir.as_str()).join("data.arrow");
         let store = Arc::clone(location.store());
         let schema = Arc::clone(&schema);
+        let blocks = s.blocks.clone();
         reads.push(async move {
-            let bytes = match store.get_ranges(&path, &ranges).await {
+            let bytes = match store.get_range(&path, span.clone()).await {
                 Ok(b) => b,
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(IndexError::corrupt(what, "is missing"))
                 }
-                Err(e) => return Err(IndexError::corrupt(what, format!("partition {first}: {e}"))),
+                Err(e) => {
+                    return Err(IndexError::corrupt(
+                        what,
+                        format!("partition {}: {e}", base + first),
+                    ))
+                }
             };
-            let decoded = blocks
+            wanted
                 .iter()
-                .zip(bytes)
-                .zip(&wanted)
-                .map(|((block, b), &i)| {
+                .map(|&i| {
+                    let block = &blocks[i];
                     let what = format!("{what}, partition {}", base + i);
-                    decode_block(&what, &schema, block, b).map(|batch| (i, batch))
+                    let at = block.offset.checked_sub(span.start);
+                    let end = at.and_then(|at| at.checked_add(block.length));
+                    let piece = match (at, end) {
+                        (Some(at), Some(end)) if end <= bytes.len() as u64 => {
+                            bytes.slice(at as usize..end as usize)
+                        }
+                        // Blocks out of file order, or a short read: decode_block names it.
+                        _ => Bytes::new(),
+                    };
+                    decode_block(&what, &schema, block, piece).map(|batch| (i, batch))
                 })
-                .collect::<Result<Vec<_>>>()?;
-            Ok::<_, IndexError>(decoded)
+                .collect::<Result<Vec<_>>>()
         });
     }
     let per_shard = futures::future::try_join_all(reads).await?;
@@ -287,34 +308,40 @@ async fn fetch_chunk(
     Ok(out)
 }
 
-/// k-way merge of sorted runs by row id, copying the longest possible run at a time.
-fn merge_partition(
-    schema: &SchemaRef,
+/// A run of consecutive rows of one shard's block that the merged partition takes
+/// as a whole: rows `start..end` of `batches[batch]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    batch: usize,
+    start: usize,
+    end: usize,
+}
+
+/// k-way merge of sorted blocks by row id, taking the longest possible run at a
+/// time; returns the runs in output order and the partition's row count. Rows are
+/// not copied: when shards own disjoint fragment ranges each block is one run.
+fn merge_runs(
     unit: &WorkUnit,
     partition: usize,
     batches: &[RecordBatch],
     fragments: &[Arc<RoaringBitmap>],
-) -> Result<RecordBatch> {
-    let shards: Vec<usize> = (0..unit.shards.len())
-        .filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0)
-        .collect();
-    let mut runs = Vec::with_capacity(batches.len());
+) -> Result<(Vec<Run>, usize)> {
+    let shards = (0..unit.shards.len())
+        .filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0);
+    let mut ids_of = Vec::with_capacity(batches.len());
     let mut total = 0usize;
-    let mut width = 0usize;
-    for (&s, batch) in shards.iter().zip(batches) {
-        let (ids, codes, w) = batch_rows(batch)?;
+    for (s, batch) in shards.zip(batches) {
+        let (ids, _, _) = batch_rows(batch)?;
         check_rows(&unit.shards[s].shard_id, partition, ids, &fragments[s])?;
         total += ids.len();
-        width = w;
-        runs.push((s, ids, codes));
+        ids_of.push(ids);
     }
-    let mut out_ids = MutableBuffer::with_capacity(total * 8);
-    let mut out_codes = MutableBuffer::with_capacity(total * width);
-    let mut heads = vec![0usize; runs.len()];
+    let mut runs = Vec::new();
+    let mut heads = vec![0usize; ids_of.len()];
     loop {
         let mut best: Option<(usize, u64)> = None;
         let mut second = u64::MAX;
-        for (r, (_, ids, _)) in runs.iter().enumerate() {
+        for (r, ids) in ids_of.iter().enumerate() {
             let Some(&id) = ids.get(heads[r]) else {
                 continue;
             };
@@ -334,12 +361,66 @@ fn merge_partition(
                 unit.segment.segment_id
             )));
         }
-        let (_, ids, codes) = &runs[r];
+        let ids = ids_of[r];
         let start = heads[r];
         let end = start + ids[start..].partition_point(|&id| id < second);
-        out_ids.extend_from_slice(&ids[start..end]);
-        out_codes.extend_from_slice(&codes[start * width..end * width]);
+        runs.push(Run {
+            batch: r,
+            start,
+            end,
+        });
         heads[r] = end;
+    }
+    Ok((runs, total))
+}
+
+/// Appends the merged partition to the data file: its bytes go out as slices of the
+/// blocks read, without a copy into a merged buffer.
+fn gather_partition(
+    sink: &mut IpcFileSink,
+    batches: &[RecordBatch],
+    runs: &[Run],
+    rows: usize,
+) -> Result<Vec<Bytes>> {
+    let buffers = batches
+        .iter()
+        .map(batch_buffers)
+        .collect::<Result<Vec<_>>>()?;
+    let slice = |buffer: &arrow::buffer::Buffer, run: &Run, width: usize| {
+        arrow_bytes(buffer.slice_with_length(run.start * width, (run.end - run.start) * width))
+    };
+    let ids = runs
+        .iter()
+        .map(|run| slice(&buffers[run.batch].0, run, 8))
+        .collect();
+    let values = runs
+        .iter()
+        .map(|run| {
+            let (_, values, width) = &buffers[run.batch];
+            slice(values, run, *width)
+        })
+        .collect();
+    sink.write_gathered(rows, ids, values)
+}
+
+/// The merged partition as one batch (a copy), for building its graph.
+fn concat_runs(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    runs: &[Run],
+    rows: usize,
+) -> Result<RecordBatch> {
+    let mut width = 0;
+    let mut out_ids = MutableBuffer::with_capacity(rows * 8);
+    let mut out_codes = MutableBuffer::new(0);
+    for run in runs {
+        let (ids, codes, w) = batch_rows(&batches[run.batch])?;
+        if out_codes.capacity() == 0 {
+            width = w;
+            out_codes.reserve(rows * w);
+        }
+        out_ids.extend_from_slice(&ids[run.start..run.end]);
+        out_codes.extend_from_slice(&codes[run.start * width..run.end * width]);
     }
     encode_rows(schema, out_ids.into(), out_codes.into())
 }

@@ -9,11 +9,16 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
+use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::writer::FileWriter;
-use arrow::ipc::{Block, MetadataVersion};
+use arrow::ipc::writer::{StreamEncoder, StreamWriter};
+use arrow::ipc::{
+    Block, Buffer as IpcBuffer, FieldNode, FooterBuilder, MessageBuilder, MessageHeader,
+    MetadataVersion, RecordBatchBuilder,
+};
 use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
@@ -39,65 +44,292 @@ impl BlockInfo {
 /// Writes an Arrow IPC file batch by batch, handing out the bytes as they are
 /// produced so the caller can stream them to an object store, and recording a
 /// [`BlockInfo`] for every batch.
+///
+/// Batches are encoded with arrow's [`StreamEncoder`], which hands out the batch's own
+/// buffers rather than copying them; this sink adds the file framing around them
+/// (magic, footer), so a batch's rows are never copied on their way to the store.
 pub struct IpcFileSink {
-    writer: FileWriter<Vec<u8>>,
+    schema: SchemaRef,
+    encoder: StreamEncoder,
+    /// The stream's schema message, written after the file magic.
+    schema_message: Bytes,
+    /// Whether the encoder has emitted its own copy of the schema message (dropped).
+    encoder_started: bool,
     written: u64,
     blocks: Vec<BlockInfo>,
     crc: crc32fast::Hasher,
 }
 
+/// File magic plus padding to 8 bytes.
+const FILE_HEADER: &[u8; 8] = b"ARROW1\0\0";
+
 impl IpcFileSink {
     pub fn try_new(schema: &SchemaRef) -> Result<Self> {
-        let writer = FileWriter::try_new(Vec::with_capacity(1 << 16), schema)?;
+        // What a stream writer writes up front with the same options is the schema
+        // message the encoder emits before its first batch.
+        let schema_message = StreamWriter::try_new(Vec::new(), schema)?.get_ref().clone();
         Ok(Self {
-            writer,
+            schema: Arc::clone(schema),
+            encoder: StreamEncoder::try_new(schema)?,
+            schema_message: Bytes::from(schema_message),
+            encoder_started: false,
             written: 0,
             blocks: Vec::new(),
             crc: crc32fast::Hasher::new(),
         })
     }
 
-    /// Bytes produced so far and not yet taken (hashed into the file's CRC).
-    fn take_bytes(&mut self) -> Bytes {
-        let buf = std::mem::take(self.writer.get_mut());
-        self.crc.update(&buf);
-        self.written += buf.len() as u64;
-        Bytes::from(buf)
+    fn push(&mut self, out: &mut Vec<Bytes>, piece: Bytes) {
+        self.crc.update(&piece);
+        self.written += piece.len() as u64;
+        out.push(piece);
     }
 
-    /// Encodes one batch; returns the bytes to write (the file header first, on the first call).
-    /// Each byte is hashed once: the block's CRC is combined into the file's.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<Bytes> {
-        let pending = self.writer.get_ref().len();
-        let offset = self.written + pending as u64;
-        // Sized up front: growing by doubling would copy the block again and churn the heap.
-        self.writer
-            .get_mut()
-            .reserve(batch.get_array_memory_size() + 4096);
-        self.writer.write(batch)?;
-        let buf = std::mem::take(self.writer.get_mut());
-        self.crc.update(&buf[..pending]);
-        let block = &buf[pending..];
+    /// The file magic and schema message, before the first batch.
+    fn start(&mut self, out: &mut Vec<Bytes>) {
+        if self.written == 0 {
+            self.push(out, Bytes::from_static(FILE_HEADER));
+            let schema = self.schema_message.clone();
+            self.push(out, schema);
+        }
+    }
+
+    /// Encodes one batch; returns the pieces to write, in order (the file header and
+    /// schema first, on the first call). The pieces share the batch's buffers.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+        let mut buffers = self.encoder.encode(batch)?.into_iter();
+        let mut out = Vec::new();
+        self.start(&mut out);
+        if !self.encoder_started {
+            self.encoder_started = true;
+            let mut skipped = 0;
+            while skipped < self.schema_message.len() {
+                let piece = buffers.next().ok_or_else(|| {
+                    IndexError::corrupt("IPC encoder", "schema message cut short")
+                })?;
+                skipped += piece.len();
+            }
+            if skipped != self.schema_message.len() {
+                return Err(IndexError::corrupt(
+                    "IPC encoder",
+                    "schema message does not end on a buffer boundary",
+                ));
+            }
+        }
+        let mut pieces = buffers.map(arrow_bytes).peekable();
+        let first = pieces
+            .peek()
+            .ok_or_else(|| IndexError::corrupt("IPC encoder", "no record batch message"))?;
+        let meta_len = message_header_len(first)?;
+        self.append_block(batch.num_rows(), meta_len, pieces, &mut out);
+        Ok(out)
+    }
+
+    /// Writes one batch of the stored-rows schema (`row_id`, then one fixed-width
+    /// column) whose body is given as pieces: the row ids' bytes, then the stored
+    /// values' bytes, each concatenated in order. The pieces are not copied unless
+    /// small, so a merge can write rows straight from the blocks it read.
+    pub fn write_gathered(
+        &mut self,
+        rows: usize,
+        ids: Vec<Bytes>,
+        values: Vec<Bytes>,
+    ) -> Result<Vec<Bytes>> {
+        let ids_len: usize = ids.iter().map(Bytes::len).sum();
+        let values_len: usize = values.iter().map(Bytes::len).sum();
+        let header = stored_rows_header(&self.schema, rows, ids_len, values_len)?;
+        let meta_len = header.len() as u32;
+        let pad = pad_to_8(values_len);
+        let mut out = Vec::new();
+        self.start(&mut out);
+        let pieces = std::iter::once(Bytes::from(header))
+            .chain(ids)
+            .chain(values)
+            .chain((pad > 0).then(|| Bytes::from_static(&[0u8; 8][..pad])));
+        self.append_block(rows, meta_len, coalesce(pieces), &mut out);
+        Ok(out)
+    }
+
+    /// Records the block made of `pieces` (hashing each byte once) and appends them to `out`.
+    fn append_block(
+        &mut self,
+        rows: usize,
+        meta_len: u32,
+        pieces: impl Iterator<Item = Bytes>,
+        out: &mut Vec<Bytes>,
+    ) {
+        let offset = self.written;
         let mut block_crc = crc32fast::Hasher::new();
-        block_crc.update(block);
+        let mut length = 0u64;
+        for piece in pieces {
+            block_crc.update(&piece);
+            length += piece.len() as u64;
+            out.push(piece);
+        }
         self.crc.combine(&block_crc);
+        self.written += length;
         self.blocks.push(BlockInfo {
-            rows: batch.num_rows() as u64,
+            rows: rows as u64,
             offset,
-            meta_len: message_header_len(block)?,
-            length: block.len() as u64,
+            meta_len,
+            length,
             crc32: block_crc.finalize(),
         });
-        self.written += buf.len() as u64;
-        Ok(Bytes::from(buf))
     }
 
-    /// Writes the footer; returns its bytes, the blocks, the file size and its CRC-32.
+    /// Writes the end-of-stream marker and footer; returns their bytes, the blocks, the
+    /// file size and its CRC-32.
     pub fn finish(mut self) -> Result<(Bytes, Vec<BlockInfo>, u64, u32)> {
-        self.writer.finish()?;
-        let tail = self.take_bytes();
-        Ok((tail, self.blocks, self.written, self.crc.finalize()))
+        let mut tail = Vec::with_capacity(1024);
+        if self.written == 0 {
+            // No batch: the magic and schema message still make a valid file.
+            tail.extend_from_slice(FILE_HEADER);
+            tail.extend_from_slice(&self.schema_message);
+        }
+        tail.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let mut fbb = FlatBufferBuilder::new();
+        let schema = arrow::ipc::convert::schema_to_fb_offset(&mut fbb, &self.schema);
+        let blocks: Vec<Block> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Block::new(
+                    b.offset as i64,
+                    b.meta_len as i32,
+                    (b.length - b.meta_len as u64) as i64,
+                )
+            })
+            .collect();
+        let batches = fbb.create_vector(&blocks);
+        let dictionaries = fbb.create_vector::<Block>(&[]);
+        let mut footer = FooterBuilder::new(&mut fbb);
+        footer.add_version(MetadataVersion::V5);
+        footer.add_schema(schema);
+        footer.add_dictionaries(dictionaries);
+        footer.add_recordBatches(batches);
+        let root = footer.finish();
+        fbb.finish(root, None);
+        let footer = fbb.finished_data();
+        tail.extend_from_slice(footer);
+        tail.extend_from_slice(&(footer.len() as i32).to_le_bytes());
+        tail.extend_from_slice(b"ARROW1");
+        self.crc.update(&tail);
+        self.written += tail.len() as u64;
+        Ok((
+            Bytes::from(tail),
+            self.blocks,
+            self.written,
+            self.crc.finalize(),
+        ))
     }
+}
+
+/// Pieces smaller than this are copied together rather than written one by one:
+/// a write call per few hundred bytes costs more than the copy.
+const COALESCE_BELOW: usize = 16 << 10;
+
+/// Joins runs of small pieces into one, passes large pieces through untouched.
+fn coalesce(pieces: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Bytes> {
+    let mut pieces = pieces.peekable();
+    std::iter::from_fn(move || {
+        let first = pieces.next()?;
+        if first.len() >= COALESCE_BELOW {
+            return Some(first);
+        }
+        let mut joined: Option<Vec<u8>> = None;
+        while let Some(next) = pieces.next_if(|p| p.len() < COALESCE_BELOW) {
+            joined
+                .get_or_insert_with(|| {
+                    let mut v = Vec::with_capacity(2 * COALESCE_BELOW);
+                    v.extend_from_slice(&first);
+                    v
+                })
+                .extend_from_slice(&next);
+        }
+        Some(joined.map_or(first, Bytes::from))
+    })
+}
+
+fn pad_to_8(len: usize) -> usize {
+    (8 - len % 8) % 8
+}
+
+/// The framed IPC message header (continuation marker, length, flatbuffer, padding)
+/// of a record batch of the stored-rows schema with `rows` rows whose body is the
+/// row ids (`ids_len` bytes), then the stored values (`values_len` bytes) padded to 8.
+/// No column has nulls, so every validity buffer is empty, as the format allows.
+fn stored_rows_header(
+    schema: &SchemaRef,
+    rows: usize,
+    ids_len: usize,
+    values_len: usize,
+) -> Result<Vec<u8>> {
+    let bad = |why: String| IndexError::InvalidInput(format!("gathered batch: {why}"));
+    let fields = schema.fields();
+    if fields.len() != 2 || fields[0].data_type() != &DataType::UInt64 {
+        return Err(bad("schema is not (row_id UInt64, stored values)".into()));
+    }
+    if ids_len != rows * 8 {
+        return Err(bad(format!("{ids_len} bytes of row ids for {rows} rows")));
+    }
+    let n = rows as i64;
+    let (ids_end, values_end) = (ids_len as i64, (ids_len + values_len) as i64);
+    let empty = IpcBuffer::new(0, 0);
+    let mut nodes = vec![FieldNode::new(n, 0)];
+    let mut buffers = vec![empty, IpcBuffer::new(0, ids_end)];
+    let width = match fields[1].data_type() {
+        DataType::FixedSizeBinary(w) => {
+            nodes.push(FieldNode::new(n, 0));
+            buffers.extend([empty, IpcBuffer::new(ids_end, values_len as i64)]);
+            *w as usize
+        }
+        DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {
+            nodes.extend([FieldNode::new(n, 0), FieldNode::new(n * *d as i64, 0)]);
+            buffers.extend([empty, empty, IpcBuffer::new(ids_end, values_len as i64)]);
+            *d as usize * 4
+        }
+        other => return Err(bad(format!("unexpected stored column type {other}"))),
+    };
+    if values_len != rows * width {
+        return Err(bad(format!(
+            "{values_len} bytes of values for {rows} rows of {width}"
+        )));
+    }
+    let body_len = values_end + pad_to_8(values_len) as i64;
+    let mut fbb = FlatBufferBuilder::new();
+    let nodes = fbb.create_vector(&nodes);
+    let buffers = fbb.create_vector(&buffers);
+    let mut batch = RecordBatchBuilder::new(&mut fbb);
+    batch.add_length(n);
+    batch.add_nodes(nodes);
+    batch.add_buffers(buffers);
+    let batch = batch.finish();
+    let mut message = MessageBuilder::new(&mut fbb);
+    message.add_version(MetadataVersion::V5);
+    message.add_header_type(MessageHeader::RecordBatch);
+    message.add_bodyLength(body_len);
+    message.add_header(batch.as_union_value());
+    let message = message.finish();
+    fbb.finish(message, None);
+    let meta = fbb.finished_data();
+    let padded = meta.len() + pad_to_8(meta.len());
+    let mut out = Vec::with_capacity(8 + padded);
+    out.extend_from_slice(&[0xff; 4]);
+    out.extend_from_slice(&(padded as i32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out.resize(8 + padded, 0);
+    Ok(out)
+}
+
+/// Shares an arrow buffer's memory as `Bytes`, without copying.
+pub fn arrow_bytes(buffer: Buffer) -> Bytes {
+    struct Owner(Buffer);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_slice()
+        }
+    }
+    Bytes::from_owner(Owner(buffer))
 }
 
 fn message_header_len(block: &[u8]) -> Result<u32> {
@@ -129,7 +361,9 @@ pub fn encode_partitions(
     let mut sink = IpcFileSink::try_new(schema)?;
     let mut out = Vec::new();
     for batch in batches {
-        out.extend_from_slice(&sink.write(&batch)?);
+        for piece in sink.write(&batch)? {
+            out.extend_from_slice(&piece);
+        }
     }
     let (tail, blocks, _, crc) = sink.finish()?;
     out.extend_from_slice(&tail);
@@ -198,4 +432,134 @@ pub fn decode_block(
         ));
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{Field, Schema};
+    use arrow::ipc::reader::FileReader;
+
+    fn schema(stored: DataType) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("row_id", DataType::UInt64, false),
+            Field::new("codes", stored, false),
+        ]))
+    }
+
+    fn flat(dim: i32) -> DataType {
+        DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim)
+    }
+
+    fn batch(schema: &SchemaRef, rows: usize, width: usize, seed: u8) -> RecordBatch {
+        let ids: Vec<u64> = (0..rows as u64).map(|i| i * 3 + seed as u64).collect();
+        // Bytes below 0x7f: as f32 bits never a NaN, so batches compare equal.
+        let values: Vec<u8> = (0..rows * width)
+            .map(|i| ((i * 7 + seed as usize) % 61) as u8)
+            .collect();
+        // Through a MutableBuffer: aligned for f32, which a Vec<u8> is not.
+        let mut aligned = arrow::buffer::MutableBuffer::with_capacity(values.len());
+        aligned.extend_from_slice(&values);
+        crate::model::encode_rows(schema, Buffer::from_vec(ids), aligned.into()).unwrap()
+    }
+
+    fn concat(pieces: &[Bytes]) -> Vec<u8> {
+        pieces.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    /// A file of gathered batches reads back, with any Arrow reader and block by
+    /// block, as the batches the pieces were cut from.
+    #[test]
+    fn gathered_batches_equal_encoded_batches() {
+        for (stored, width) in [
+            (DataType::FixedSizeBinary(5), 5),
+            (DataType::FixedSizeBinary(16), 16),
+            (flat(3), 12),
+            (flat(128), 512),
+        ] {
+            let schema = schema(stored);
+            let mut sink = IpcFileSink::try_new(&schema).unwrap();
+            let mut file = Vec::new();
+            let mut expected = Vec::new();
+            // 0 rows, odd row counts (padding), and pieces both below and above
+            // the coalescing size.
+            for (i, rows) in [0usize, 1, 7, 300, 20_000].into_iter().enumerate() {
+                let whole = batch(&schema, rows, width, i as u8);
+                let (ids, values, w) = crate::model::batch_buffers(&whole).unwrap();
+                assert_eq!(w, width);
+                let cut = rows / 3;
+                let ids = vec![
+                    arrow_bytes(ids.slice_with_length(0, cut * 8)),
+                    arrow_bytes(ids.slice_with_length(cut * 8, (rows - cut) * 8)),
+                ];
+                let values = vec![
+                    arrow_bytes(values.slice_with_length(0, cut * width)),
+                    arrow_bytes(values.slice_with_length(cut * width, (rows - cut) * width)),
+                ];
+                file.extend(concat(&sink.write_gathered(rows, ids, values).unwrap()));
+                expected.push(whole.clone());
+                // Interleaved with batches through arrow's encoder.
+                file.extend(concat(&sink.write(&whole).unwrap()));
+                expected.push(whole);
+            }
+            let (tail, blocks, size, crc) = sink.finish().unwrap();
+            file.extend_from_slice(&tail);
+            assert_eq!(size, file.len() as u64);
+            assert_eq!(crc, crc32fast::hash(&file));
+
+            let read: Vec<RecordBatch> =
+                FileReader::try_new(std::io::Cursor::new(file.clone()), None)
+                    .unwrap()
+                    .map(|b| b.unwrap())
+                    .collect();
+            assert_eq!(read, expected);
+            for (block, want) in blocks.iter().zip(&expected) {
+                let bytes =
+                    Bytes::copy_from_slice(&file[block.offset as usize..][..block.length as usize]);
+                let got = decode_block("test", &schema, block, bytes).unwrap();
+                assert_eq!(&got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_readable() {
+        let schema = schema(DataType::FixedSizeBinary(4));
+        let (tail, blocks, size, _) = IpcFileSink::try_new(&schema).unwrap().finish().unwrap();
+        assert!(blocks.is_empty());
+        assert_eq!(size, tail.len() as u64);
+        let reader = FileReader::try_new(std::io::Cursor::new(tail.to_vec()), None).unwrap();
+        assert_eq!(reader.count(), 0);
+    }
+
+    #[test]
+    fn gathered_lengths_are_checked() {
+        let schema = schema(DataType::FixedSizeBinary(4));
+        let mut sink = IpcFileSink::try_new(&schema).unwrap();
+        let err = sink
+            .write_gathered(
+                2,
+                vec![Bytes::from(vec![0u8; 16])],
+                vec![Bytes::from(vec![0u8; 7])],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("7 bytes of values for 2 rows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn coalescing_keeps_bytes_and_order() {
+        let sizes = [3usize, 20_000, 5, 6, 100_000, 1, 2, 3];
+        let pieces: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Bytes::from(vec![i as u8; n]))
+            .collect();
+        let joined: Vec<Bytes> = coalesce(pieces.clone().into_iter()).collect();
+        assert_eq!(concat(&joined), concat(&pieces));
+        let lens: Vec<usize> = joined.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [3, 20_000, 11, 100_000, 6]);
+    }
 }

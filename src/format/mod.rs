@@ -4,7 +4,7 @@ mod ipc;
 mod location;
 mod manifest;
 
-pub use ipc::{decode_block, encode_partitions, BlockInfo, IpcFileSink};
+pub use ipc::{arrow_bytes, decode_block, encode_partitions, BlockInfo, IpcFileSink};
 pub use location::IndexLocation;
 pub use manifest::{
     check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,

@@ -162,6 +162,35 @@ pub fn batch_rows(batch: &RecordBatch) -> Result<(&[u64], &[u8], usize)> {
     Ok((ids, bytes, width))
 }
 
+/// A storage batch's row ids and stored values as buffers holding exactly its rows
+/// (zero-copy slices of the batch's own memory), with the stored row width in bytes.
+pub fn batch_buffers(batch: &RecordBatch) -> Result<(Buffer, Buffer, usize)> {
+    let (_, _, width) = batch_rows(batch)?;
+    let ids = batch
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .values()
+        .inner()
+        .clone();
+    let col = batch.column(1);
+    let n = col.len();
+    let values = match col.data_type() {
+        DataType::FixedSizeList(..) => {
+            let l = col.as_fixed_size_list();
+            let v = l.values().as_primitive::<arrow::datatypes::Float32Type>();
+            v.values()
+                .inner()
+                .slice_with_length(l.offset() * width, n * width)
+        }
+        _ => {
+            let b = col.as_fixed_size_binary();
+            b.values().slice_with_length(b.offset() * width, n * width)
+        }
+    };
+    debug_assert_eq!(ids.len(), n * 8);
+    Ok((ids, values, width))
+}
+
 fn bytemuck_f32(f: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(f.as_ptr().cast::<u8>(), std::mem::size_of_val(f)) }

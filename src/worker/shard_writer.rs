@@ -143,7 +143,7 @@ impl ShardWriter {
             }
             drop(part);
             let batch: RecordBatch = crate::model::encode_rows(&schema, ids.into(), codes.into())?;
-            pending.push(sink.write(&batch)?);
+            pending.extend(sink.write(&batch)?);
             for b in pending.drain(..) {
                 out.put(b).await?;
             }

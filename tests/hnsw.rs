@@ -133,12 +133,7 @@ async fn graphs_are_stored_per_partition_and_checked_when_read() {
         nprobes: PARTITIONS,
         ef: None,
     };
-    let err = t
-        .index
-        .search(&t.ctx, &data[..DIM], options)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = t.search_error(&data[..DIM], options).await;
     assert!(
         err.contains(&format!(
             "segment {}, partition {}, graph",

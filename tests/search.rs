@@ -170,12 +170,7 @@ async fn search_arguments_are_checked() {
     let data = clustered(600, 4, 27);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 4);
     let t = TestIndex::new(&model).await;
-    let err = t
-        .index
-        .search(&t.ctx, &data[..DIM], SearchOptions::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = t.search_error(&data[..DIM], SearchOptions::default()).await;
     assert!(err.contains("no committed version"), "{err}");
     t.stage(&model, &data, &row_ids(600, 2), &[0, 0]).await;
     t.index
@@ -183,38 +178,19 @@ async fn search_arguments_are_checked() {
         .await
         .unwrap();
     let err = t
-        .index
-        .search(&t.ctx, &data[..DIM - 1], SearchOptions::default())
-        .await
-        .unwrap_err()
-        .to_string();
+        .search_error(&data[..DIM - 1], SearchOptions::default())
+        .await;
     assert!(err.contains("dimension 16"), "{err}");
-    let err = t
-        .index
-        .search(
-            &t.ctx,
-            &data[..DIM],
-            SearchOptions {
-                k: 0,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let k0 = SearchOptions {
+        k: 0,
+        ..Default::default()
+    };
+    let err = t.search_error(&data[..DIM], k0).await;
     assert!(err.contains("`k`"), "{err}");
-    let err = t
-        .index
-        .search(
-            &t.ctx,
-            &data[..DIM],
-            SearchOptions {
-                ef: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let ef0 = SearchOptions {
+        ef: Some(0),
+        ..Default::default()
+    };
+    let err = t.search_error(&data[..DIM], ef0).await;
     assert!(err.contains("`ef`") && err.contains("at least 1"), "{err}");
 }

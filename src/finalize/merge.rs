@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::buffer::MutableBuffer;
+use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use object_store::buffered::BufWriter;
@@ -197,12 +197,16 @@ async fn write_file(
         let chunk =
             joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
         for batches in chunk {
-            let (runs, rows) = merge_runs(unit, partition, &batches, fragments)?;
-            for piece in gather_partition(&mut sink, &batches, &runs, rows)? {
+            let columns = batches
+                .iter()
+                .map(Columns::of)
+                .collect::<Result<Vec<_>>>()?;
+            let (runs, rows) = merge_runs(unit, partition, &columns, fragments)?;
+            for piece in gather_partition(&mut sink, &columns, &runs, rows)? {
                 out.put(piece).await?;
             }
             if let Some(g) = graphs.as_deref_mut() {
-                let merged = concat_runs(schema, &batches, &runs, rows)?;
+                let merged = concat_runs(schema, &columns, &runs, rows)?;
                 let graph = partition_graph(model, g.params, partition, merged).await?;
                 g.write(&graph).await?;
             }
@@ -254,7 +258,7 @@ async fn fetch_chunk(
     range: std::ops::Range<usize>,
 ) -> Result<Vec<Vec<RecordBatch>>> {
     let mut reads = Vec::with_capacity(unit.shards.len());
-    for s in &unit.shards {
+    for (shard, s) in unit.shards.iter().enumerate() {
         let wanted: Vec<usize> = range.clone().filter(|&i| s.blocks[i].rows > 0).collect();
         let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
             continue;
@@ -265,7 +269,7 @@ async fn fetch_chunk(
         let path = Path::from(s.dir.as_str()).join("data.arrow");
         let store = Arc::clone(location.store());
         let schema = Arc::clone(&schema);
-        let blocks = s.blocks.clone();
+        let unit = Arc::clone(&unit);
         reads.push(async move {
             let bytes = match store.get_range(&path, span.clone()).await {
                 Ok(b) => b,
@@ -282,7 +286,7 @@ async fn fetch_chunk(
             wanted
                 .iter()
                 .map(|&i| {
-                    let block = &blocks[i];
+                    let block = &unit.shards[shard].blocks[i];
                     let what = format!("{what}, partition {}", base + i);
                     let at = block.offset.checked_sub(span.start);
                     let end = at.and_then(|at| at.checked_add(block.length));
@@ -308,8 +312,27 @@ async fn fetch_chunk(
     Ok(out)
 }
 
+/// One shard block's columns as buffers holding exactly its rows (zero-copy).
+struct Columns {
+    ids: Buffer,
+    values: Buffer,
+    /// Bytes of one stored row in `values`.
+    width: usize,
+}
+
+impl Columns {
+    fn of(batch: &RecordBatch) -> Result<Self> {
+        let (ids, values, width) = batch_buffers(batch)?;
+        Ok(Self { ids, values, width })
+    }
+
+    fn ids(&self) -> &[u64] {
+        self.ids.typed_data()
+    }
+}
+
 /// A run of consecutive rows of one shard's block that the merged partition takes
-/// as a whole: rows `start..end` of `batches[batch]`.
+/// as a whole: rows `start..end` of `columns[batch]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
     batch: usize,
@@ -323,15 +346,15 @@ struct Run {
 fn merge_runs(
     unit: &WorkUnit,
     partition: usize,
-    batches: &[RecordBatch],
+    columns: &[Columns],
     fragments: &[Arc<RoaringBitmap>],
 ) -> Result<(Vec<Run>, usize)> {
     let shards = (0..unit.shards.len())
         .filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0);
-    let mut ids_of = Vec::with_capacity(batches.len());
+    let mut ids_of = Vec::with_capacity(columns.len());
     let mut total = 0usize;
-    for (s, batch) in shards.zip(batches) {
-        let (ids, _, _) = batch_rows(batch)?;
+    for (s, block) in shards.zip(columns) {
+        let ids = block.ids();
         check_rows(&unit.shards[s].shard_id, partition, ids, &fragments[s])?;
         total += ids.len();
         ids_of.push(ids);
@@ -378,26 +401,22 @@ fn merge_runs(
 /// blocks read, without a copy into a merged buffer.
 fn gather_partition(
     sink: &mut IpcFileSink,
-    batches: &[RecordBatch],
+    columns: &[Columns],
     runs: &[Run],
     rows: usize,
 ) -> Result<Vec<Bytes>> {
-    let buffers = batches
-        .iter()
-        .map(batch_buffers)
-        .collect::<Result<Vec<_>>>()?;
-    let slice = |buffer: &arrow::buffer::Buffer, run: &Run, width: usize| {
+    let slice = |buffer: &Buffer, run: &Run, width: usize| {
         arrow_bytes(buffer.slice_with_length(run.start * width, (run.end - run.start) * width))
     };
     let ids = runs
         .iter()
-        .map(|run| slice(&buffers[run.batch].0, run, 8))
+        .map(|run| slice(&columns[run.batch].ids, run, 8))
         .collect();
     let values = runs
         .iter()
         .map(|run| {
-            let (_, values, width) = &buffers[run.batch];
-            slice(values, run, *width)
+            let block = &columns[run.batch];
+            slice(&block.values, run, block.width)
         })
         .collect();
     sink.write_gathered(rows, ids, values)
@@ -406,23 +425,19 @@ fn gather_partition(
 /// The merged partition as one batch (a copy), for building its graph.
 fn concat_runs(
     schema: &SchemaRef,
-    batches: &[RecordBatch],
+    columns: &[Columns],
     runs: &[Run],
     rows: usize,
 ) -> Result<RecordBatch> {
-    let mut width = 0;
+    let width = columns.first().map_or(0, |c| c.width);
     let mut out_ids = MutableBuffer::with_capacity(rows * 8);
-    let mut out_codes = MutableBuffer::new(0);
+    let mut out_values = MutableBuffer::with_capacity(rows * width);
     for run in runs {
-        let (ids, codes, w) = batch_rows(&batches[run.batch])?;
-        if out_codes.capacity() == 0 {
-            width = w;
-            out_codes.reserve(rows * w);
-        }
-        out_ids.extend_from_slice(&ids[run.start..run.end]);
-        out_codes.extend_from_slice(&codes[run.start * width..run.end * width]);
+        let block = &columns[run.batch];
+        out_ids.extend_from_slice(&block.ids()[run.start..run.end]);
+        out_values.extend_from_slice(&block.values[run.start * width..run.end * width]);
     }
-    encode_rows(schema, out_ids.into(), out_codes.into())
+    encode_rows(schema, out_ids.into(), out_values.into())
 }
 
 /// Row ids of a shard block must ascend strictly and lie in the shard's fragments.

@@ -9,6 +9,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_vector_index::format::IndexLocation;
 use datafusion_vector_index::model::rng::SplitMix64;
 use datafusion_vector_index::model::{train_model, IndexType, Metric, Model, TrainOptions};
+use datafusion_vector_index::search::SearchOptions;
 use datafusion_vector_index::worker::ShardWriter;
 use datafusion_vector_index::VectorIndex;
 
@@ -76,6 +77,15 @@ impl TestIndex {
 
     pub fn location(&self) -> &IndexLocation {
         self.index.location()
+    }
+
+    /// The error text of a search that must fail.
+    pub async fn search_error(&self, query: &[f32], options: SearchOptions) -> String {
+        self.index
+            .search(&self.ctx, query, options)
+            .await
+            .unwrap_err()
+            .to_string()
     }
 
     pub fn path(&self) -> std::path::PathBuf {

@@ -92,6 +92,13 @@ async fn child(url: &str) {
     );
 }
 
+/// Writes back every dirty page before a timed step, so that neither the finalize nor
+/// the copy it is compared with pays for the write-back of an earlier step's gigabytes.
+fn settle() {
+    let ok = Command::new("sync").status().map(|s| s.success());
+    assert!(matches!(ok, Ok(true)), "sync failed");
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .arg("-r")
@@ -183,6 +190,7 @@ async fn bench_type(
     let mut last = PathBuf::new();
     for run in 0..runs {
         let target = work.join(format!("{}-run{run}", ty.name().to_lowercase()));
+        settle();
         copy_tree(&pristine, &target);
         let out = Command::new(&exe)
             .env(
@@ -208,6 +216,7 @@ async fn bench_type(
         written = dir_bytes(&target.join("segments"));
 
         let copy_target = work.join(format!("{}-cp{run}", ty.name().to_lowercase()));
+        settle();
         let t = Instant::now();
         copy_tree(&pristine.join("_staging"), &copy_target);
         cp.push(t.elapsed().as_secs_f64());

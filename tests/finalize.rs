@@ -51,6 +51,18 @@ async fn build(model: &Model, data: &[f32], ids: &[u64], owners: &[usize]) -> Te
     t
 }
 
+/// As [`build`], with the merge going through the object-store API.
+async fn build_through_store(
+    model: &Model,
+    data: &[f32],
+    ids: &[u64],
+    owners: &[usize],
+) -> TestIndex {
+    let t = TestIndex::through_object_store(model).await;
+    t.stage(model, data, ids, owners).await;
+    t
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, .. ProptestConfig::default() })]
 
@@ -66,12 +78,15 @@ proptest! {
             let model = train(&data, ty, Metric::L2, 8);
             let one = build(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
             let many = build(&model, &data, &ids, &owners).await;
+            let many_via_store = build_through_store(&model, &data, &ids, &owners).await;
             let small_files = FinalizeOptions { target_file_bytes: 4096, ..Default::default() };
-            finalize(&one, &small_files).await.unwrap();
-            finalize(&many, &small_files).await.unwrap();
-            let (a, b) = (segment_data(&one), segment_data(&many));
+            for t in [&one, &many, &many_via_store] {
+                finalize(t, &small_files).await.unwrap();
+            }
+            let a = segment_data(&one);
             prop_assert!(a.len() > 2, "several files per segment");
-            prop_assert_eq!(a, b);
+            prop_assert_eq!(&a, &segment_data(&many));
+            prop_assert_eq!(&a, &segment_data(&many_via_store), "local files and the object-store API agree");
             Ok(())
         })?;
     }
@@ -174,12 +189,55 @@ async fn planning_errors_change_nothing() {
     assert!(incomplete.exists(), "skipped shards stay for vacuum");
 }
 
+/// Shards interleaved within every partition, so merged partitions are made of many
+/// short runs; both merge paths write the same bytes.
+#[tokio::test]
+async fn local_files_and_the_object_store_api_write_the_same_segments() {
+    let data = clustered(ROWS, 6, 12);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let owners = [0, 1, 2, 0, 1, 2, 0, 1];
+    for ty in [IndexType::IvfFlat, IndexType::IvfPq, IndexType::IvfSq] {
+        let model = train(&data, ty, Metric::L2, 8);
+        let local = build(&model, &data, &ids, &owners).await;
+        let via_store = build_through_store(&model, &data, &ids, &owners).await;
+        let options = FinalizeOptions {
+            target_file_bytes: 2048,
+            ..Default::default()
+        };
+        finalize(&local, &options).await.unwrap();
+        finalize(&via_store, &options).await.unwrap();
+        assert_eq!(segment_data(&local), segment_data(&via_store), "{ty:?}");
+        let query = &data[5 * DIM..6 * DIM];
+        let options = datafusion_vector_index::search::SearchOptions::default;
+        let a = local.index.search(&local.ctx, query, options()).await;
+        let b = via_store
+            .index
+            .search(&via_store.ctx, query, options())
+            .await;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b, "{ty:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_merge_that_fails_half_way_commits_nothing() {
     let data = clustered(ROWS, 6, 13);
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
-    let t = build(&model, &data, &ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
+    merge_failure_commits_nothing(&data, &ids, &model, TestIndex::new(&model).await).await;
+}
+
+#[tokio::test]
+async fn a_merge_through_the_object_store_that_fails_commits_nothing() {
+    let data = clustered(ROWS, 6, 13);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
+    let t = TestIndex::through_object_store(&model).await;
+    merge_failure_commits_nothing(&data, &ids, &model, t).await;
+}
+
+async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model, t: TestIndex) {
+    t.stage(model, data, ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
     finalize(&t, &FinalizeOptions::default()).await.unwrap();
     let committed = files_below(&t.path().join("_versions"));
 
@@ -187,8 +245,8 @@ async fn a_merge_that_fails_half_way_commits_nothing() {
     let more_ids: Vec<u64> = ids.iter().map(|i| i + (8 << 32)).collect();
     let shards = t
         .stage(
-            &model,
-            &data,
+            model,
+            data,
             &more_ids,
             &[9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 1, 1, 1, 1],
         )

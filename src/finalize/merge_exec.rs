@@ -18,7 +18,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::merge::{merge_unit, FragmentCache};
+use super::merge::{merge_unit, MergeState};
 use super::WorkUnit;
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
@@ -146,17 +146,17 @@ impl ExecutionPlan for VectorIndexMergeExec {
         let input = self.input.execute(partition, context)?;
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
-        let state = (input, FragmentCache::default());
-        let stream = futures::stream::unfold(state, move |(mut input, mut cache)| {
+        let state = (input, MergeState::default());
+        let stream = futures::stream::unfold(state, move |(mut input, mut state)| {
             let location = location.clone();
             let model = Arc::clone(&model);
             async move {
                 let batch = match input.next().await? {
                     Ok(b) => b,
-                    Err(e) => return Some((Err(e), (input, cache))),
+                    Err(e) => return Some((Err(e), (input, state))),
                 };
-                let out = merge_batch(&location, &model, &batch, &mut cache).await;
-                Some((out, (input, cache)))
+                let out = merge_batch(&location, &model, &batch, &mut state).await;
+                Some((out, (input, state)))
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -170,7 +170,7 @@ async fn merge_batch(
     location: &IndexLocation,
     model: &Arc<Model>,
     batch: &RecordBatch,
-    cache: &mut FragmentCache,
+    state: &mut MergeState,
 ) -> Result<RecordBatch> {
     let units = batch
         .column_by_name("unit")
@@ -187,7 +187,7 @@ async fn merge_batch(
     for i in 0..batch.num_rows() {
         let unit: WorkUnit = serde_json::from_str(units.value(i))
             .map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
-        let file = merge_unit(location, model, &unit, cache).await?;
+        let file = merge_unit(location, model, &unit, state).await?;
         seg_ids.push(unit.segment.segment_id.clone());
         idx.push(unit.file_index);
         rows.push(unit.rows);

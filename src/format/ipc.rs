@@ -9,18 +9,15 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
-use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::{StreamEncoder, StreamWriter};
-use arrow::ipc::{
-    Block, Buffer as IpcBuffer, FieldNode, FooterBuilder, MessageBuilder, MessageHeader,
-    MetadataVersion, RecordBatchBuilder,
-};
+use arrow::ipc::{Block, FooterBuilder, MetadataVersion};
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::stored_rows::stored_rows_header;
 use crate::error::{IndexError, Result};
 
 /// Where one record batch lies in its file, and its checksum.
@@ -94,6 +91,36 @@ impl IpcFileSink {
         }
     }
 
+    /// For a caller writing a batch's bytes itself: what must precede the batch (the
+    /// file magic and schema message before the first batch, nothing afterwards).
+    pub fn preamble(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        self.start(&mut out);
+        out
+    }
+
+    /// Records a batch the caller wrote itself right after everything this sink has
+    /// accounted for: `length` bytes of which the first `meta_len` are its message
+    /// header, with CRC-32 state `crc` over all of them.
+    pub fn append_written(
+        &mut self,
+        rows: usize,
+        meta_len: u32,
+        length: u64,
+        crc: &crc32fast::Hasher,
+    ) {
+        let offset = self.written;
+        self.crc.combine(crc);
+        self.written += length;
+        self.blocks.push(BlockInfo {
+            rows: rows as u64,
+            offset,
+            meta_len,
+            length,
+            crc32: crc.clone().finalize(),
+        });
+    }
+
     /// Encodes one batch; returns the pieces to write, in order (the file header and
     /// schema first, on the first call). The pieces share the batch's buffers.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
@@ -158,7 +185,6 @@ impl IpcFileSink {
         pieces: impl Iterator<Item = Bytes>,
         out: &mut Vec<Bytes>,
     ) {
-        let offset = self.written;
         let mut block_crc = crc32fast::Hasher::new();
         let mut length = 0u64;
         for piece in pieces {
@@ -166,15 +192,7 @@ impl IpcFileSink {
             length += piece.len() as u64;
             out.push(piece);
         }
-        self.crc.combine(&block_crc);
-        self.written += length;
-        self.blocks.push(BlockInfo {
-            rows: rows as u64,
-            offset,
-            meta_len,
-            length,
-            crc32: block_crc.finalize(),
-        });
+        self.append_written(rows, meta_len, length, &block_crc);
     }
 
     /// Writes the end-of-stream marker and footer; returns their bytes, the blocks, the
@@ -250,75 +268,8 @@ fn coalesce(pieces: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Bytes> 
     })
 }
 
-fn pad_to_8(len: usize) -> usize {
+pub(super) fn pad_to_8(len: usize) -> usize {
     (8 - len % 8) % 8
-}
-
-/// The framed IPC message header (continuation marker, length, flatbuffer, padding)
-/// of a record batch of the stored-rows schema with `rows` rows whose body is the
-/// row ids (`ids_len` bytes), then the stored values (`values_len` bytes) padded to 8.
-/// No column has nulls, so every validity buffer is empty, as the format allows.
-fn stored_rows_header(
-    schema: &SchemaRef,
-    rows: usize,
-    ids_len: usize,
-    values_len: usize,
-) -> Result<Vec<u8>> {
-    let bad = |why: String| IndexError::InvalidInput(format!("gathered batch: {why}"));
-    let fields = schema.fields();
-    if fields.len() != 2 || fields[0].data_type() != &DataType::UInt64 {
-        return Err(bad("schema is not (row_id UInt64, stored values)".into()));
-    }
-    if ids_len != rows * 8 {
-        return Err(bad(format!("{ids_len} bytes of row ids for {rows} rows")));
-    }
-    let n = rows as i64;
-    let (ids_end, values_end) = (ids_len as i64, (ids_len + values_len) as i64);
-    let empty = IpcBuffer::new(0, 0);
-    let mut nodes = vec![FieldNode::new(n, 0)];
-    let mut buffers = vec![empty, IpcBuffer::new(0, ids_end)];
-    let width = match fields[1].data_type() {
-        DataType::FixedSizeBinary(w) => {
-            nodes.push(FieldNode::new(n, 0));
-            buffers.extend([empty, IpcBuffer::new(ids_end, values_len as i64)]);
-            *w as usize
-        }
-        DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {
-            nodes.extend([FieldNode::new(n, 0), FieldNode::new(n * *d as i64, 0)]);
-            buffers.extend([empty, empty, IpcBuffer::new(ids_end, values_len as i64)]);
-            *d as usize * 4
-        }
-        other => return Err(bad(format!("unexpected stored column type {other}"))),
-    };
-    if values_len != rows * width {
-        return Err(bad(format!(
-            "{values_len} bytes of values for {rows} rows of {width}"
-        )));
-    }
-    let body_len = values_end + pad_to_8(values_len) as i64;
-    let mut fbb = FlatBufferBuilder::new();
-    let nodes = fbb.create_vector(&nodes);
-    let buffers = fbb.create_vector(&buffers);
-    let mut batch = RecordBatchBuilder::new(&mut fbb);
-    batch.add_length(n);
-    batch.add_nodes(nodes);
-    batch.add_buffers(buffers);
-    let batch = batch.finish();
-    let mut message = MessageBuilder::new(&mut fbb);
-    message.add_version(MetadataVersion::V5);
-    message.add_header_type(MessageHeader::RecordBatch);
-    message.add_bodyLength(body_len);
-    message.add_header(batch.as_union_value());
-    let message = message.finish();
-    fbb.finish(message, None);
-    let meta = fbb.finished_data();
-    let padded = meta.len() + pad_to_8(meta.len());
-    let mut out = Vec::with_capacity(8 + padded);
-    out.extend_from_slice(&[0xff; 4]);
-    out.extend_from_slice(&(padded as i32).to_le_bytes());
-    out.extend_from_slice(meta);
-    out.resize(8 + padded, 0);
-    Ok(out)
 }
 
 /// Shares an arrow buffer's memory as `Bytes`, without copying.
@@ -437,7 +388,7 @@ pub fn decode_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
     use arrow::ipc::reader::FileReader;
 
     fn schema(stored: DataType) -> SchemaRef {
@@ -516,10 +467,63 @@ mod tests {
             for (block, want) in blocks.iter().zip(&expected) {
                 let bytes =
                     Bytes::copy_from_slice(&file[block.offset as usize..][..block.length as usize]);
-                let got = decode_block("test", &schema, block, bytes).unwrap();
+                let got = decode_block("test", &schema, block, bytes.clone()).unwrap();
                 assert_eq!(&got, want);
+                // The byte-level layout finds the same rows without decoding.
+                let layout = crate::format::StoredRowsLayout::parse(
+                    "test",
+                    &schema,
+                    block,
+                    &bytes[..block.meta_len as usize],
+                )
+                .unwrap();
+                let (ids, values, _) = crate::model::batch_buffers(want).unwrap();
+                let range = |r: &std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+                assert_eq!((layout.rows, layout.width), (want.num_rows(), width));
+                assert_eq!(range(&layout.ids), ids.as_slice());
+                assert_eq!(range(&layout.values), values.as_slice());
             }
         }
+    }
+
+    /// A block header that disagrees with the manifest or the schema is refused,
+    /// naming the file and the block.
+    #[test]
+    fn layouts_that_disagree_are_refused() {
+        let schema = schema(DataType::FixedSizeBinary(4));
+        let (file, blocks, _) = encode_partitions(&schema, [batch(&schema, 10, 4, 1)]).unwrap();
+        let block = blocks[0];
+        let header = &file[block.offset as usize..][..block.meta_len as usize];
+        let parse = |schema: &SchemaRef, info: BlockInfo, header: &[u8]| {
+            crate::format::StoredRowsLayout::parse("shard s: data.arrow", schema, &info, header)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = parse(&schema, BlockInfo { rows: 11, ..block }, header);
+        assert!(
+            err.contains("shard s: data.arrow") && err.contains("has 10 rows, manifest says 11"),
+            "{err}"
+        );
+        let err = parse(
+            &schema,
+            BlockInfo {
+                length: block.length + 8,
+                ..block
+            },
+            header,
+        );
+        assert!(err.contains("manifest says"), "{err}");
+        let err = parse(&schema, block, &header[..header.len() - 8]);
+        assert!(err.contains("header bytes"), "{err}");
+        let wider = self::schema(DataType::FixedSizeBinary(8));
+        let err = parse(&wider, block, header);
+        assert!(err.contains("does not hold 80 bytes"), "{err}");
+        let err = parse(&self::schema(flat(1)), block, header);
+        assert!(err.contains("field nodes"), "{err}");
+        let mut garbled = header.to_vec();
+        garbled[8..].fill(0xee);
+        let err = parse(&schema, block, &garbled);
+        assert!(err.contains("unreadable message header"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,22 @@ use bytes::Bytes;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{IndexError, Result};
+
+/// Recognizes object_store's `LocalFileSystem`, which displays as
+/// `LocalFileSystem(<root url>)`, and rebuilds it to map paths the way it does.
+/// `ObjectStore` offers no downcast, and its name is the only trace a store leaves;
+/// any other store, wrappers of a local one included, keeps the object-store path.
+fn local_filesystem(store: &dyn ObjectStore) -> Option<Arc<LocalFileSystem>> {
+    let shown = store.to_string();
+    let root = shown.strip_prefix("LocalFileSystem(")?.strip_suffix(')')?;
+    let root = url::Url::parse(root).ok()?.to_file_path().ok()?;
+    LocalFileSystem::new_with_prefix(root).ok().map(Arc::new)
+}
 
 /// One index: an object-store prefix holding models, staged shards, segments
 /// and versions (see FORMAT.md for the layout).
@@ -20,6 +32,8 @@ pub struct IndexLocation {
     store_url: ObjectStoreUrl,
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Set when `store` is object_store's local filesystem, to map paths to files.
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 impl fmt::Debug for IndexLocation {
@@ -45,12 +59,21 @@ impl IndexLocation {
         })?;
         let root = Path::from_url_path(parsed.path())
             .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
+        let local = local_filesystem(store.as_ref());
         Ok(Self {
             url: url.trim_end_matches('/').to_string(),
             store_url,
             store,
             root,
+            local,
         })
+    }
+
+    /// The file behind `path` when the index lives on a local filesystem, so that
+    /// bulk work (the merge) can use positional file I/O instead of the object-store
+    /// API; `None` for any other store.
+    pub fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.local.as_ref()?.path_to_filesystem(path).ok()
     }
 
     pub fn url(&self) -> &str {
@@ -179,5 +202,50 @@ impl IndexLocation {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::limit::LimitStore;
+    use object_store::memory::InMemory;
+
+    fn location(url: &str, runtime: &RuntimeEnv) -> IndexLocation {
+        IndexLocation::from_url(url, runtime).unwrap()
+    }
+
+    /// The merge's local-file path is taken exactly when the store is the local
+    /// filesystem itself, and maps paths the way the store does.
+    #[test]
+    fn local_files_only_for_the_local_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        let local = location(&format!("file://{}/idx", dir.path().display()), &runtime);
+        let shard = local.shard_dir("s1").join("data.arrow");
+        assert_eq!(
+            local.local_file(&shard),
+            Some(dir.path().join("idx/_staging/partial_s1/data.arrow"))
+        );
+
+        let prefixed = url::Url::parse("rooted://t").unwrap();
+        let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        runtime.register_object_store(&prefixed, Arc::new(store));
+        let rooted = location("rooted://t/idx", &runtime);
+        assert_eq!(
+            rooted.local_file(&rooted.path("index.json")),
+            Some(dir.path().canonicalize().unwrap().join("idx/index.json"))
+        );
+
+        let wrapped = url::Url::parse("wrapped://t").unwrap();
+        let store = LimitStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap(), 4);
+        runtime.register_object_store(&wrapped, Arc::new(store));
+        let wrapped = location("wrapped://t/idx", &runtime);
+        assert_eq!(wrapped.local_file(&wrapped.path("index.json")), None);
+
+        let memory = url::Url::parse("memory://").unwrap();
+        runtime.register_object_store(&memory, Arc::new(InMemory::new()));
+        let memory = location("memory:///idx", &runtime);
+        assert_eq!(memory.local_file(&memory.path("index.json")), None);
     }
 }

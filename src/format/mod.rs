@@ -3,6 +3,7 @@
 mod ipc;
 mod location;
 mod manifest;
+mod stored_rows;
 
 pub use ipc::{arrow_bytes, decode_block, encode_partitions, BlockInfo, IpcFileSink};
 pub use location::IndexLocation;
@@ -10,6 +11,7 @@ pub use manifest::{
     check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
     ShardManifest, VersionManifest,
 };
+pub use stored_rows::{stored_rows_header, stored_width, StoredRowsLayout};
 
 /// The format version this crate writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -75,6 +75,26 @@ impl TestIndex {
         Self { dir, ctx, index }
     }
 
+    /// The same layout on disk, reached through an object store that wraps the local
+    /// filesystem, so the merge takes its object-store path (ranged reads, uploads)
+    /// instead of the local-file one.
+    pub async fn through_object_store(model: &Model) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = datafusion_vector_index::VectorIndexSession::new()
+            .context()
+            .clone();
+        let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let store = object_store::limit::LimitStore::new(local, 16);
+        ctx.register_object_store(&url::Url::parse("wrapped://t").unwrap(), Arc::new(store));
+        let index = VectorIndex::open(&ctx, "wrapped://t/idx").unwrap();
+        assert!(index
+            .location()
+            .local_file(&index.location().path("x"))
+            .is_none());
+        model.write(index.location()).await.unwrap();
+        Self { dir, ctx, index }
+    }
+
     pub fn location(&self) -> &IndexLocation {
         self.index.location()
     }

@@ -1,10 +1,7 @@
-//! Merging one work unit: for each IVF partition of the unit's range, the rows of
-//! every shard of the segment are merged in row-id order and appended to one
-//! segment data file. Codes are copied as bytes, never decoded — except that for
-//! the HNSW types each merged partition is also decoded to build its graph, which
-//! goes to a graph file next to the data file.
+//! The merge of a work unit through the object-store API: ranged reads covering
+//! several partitions of every shard at once, prefetched, and a multipart upload of
+//! the segment file whose pieces are slices of the blocks read.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -17,14 +14,14 @@ use object_store::ObjectStoreExt;
 use roaring::RoaringBitmap;
 use tokio::io::AsyncWriteExt;
 
-use super::WorkUnit;
+use super::{described, merge_runs, Run};
 use crate::error::{IndexError, Result};
+use crate::finalize::WorkUnit;
 use crate::format::{
     arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
 use crate::model::{batch_buffers, batch_rows, decode_rows, encode_rows, HnswParams, Model};
-use crate::worker::fragment_of;
 use futures::StreamExt;
 
 /// Staged bytes read per request batch: one request per shard covers this much.
@@ -34,48 +31,15 @@ const PREFETCH_CHUNKS: usize = 2;
 /// Size of one multipart upload part of a segment file.
 const WRITE_PART_BYTES: usize = 16 << 20;
 
-/// Fragment sets of the shards a merge partition has seen, read once per shard.
-#[derive(Default)]
-pub struct FragmentCache {
-    sets: HashMap<String, Arc<RoaringBitmap>>,
-}
-
-impl FragmentCache {
-    async fn get(
-        &mut self,
-        location: &IndexLocation,
-        shard_id: &str,
-        dir: &str,
-    ) -> Result<Arc<RoaringBitmap>> {
-        if let Some(s) = self.sets.get(shard_id) {
-            return Ok(Arc::clone(s));
-        }
-        let bytes = location
-            .get(&Path::from(dir).join("fragments.roaring"))
-            .await?;
-        let set = Arc::new(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| {
-            IndexError::corrupt(
-                format!("shard {shard_id}: fragments.roaring"),
-                e.to_string(),
-            )
-        })?);
-        self.sets.insert(shard_id.to_string(), Arc::clone(&set));
-        Ok(set)
-    }
-}
-
-/// Merges `unit` into `segments/<segment>/<file_name>` and describes the file written.
-/// On error the partial upload is aborted; nothing else is touched.
-pub async fn merge_unit(
+/// Merges `unit` into `segments/<segment>/<file_name>` through the object-store API
+/// and describes the file written. On error the partial upload is aborted; nothing
+/// else is touched.
+pub(super) async fn merge_unit(
     location: &IndexLocation,
     model: &Arc<Model>,
     unit: &WorkUnit,
-    cache: &mut FragmentCache,
+    fragments: &[Arc<RoaringBitmap>],
 ) -> Result<SegmentFile> {
-    let mut fragments = Vec::with_capacity(unit.shards.len());
-    for s in &unit.shards {
-        fragments.push(cache.get(location, &s.shard_id, &s.dir).await?);
-    }
     let dir = location.segment_dir(&unit.segment.segment_id);
     let writer = |name: &str| {
         BufWriter::with_capacity(
@@ -97,7 +61,7 @@ pub async fn merge_unit(
         }
         None => None,
     };
-    match write_file(location, model, unit, &fragments, &mut out, graphs.as_mut()).await {
+    match write_file(location, model, unit, fragments, &mut out, graphs.as_mut()).await {
         Ok(file) => Ok(file),
         Err(e) => {
             out.abort().await.ok();
@@ -201,7 +165,8 @@ async fn write_file(
                 .iter()
                 .map(Columns::of)
                 .collect::<Result<Vec<_>>>()?;
-            let (runs, rows) = merge_runs(unit, partition, &columns, fragments)?;
+            let ids: Vec<&[u64]> = columns.iter().map(Columns::ids).collect();
+            let (runs, rows) = merge_runs(unit, partition, &ids, fragments)?;
             for piece in gather_partition(&mut sink, &columns, &runs, rows)? {
                 out.put(piece).await?;
             }
@@ -220,14 +185,7 @@ async fn write_file(
         Some(g) => Some(g.finish().await?),
         None => None,
     };
-    Ok(SegmentFile {
-        name: unit.file_name.clone(),
-        size,
-        partition_start: unit.partition_start,
-        partition_end: unit.partition_end,
-        partitions: blocks,
-        graph,
-    })
+    Ok(described(unit, size, blocks, graph))
 }
 
 /// Splits the unit's partitions (relative indices) into runs of about
@@ -331,72 +289,6 @@ impl Columns {
     }
 }
 
-/// A run of consecutive rows of one shard's block that the merged partition takes
-/// as a whole: rows `start..end` of `columns[batch]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    batch: usize,
-    start: usize,
-    end: usize,
-}
-
-/// k-way merge of sorted blocks by row id, taking the longest possible run at a
-/// time; returns the runs in output order and the partition's row count. Rows are
-/// not copied: when shards own disjoint fragment ranges each block is one run.
-fn merge_runs(
-    unit: &WorkUnit,
-    partition: usize,
-    columns: &[Columns],
-    fragments: &[Arc<RoaringBitmap>],
-) -> Result<(Vec<Run>, usize)> {
-    let shards = (0..unit.shards.len())
-        .filter(|&s| unit.shards[s].blocks[partition - unit.partition_start as usize].rows > 0);
-    let mut ids_of = Vec::with_capacity(columns.len());
-    let mut total = 0usize;
-    for (s, block) in shards.zip(columns) {
-        let ids = block.ids();
-        check_rows(&unit.shards[s].shard_id, partition, ids, &fragments[s])?;
-        total += ids.len();
-        ids_of.push(ids);
-    }
-    let mut runs = Vec::new();
-    let mut heads = vec![0usize; ids_of.len()];
-    loop {
-        let mut best: Option<(usize, u64)> = None;
-        let mut second = u64::MAX;
-        for (r, ids) in ids_of.iter().enumerate() {
-            let Some(&id) = ids.get(heads[r]) else {
-                continue;
-            };
-            match best {
-                Some((_, b)) if id >= b => second = second.min(id),
-                Some((_, b)) => {
-                    second = b;
-                    best = Some((r, id));
-                }
-                None => best = Some((r, id)),
-            }
-        }
-        let Some((r, first)) = best else { break };
-        if first == second {
-            return Err(IndexError::Finalize(format!(
-                "row id {first} appears in more than one shard of segment {} (partition {partition})",
-                unit.segment.segment_id
-            )));
-        }
-        let ids = ids_of[r];
-        let start = heads[r];
-        let end = start + ids[start..].partition_point(|&id| id < second);
-        runs.push(Run {
-            batch: r,
-            start,
-            end,
-        });
-        heads[r] = end;
-    }
-    Ok((runs, total))
-}
-
 /// Appends the merged partition to the data file: its bytes go out as slices of the
 /// blocks read, without a copy into a merged buffer.
 fn gather_partition(
@@ -410,12 +302,12 @@ fn gather_partition(
     };
     let ids = runs
         .iter()
-        .map(|run| slice(&columns[run.batch].ids, run, 8))
+        .map(|run| slice(&columns[run.block].ids, run, 8))
         .collect();
     let values = runs
         .iter()
         .map(|run| {
-            let block = &columns[run.batch];
+            let block = &columns[run.block];
             slice(&block.values, run, block.width)
         })
         .collect();
@@ -433,37 +325,9 @@ fn concat_runs(
     let mut out_ids = MutableBuffer::with_capacity(rows * 8);
     let mut out_values = MutableBuffer::with_capacity(rows * width);
     for run in runs {
-        let block = &columns[run.batch];
+        let block = &columns[run.block];
         out_ids.extend_from_slice(&block.ids()[run.start..run.end]);
         out_values.extend_from_slice(&block.values[run.start * width..run.end * width]);
     }
     encode_rows(schema, out_ids.into(), out_values.into())
-}
-
-/// Row ids of a shard block must ascend strictly and lie in the shard's fragments.
-fn check_rows(
-    shard_id: &str,
-    partition: usize,
-    ids: &[u64],
-    fragments: &RoaringBitmap,
-) -> Result<()> {
-    let mut last_fragment = None;
-    for (i, &id) in ids.iter().enumerate() {
-        if i > 0 && ids[i - 1] >= id {
-            return Err(IndexError::Finalize(format!(
-                "shard {shard_id}, partition {partition}: row ids are not strictly ascending at row id {id}"
-            )));
-        }
-        let f = fragment_of(id);
-        if last_fragment != Some(f) {
-            if !fragments.contains(f) {
-                return Err(IndexError::Finalize(format!(
-                    "shard {shard_id}, partition {partition}: row id {id} lies in fragment {f}, \
-                     which is not among the shard's fragments"
-                )));
-            }
-            last_fragment = Some(f);
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,426 @@
+//! The merge of a work unit on a local filesystem.
+//!
+//! Finalize is mostly moving bytes, and through the object-store API every byte
+//! lands in a freshly allocated (and zero-filled) buffer on its way in and goes
+//! through an upload buffer on its way out. Here each shard block is read front to
+//! back through a small window that is reused for the whole unit, and written
+//! straight from that window to the segment file: one copy in, one copy out, like
+//! `cp`. A merged partition is never held in memory, only its row ids.
+//!
+//! Every byte of a block passes through its [`BlockCursor`] exactly once, in file
+//! order, so the block's CRC-32 is checked without a second pass; the CRC of the
+//! output block is composed from the same per-piece hashes.
+
+use std::fs::File;
+use std::io::{BufWriter, ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use crc32fast::Hasher;
+use object_store::path::Path;
+use roaring::RoaringBitmap;
+
+use super::{described, merge_runs, non_empty_blocks};
+use crate::error::{IndexError, Result};
+use crate::finalize::WorkUnit;
+use crate::format::{
+    stored_rows_header, stored_width, BlockInfo, IndexLocation, IpcFileSink, SegmentFile,
+    StoredRowsLayout,
+};
+
+/// Read windows of one work unit together stay under this, whatever the shard count.
+const WINDOW_BUDGET: usize = 8 << 20;
+/// Bounds of one shard's read window: large enough that a read is a long sequential
+/// transfer, small enough that windows of many shards fit the budget.
+const MIN_WINDOW: usize = 64 << 10;
+const MAX_WINDOW: usize = 1 << 20;
+/// Output buffer: pieces at least this large are written directly, smaller ones
+/// (headers, row ids, short runs of interleaved shards) are gathered first.
+const OUT_BUFFER: usize = 32 << 10;
+/// Pieces shorter than this are hashed twice (block and output) rather than hashed
+/// once and combined: combining costs about as much as hashing a few KiB.
+const COMBINE_ABOVE: usize = 4 << 10;
+
+/// Buffers a merge partition reuses from one work unit to the next: fresh ones would
+/// be zero-filled and faulted in for every unit, which costs more than the copies.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// One read window per shard position of a unit.
+    windows: Vec<Vec<u8>>,
+    /// Row ids of each shard's block of the current partition.
+    ids: Vec<Vec<u64>>,
+    /// Message header and row ids of the output block.
+    head: Vec<u8>,
+}
+
+/// The files of one work unit, when the index is on a local filesystem.
+pub(super) struct LocalFiles {
+    /// `data.arrow` of each shard of the unit, in the unit's shard order.
+    shards: Vec<PathBuf>,
+    /// The segment data file to write.
+    out: PathBuf,
+}
+
+impl LocalFiles {
+    /// `None` when the index is not on a local filesystem.
+    pub(super) fn of(location: &IndexLocation, unit: &WorkUnit) -> Option<Self> {
+        let shards = unit
+            .shards
+            .iter()
+            .map(|s| location.local_file(&Path::from(s.dir.as_str()).join("data.arrow")))
+            .collect::<Option<Vec<_>>>()?;
+        let out = location.local_file(
+            &location
+                .segment_dir(&unit.segment.segment_id)
+                .join(unit.file_name.as_str()),
+        )?;
+        Some(Self { shards, out })
+    }
+
+    /// Merges `unit` into its segment data file; blocking. On error the partial file
+    /// is removed.
+    pub(super) fn merge(
+        &self,
+        schema: &SchemaRef,
+        unit: &WorkUnit,
+        fragments: &[Arc<RoaringBitmap>],
+        scratch: &mut Scratch,
+    ) -> Result<SegmentFile> {
+        let result = self.write(schema, unit, fragments, scratch);
+        if result.is_err() {
+            std::fs::remove_file(&self.out).ok();
+        }
+        result
+    }
+
+    fn write(
+        &self,
+        schema: &SchemaRef,
+        unit: &WorkUnit,
+        fragments: &[Arc<RoaringBitmap>],
+        scratch: &mut Scratch,
+    ) -> Result<SegmentFile> {
+        if let Some(dir) = self.out.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+        }
+        let file = File::create(&self.out).map_err(|e| io_error("creating", &self.out, e))?;
+        let mut out = OutFile {
+            path: &self.out,
+            out: BufWriter::with_capacity(OUT_BUFFER, file),
+        };
+        let window = (WINDOW_BUDGET / unit.shards.len().max(1)).clamp(MIN_WINDOW, MAX_WINDOW);
+        let shards = unit.shards.len();
+        scratch
+            .windows
+            .resize_with(shards.max(scratch.windows.len()), Vec::new);
+        scratch
+            .ids
+            .resize_with(shards.max(scratch.ids.len()), Vec::new);
+        let mut cursors: Vec<BlockCursor> = unit
+            .shards
+            .iter()
+            .zip(&self.shards)
+            .zip(&mut scratch.windows)
+            .map(|((s, path), buf)| BlockCursor::new(&s.shard_id, path, window, buf))
+            .collect();
+        let ids_of = &mut scratch.ids;
+        let head = &mut scratch.head;
+        let width = stored_width(schema)?;
+        let mut sink = IpcFileSink::try_new(schema)?;
+        for piece in sink.preamble() {
+            out.write(&piece)?;
+        }
+        for (i, partition) in
+            (unit.partition_start as usize..unit.partition_end as usize).enumerate()
+        {
+            let present = non_empty_blocks(unit, partition);
+            for &s in &present {
+                let cursor = &mut cursors[s];
+                cursor.start(unit.shards[s].blocks[i], partition)?;
+                let layout = cursor.layout(schema)?;
+                if layout.width != width {
+                    return Err(cursor.corrupt(format!(
+                        "rows of {} bytes, the model stores {width}",
+                        layout.width
+                    )));
+                }
+                cursor.read_ids(&layout, &mut ids_of[s])?;
+            }
+            let ids: Vec<&[u64]> = present.iter().map(|&s| ids_of[s].as_slice()).collect();
+            let (runs, rows) = merge_runs(unit, partition, &ids, fragments)?;
+
+            head.clear();
+            head.extend(stored_rows_header(schema, rows, rows * 8, rows * width)?);
+            let meta_len = head.len();
+            for run in &runs {
+                for id in &ids[run.block][run.start..run.end] {
+                    head.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+            let mut crc = Hasher::new();
+            crc.update(head);
+            out.write(head)?;
+            for run in &runs {
+                let len = ((run.end - run.start) * width) as u64;
+                cursors[present[run.block]].copy_to(len, &mut out, &mut crc)?;
+            }
+            let pad = &[0u8; 8][..pad_to_8(rows * width)];
+            crc.update(pad);
+            out.write(pad)?;
+            for &s in &present {
+                cursors[s].finish()?;
+            }
+            let length = (head.len() + rows * width + pad.len()) as u64;
+            sink.append_written(rows, meta_len as u32, length, &crc);
+        }
+        let (tail, blocks, size, _) = sink.finish()?;
+        out.write(&tail)?;
+        out.out
+            .into_inner()
+            .map_err(|e| io_error("writing", &self.out, e.into_error()))?;
+        Ok(described(unit, size, blocks, None))
+    }
+}
+
+fn pad_to_8(len: usize) -> usize {
+    (8 - len % 8) % 8
+}
+
+fn io_error(doing: &str, path: &std::path::Path, e: std::io::Error) -> IndexError {
+    IndexError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{doing} {}: {e}", path.display()),
+    ))
+}
+
+/// The segment data file being written.
+struct OutFile<'a> {
+    path: &'a std::path::Path,
+    out: BufWriter<File>,
+}
+
+impl OutFile<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| io_error("writing", self.path, e))
+    }
+}
+
+/// Reads one shard's blocks, each front to back, through a window reused for all of
+/// them, hashing every byte once as it is consumed. The file is opened on first use.
+struct BlockCursor<'a> {
+    shard_id: &'a str,
+    path: &'a std::path::Path,
+    file: Option<File>,
+    window: usize,
+    buf: &'a mut Vec<u8>,
+    /// `buf[head..filled]` is read and not yet consumed.
+    head: usize,
+    filled: usize,
+    /// File offset of `buf[filled]`.
+    next: u64,
+    /// Offset within the block of `buf[head]`.
+    consumed: u64,
+    block: BlockInfo,
+    partition: usize,
+    crc: Hasher,
+}
+
+impl<'a> BlockCursor<'a> {
+    fn new(
+        shard_id: &'a str,
+        path: &'a std::path::Path,
+        window: usize,
+        buf: &'a mut Vec<u8>,
+    ) -> Self {
+        Self {
+            shard_id,
+            path,
+            file: None,
+            window,
+            buf,
+            head: 0,
+            filled: 0,
+            next: 0,
+            consumed: 0,
+            block: BlockInfo {
+                rows: 0,
+                offset: 0,
+                meta_len: 0,
+                length: 0,
+                crc32: 0,
+            },
+            partition: 0,
+            crc: Hasher::new(),
+        }
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "shard {}: data.arrow, partition {}",
+            self.shard_id, self.partition
+        )
+    }
+
+    fn corrupt(&self, why: String) -> IndexError {
+        IndexError::corrupt(
+            self.what(),
+            format!("block at offset {}: {why}", self.block.offset),
+        )
+    }
+
+    /// Positions the cursor at the start of `block`.
+    fn start(&mut self, block: BlockInfo, partition: usize) -> Result<()> {
+        if self.file.is_none() {
+            let file = File::open(self.path).map_err(|e| match e.kind() {
+                ErrorKind::NotFound => IndexError::corrupt(
+                    format!("shard {}: data.arrow", self.shard_id),
+                    "is missing",
+                ),
+                _ => io_error("opening", self.path, e),
+            })?;
+            self.file = Some(file);
+        }
+        self.block = block;
+        self.partition = partition;
+        self.head = 0;
+        self.filled = 0;
+        self.next = block.offset;
+        self.consumed = 0;
+        self.crc = Hasher::new();
+        Ok(())
+    }
+
+    /// Bytes of the block not yet read into the window.
+    fn unread(&self) -> u64 {
+        self.block.length - (self.consumed + (self.filled - self.head) as u64)
+    }
+
+    /// Makes at least `n` unconsumed bytes available in the window, reading a whole
+    /// window's worth (or the rest of the block) when it reads at all.
+    fn fill(&mut self, n: usize) -> Result<()> {
+        let available = self.filled - self.head;
+        if available >= n {
+            return Ok(());
+        }
+        if (n - available) as u64 > self.unread() {
+            return Err(self.corrupt(format!(
+                "needs {n} more bytes past byte {} of a {}-byte block",
+                self.consumed, self.block.length
+            )));
+        }
+        self.buf.copy_within(self.head..self.filled, 0);
+        self.filled = available;
+        self.head = 0;
+        let want = n.max(self.window).min(available + self.unread() as usize);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+        match file.read_exact_at(&mut self.buf[available..want], self.next) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(self.corrupt(format!(
+                    "is truncated: the file ends before its {} bytes",
+                    self.block.length
+                )))
+            }
+            Err(e) => return Err(io_error("reading", self.path, e)),
+        }
+        self.next += (want - available) as u64;
+        self.filled = want;
+        Ok(())
+    }
+
+    /// Consumes the next `n` bytes, which must fit in memory at once.
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        self.fill(n)?;
+        let piece = &self.buf[self.head..self.head + n];
+        self.crc.update(piece);
+        self.head += n;
+        self.consumed += n as u64;
+        Ok(piece)
+    }
+
+    /// Consumes bytes up to `offset` within the block (framing between regions).
+    fn skip_to(&mut self, offset: u64) -> Result<()> {
+        let mut left = offset.checked_sub(self.consumed).ok_or_else(|| {
+            self.corrupt(format!("byte {offset} lies before byte {}", self.consumed))
+        })?;
+        while left > 0 {
+            let n = left.min(self.window as u64) as usize;
+            self.take(n)?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Consumes the block's message header and returns where its rows are.
+    fn layout(&mut self, schema: &SchemaRef) -> Result<StoredRowsLayout> {
+        let what = self.what();
+        let block = self.block;
+        let header = self.take(block.meta_len as usize)?;
+        StoredRowsLayout::parse(&what, schema, &block, header)
+    }
+
+    /// Consumes the block up to the end of its row ids, decoding them into `ids`.
+    fn read_ids(&mut self, layout: &StoredRowsLayout, ids: &mut Vec<u64>) -> Result<()> {
+        self.skip_to(layout.ids.start)?;
+        let bytes = self.take(layout.rows * 8)?;
+        ids.clear();
+        ids.extend(bytes.chunks_exact(8).map(|b| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(b);
+            u64::from_le_bytes(le)
+        }));
+        self.skip_to(layout.values.start)
+    }
+
+    /// Consumes the next `len` bytes, writing them to `out` and hashing them into
+    /// `out_crc` as well.
+    fn copy_to(&mut self, mut len: u64, out: &mut OutFile, out_crc: &mut Hasher) -> Result<()> {
+        while len > 0 {
+            if self.head == self.filled {
+                self.fill(1)?;
+            }
+            let n = len.min((self.filled - self.head) as u64) as usize;
+            let piece = &self.buf[self.head..self.head + n];
+            if n < COMBINE_ABOVE {
+                self.crc.update(piece);
+                out_crc.update(piece);
+            } else {
+                let mut hash = Hasher::new();
+                hash.update(piece);
+                self.crc.combine(&hash);
+                out_crc.combine(&hash);
+            }
+            out.write(piece)?;
+            self.head += n;
+            self.consumed += n as u64;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Consumes the rest of the block and checks its CRC-32 against the manifest.
+    fn finish(&mut self) -> Result<()> {
+        self.skip_to(self.block.length)?;
+        let crc = self.crc.clone().finalize();
+        if crc != self.block.crc32 {
+            return Err(IndexError::corrupt(
+                self.what(),
+                format!(
+                    "checksum mismatch in block at offset {}: crc32 {crc:#010x}, expected {:#010x}",
+                    self.block.offset, self.block.crc32
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! Merging one work unit: for each IVF partition of the unit's range, the rows of
+//! every shard of the segment are merged in row-id order and appended to one
+//! segment data file. Codes are copied as bytes, never decoded — except that for
+//! the HNSW types each merged partition is also decoded to build its graph, which
+//! goes to a graph file next to the data file.
+//!
+//! Two ways to move the bytes, writing identical files:
+//! - [`local`]: the index is on a local filesystem. Positional reads through small
+//!   reused windows, plain sequential writes, on a blocking thread; memory does not
+//!   grow with the size of a partition.
+//! - [`store`]: any object store. Ranged reads of several partitions at once,
+//!   multipart uploads; also the path of the HNSW types, which need each merged
+//!   partition whole to build its graph.
+
+mod local;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use roaring::RoaringBitmap;
+
+use super::WorkUnit;
+use crate::error::{IndexError, Result};
+use crate::format::{BlockInfo, GraphFile, IndexLocation, SegmentFile};
+use crate::model::Model;
+use crate::worker::fragment_of;
+
+/// What a merge partition keeps from one work unit to the next.
+#[derive(Default)]
+pub struct MergeState {
+    fragments: FragmentCache,
+    scratch: local::Scratch,
+}
+
+/// Merges `unit` into `segments/<segment>/<file_name>` and describes the file written.
+/// On error the partial file is removed; nothing else is touched.
+pub async fn merge_unit(
+    location: &IndexLocation,
+    model: &Arc<Model>,
+    unit: &WorkUnit,
+    state: &mut MergeState,
+) -> Result<SegmentFile> {
+    let mut fragments = Vec::with_capacity(unit.shards.len());
+    for s in &unit.shards {
+        fragments.push(state.fragments.get(location, &s.shard_id, &s.dir).await?);
+    }
+    let local = match model.hnsw_params() {
+        None => local::LocalFiles::of(location, unit),
+        Some(_) => None,
+    };
+    let Some(files) = local else {
+        return store::merge_unit(location, model, unit, &fragments).await;
+    };
+    let (schema, unit) = (model.storage_schema(), unit.clone());
+    let mut scratch = std::mem::take(&mut state.scratch);
+    let (file, scratch) = tokio::task::spawn_blocking(move || {
+        let file = files.merge(&schema, &unit, &fragments, &mut scratch);
+        (file, scratch)
+    })
+    .await
+    .map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))?;
+    state.scratch = scratch;
+    file
+}
+
+/// The manifest entry of the data file written for `unit`.
+fn described(
+    unit: &WorkUnit,
+    size: u64,
+    blocks: Vec<BlockInfo>,
+    graph: Option<GraphFile>,
+) -> SegmentFile {
+    SegmentFile {
+        name: unit.file_name.clone(),
+        size,
+        partition_start: unit.partition_start,
+        partition_end: unit.partition_end,
+        partitions: blocks,
+        graph,
+    }
+}
+
+/// Shards (indices into `unit.shards`) holding rows in `partition`, in shard order.
+fn non_empty_blocks(unit: &WorkUnit, partition: usize) -> Vec<usize> {
+    let i = partition - unit.partition_start as usize;
+    (0..unit.shards.len())
+        .filter(|&s| unit.shards[s].blocks[i].rows > 0)
+        .collect()
+}
+
+/// Fragment sets of the shards a merge partition has seen, read once per shard.
+#[derive(Default)]
+struct FragmentCache {
+    sets: HashMap<String, Arc<RoaringBitmap>>,
+}
+
+impl FragmentCache {
+    async fn get(
+        &mut self,
+        location: &IndexLocation,
+        shard_id: &str,
+        dir: &str,
+    ) -> Result<Arc<RoaringBitmap>> {
+        if let Some(s) = self.sets.get(shard_id) {
+            return Ok(Arc::clone(s));
+        }
+        let bytes = location
+            .get(&Path::from(dir).join("fragments.roaring"))
+            .await?;
+        let set = Arc::new(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| {
+            IndexError::corrupt(
+                format!("shard {shard_id}: fragments.roaring"),
+                e.to_string(),
+            )
+        })?);
+        self.sets.insert(shard_id.to_string(), Arc::clone(&set));
+        Ok(set)
+    }
+}
+
+/// A run of consecutive rows of one shard's block that the merged partition takes
+/// as a whole: rows `start..end` of the `block`-th non-empty block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    block: usize,
+    start: usize,
+    end: usize,
+}
+
+/// k-way merge of sorted blocks by row id, taking the longest possible run at a
+/// time; returns the runs in output order and the partition's row count. `ids_of`
+/// holds the row ids of the non-empty blocks of `partition`, in shard order (as
+/// [`non_empty_blocks`] lists them). Rows are not copied: when shards own disjoint
+/// fragment ranges each block is one run.
+fn merge_runs(
+    unit: &WorkUnit,
+    partition: usize,
+    ids_of: &[&[u64]],
+    fragments: &[Arc<RoaringBitmap>],
+) -> Result<(Vec<Run>, usize)> {
+    let mut total = 0usize;
+    for (&s, ids) in non_empty_blocks(unit, partition).iter().zip(ids_of) {
+        check_rows(&unit.shards[s].shard_id, partition, ids, &fragments[s])?;
+        total += ids.len();
+    }
+    let mut runs = Vec::new();
+    let mut heads = vec![0usize; ids_of.len()];
+    loop {
+        let mut best: Option<(usize, u64)> = None;
+        let mut second = u64::MAX;
+        for (r, ids) in ids_of.iter().enumerate() {
+            let Some(&id) = ids.get(heads[r]) else {
+                continue;
+            };
+            match best {
+                Some((_, b)) if id >= b => second = second.min(id),
+                Some((_, b)) => {
+                    second = b;
+                    best = Some((r, id));
+                }
+                None => best = Some((r, id)),
+            }
+        }
+        let Some((r, first)) = best else { break };
+        if first == second {
+            return Err(IndexError::Finalize(format!(
+                "row id {first} appears in more than one shard of segment {} (partition {partition})",
+                unit.segment.segment_id
+            )));
+        }
+        let ids = ids_of[r];
+        let start = heads[r];
+        let end = start + ids[start..].partition_point(|&id| id < second);
+        runs.push(Run {
+            block: r,
+            start,
+            end,
+        });
+        heads[r] = end;
+    }
+    Ok((runs, total))
+}
+
+/// Row ids of a shard block must ascend strictly and lie in the shard's fragments.
+fn check_rows(
+    shard_id: &str,
+    partition: usize,
+    ids: &[u64],
+    fragments: &RoaringBitmap,
+) -> Result<()> {
+    let mut last_fragment = None;
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 && ids[i - 1] >= id {
+            return Err(IndexError::Finalize(format!(
+                "shard {shard_id}, partition {partition}: row ids are not strictly ascending at row id {id}"
+            )));
+        }
+        let f = fragment_of(id);
+        if last_fragment != Some(f) {
+            if !fragments.contains(f) {
+                return Err(IndexError::Finalize(format!(
+                    "shard {shard_id}, partition {partition}: row id {id} lies in fragment {f}, \
+                     which is not among the shard's fragments"
+                )));
+            }
+            last_fragment = Some(f);
+        }
+    }
+    Ok(())
+}

@@ -30,8 +30,9 @@ use crate::format::{
     StoredRowsLayout,
 };
 
-/// Read windows of one work unit together stay under this, whatever the shard count.
-const WINDOW_BUDGET: usize = 8 << 20;
+/// Read windows of one work unit together take this much, whatever the shard count
+/// and the size of the index, so memory does not grow with either.
+const WINDOW_BUDGET: usize = 4 << 20;
 /// Bounds of one shard's read window: large enough that a read is a long sequential
 /// transfer, small enough that windows of many shards fit the budget.
 const MIN_WINDOW: usize = 64 << 10;
@@ -123,7 +124,15 @@ impl LocalFiles {
             .iter()
             .zip(&self.shards)
             .zip(&mut scratch.windows)
-            .map(|((s, path), buf)| BlockCursor::new(&s.shard_id, path, window, buf))
+            .map(|((s, path), buf)| {
+                let span_end = s
+                    .blocks
+                    .iter()
+                    .filter(|b| b.rows > 0)
+                    .map(|b| b.range().end)
+                    .max();
+                BlockCursor::new(&s.shard_id, path, span_end.unwrap_or(0), window, buf)
+            })
             .collect();
         let ids_of = &mut scratch.ids;
         let head = &mut scratch.head;
@@ -209,20 +218,23 @@ impl OutFile<'_> {
     }
 }
 
-/// Reads one shard's blocks, each front to back, through a window reused for all of
-/// them, hashing every byte once as it is consumed. The file is opened on first use.
+/// Reads one shard's blocks of a unit, each front to back, through a fixed window
+/// reused for all of them and reading ahead across consecutive blocks (a shard's
+/// partitions lie one after the other), hashing every byte once as it is consumed.
+/// The file is opened on first use.
 struct BlockCursor<'a> {
     shard_id: &'a str,
     path: &'a std::path::Path,
     file: Option<File>,
-    window: usize,
     buf: &'a mut Vec<u8>,
     /// `buf[head..filled]` is read and not yet consumed.
     head: usize,
     filled: usize,
     /// File offset of `buf[filled]`.
     next: u64,
-    /// Offset within the block of `buf[head]`.
+    /// File offset past the last block the unit needs: reads never go further.
+    span_end: u64,
+    /// Bytes of the current block consumed so far.
     consumed: u64,
     block: BlockInfo,
     partition: usize,
@@ -230,21 +242,27 @@ struct BlockCursor<'a> {
 }
 
 impl<'a> BlockCursor<'a> {
+    /// A cursor over `path` whose window is `buf`, grown to `window` bytes once (and
+    /// kept by the caller for the next unit).
     fn new(
         shard_id: &'a str,
         path: &'a std::path::Path,
+        span_end: u64,
         window: usize,
         buf: &'a mut Vec<u8>,
     ) -> Self {
+        if buf.len() < window {
+            buf.resize(window, 0);
+        }
         Self {
             shard_id,
             path,
             file: None,
-            window,
             buf,
             head: 0,
             filled: 0,
             next: 0,
+            span_end,
             consumed: 0,
             block: BlockInfo {
                 rows: 0,
@@ -272,7 +290,8 @@ impl<'a> BlockCursor<'a> {
         )
     }
 
-    /// Positions the cursor at the start of `block`.
+    /// Positions the cursor at the start of `block`, keeping what was read ahead
+    /// when the block lies in it.
     fn start(&mut self, block: BlockInfo, partition: usize) -> Result<()> {
         if self.file.is_none() {
             let file = File::open(self.path).map_err(|e| match e.kind() {
@@ -284,29 +303,29 @@ impl<'a> BlockCursor<'a> {
             })?;
             self.file = Some(file);
         }
+        let position = self.next - (self.filled - self.head) as u64;
+        if (position..=self.next).contains(&block.offset) {
+            self.head += (block.offset - position) as usize;
+        } else {
+            self.head = 0;
+            self.filled = 0;
+            self.next = block.offset;
+        }
         self.block = block;
         self.partition = partition;
-        self.head = 0;
-        self.filled = 0;
-        self.next = block.offset;
         self.consumed = 0;
         self.crc = Hasher::new();
         Ok(())
     }
 
-    /// Bytes of the block not yet read into the window.
-    fn unread(&self) -> u64 {
-        self.block.length - (self.consumed + (self.filled - self.head) as u64)
-    }
-
-    /// Makes at least `n` unconsumed bytes available in the window, reading a whole
-    /// window's worth (or the rest of the block) when it reads at all.
+    /// Makes at least `n` unconsumed bytes of the block available in the window,
+    /// filling the whole window (up to the unit's span) when it reads at all.
     fn fill(&mut self, n: usize) -> Result<()> {
         let available = self.filled - self.head;
         if available >= n {
             return Ok(());
         }
-        if (n - available) as u64 > self.unread() {
+        if n as u64 > self.block.length - self.consumed {
             return Err(self.corrupt(format!(
                 "needs {n} more bytes past byte {} of a {}-byte block",
                 self.consumed, self.block.length
@@ -315,26 +334,33 @@ impl<'a> BlockCursor<'a> {
         self.buf.copy_within(self.head..self.filled, 0);
         self.filled = available;
         self.head = 0;
-        let want = n.max(self.window).min(available + self.unread() as usize);
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
         }
+        let needed = n - available;
+        let room = self.buf.len() - available;
+        let ahead = usize::try_from(self.span_end.saturating_sub(self.next)).unwrap_or(room);
+        let end = available + room.min(ahead).max(needed);
         let file = self
             .file
             .as_ref()
             .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
-        match file.read_exact_at(&mut self.buf[available..want], self.next) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                return Err(self.corrupt(format!(
-                    "is truncated: the file ends before its {} bytes",
-                    self.block.length
-                )))
+        let mut got = 0;
+        while got < needed {
+            match file.read_at(&mut self.buf[available + got..end], self.next + got as u64) {
+                Ok(0) => {
+                    return Err(self.corrupt(format!(
+                        "is truncated: the file ends before its {} bytes",
+                        self.block.length
+                    )))
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("reading", self.path, e)),
             }
-            Err(e) => return Err(io_error("reading", self.path, e)),
         }
-        self.next += (want - available) as u64;
-        self.filled = want;
+        self.next += got as u64;
+        self.filled = available + got;
         Ok(())
     }
 
@@ -354,7 +380,7 @@ impl<'a> BlockCursor<'a> {
             self.corrupt(format!("byte {offset} lies before byte {}", self.consumed))
         })?;
         while left > 0 {
-            let n = left.min(self.window as u64) as usize;
+            let n = left.min(self.buf.len() as u64) as usize;
             self.take(n)?;
             left -= n as u64;
         }

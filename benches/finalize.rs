@@ -214,6 +214,12 @@ async fn bench_type(
         fin.push(field("finalize_secs="));
         rss.push(field("peak_rss_kib=") / 1024.0);
         written = dir_bytes(&target.join("segments"));
+        // Removed before `settle`, while still unwritten: deleting gigabytes already on
+        // disk makes the filesystem free their blocks for seconds afterwards, which
+        // would land on the next timed step.
+        if run + 1 < runs {
+            std::fs::remove_dir_all(&target).ok();
+        }
 
         let copy_target = work.join(format!("{}-cp{run}", ty.name().to_lowercase()));
         settle();
@@ -221,9 +227,6 @@ async fn bench_type(
         copy_tree(&pristine.join("_staging"), &copy_target);
         cp.push(t.elapsed().as_secs_f64());
         std::fs::remove_dir_all(&copy_target).ok();
-        if run + 1 < runs {
-            std::fs::remove_dir_all(&target).ok();
-        }
         last = target;
     }
     let ratios: Vec<f64> = fin.iter().zip(&cp).map(|(f, c)| f / c).collect();
@@ -239,6 +242,17 @@ async fn bench_type(
     );
     println!(
         "  finalize / cp, paired:              median {rm:.2}  (min {rmin:.2}, max {rmax:.2})"
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  each run (s):                       finalize {} | cp {}",
+        list(&fin),
+        list(&cp)
     );
     println!("  finalize peak RSS:                  median {pm:.0} MiB (max {pmax:.0} MiB)");
     println!("  bytes written (segments):           {written:>12}");

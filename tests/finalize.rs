@@ -219,6 +219,26 @@ async fn local_files_and_the_object_store_api_write_the_same_segments() {
     }
 }
 
+/// The commit operator reports how long removing the consumed shards took.
+#[tokio::test]
+async fn commit_reports_the_removal_of_consumed_shards() {
+    let data = clustered(ROWS, 6, 15);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfSq, Metric::L2, 8);
+    let t = build(&model, &data, &ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
+    let plan = t
+        .index
+        .finalize_plan(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    datafusion::physical_plan::collect(Arc::clone(&plan), t.ctx.task_ctx())
+        .await
+        .unwrap();
+    let removal = plan.metrics().unwrap().sum_by_name("cleanup_time").unwrap();
+    assert!(removal.as_usize() > 0, "{removal:?}");
+    assert!(staged(&t).is_empty(), "consumed shards removed");
+}
+
 #[tokio::test]
 async fn a_merge_that_fails_half_way_commits_nothing() {
     let data = clustered(ROWS, 6, 13);

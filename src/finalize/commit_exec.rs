@@ -11,6 +11,9 @@ use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::metrics::{
+    ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
@@ -58,6 +61,8 @@ pub struct VectorIndexCommitExec {
     model: Arc<Model>,
     options: FinalizeOptions,
     properties: Arc<PlanProperties>,
+    /// `cleanup_time`: removing the consumed shards after the commit.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl VectorIndexCommitExec {
@@ -73,6 +78,7 @@ impl VectorIndexCommitExec {
             model,
             options,
             properties: compute_properties(commit_output_schema(), 1, EmissionType::Final),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -126,6 +132,10 @@ impl ExecutionPlan for VectorIndexCommitExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -140,10 +150,11 @@ impl ExecutionPlan for VectorIndexCommitExec {
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
         let options = self.options.clone();
+        let cleanup_time = MetricBuilder::new(&self.metrics).subset_time("cleanup_time", 0);
         let stream = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let segments = collect_segments(&batches, &model)?;
-            Ok(commit(&location, &model, &options, segments).await?)
+            Ok(commit(&location, &model, &options, segments, &cleanup_time).await?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             commit_output_schema(),
@@ -222,6 +233,7 @@ async fn commit(
     model: &Model,
     options: &FinalizeOptions,
     segments: Vec<NewSegment>,
+    cleanup_time: &Time,
 ) -> crate::Result<RecordBatch> {
     let mut refs = Vec::new();
     let mut new_fragments: Vec<(String, RoaringBitmap)> = Vec::new();
@@ -337,7 +349,9 @@ async fn commit(
             )
             .await?
         {
+            let timer = cleanup_time.timer();
             cleanup_consumed(location, &refs).await;
+            timer.done();
             return output(&refs, version, &replaced);
         }
         if attempt == options.max_commit_attempts.max(1) {

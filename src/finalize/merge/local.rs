@@ -30,8 +30,9 @@ use crate::format::{
     StoredRowsLayout,
 };
 
-/// Read windows of one work unit together take this much, whatever the shard count
-/// and the size of the index, so memory does not grow with either.
+/// Read windows of one work unit together take this much, whatever the size of the
+/// index, so memory does not grow with it (beyond 64 shards a unit, the minimum
+/// window sets the total instead).
 const WINDOW_BUDGET: usize = 4 << 20;
 /// Bounds of one shard's read window: large enough that a read is a long sequential
 /// transfer, small enough that windows of many shards fit the budget.

@@ -268,7 +268,7 @@ fn coalesce(pieces: impl Iterator<Item = Bytes>) -> impl Iterator<Item = Bytes> 
     })
 }
 
-pub(super) fn pad_to_8(len: usize) -> usize {
+pub(crate) fn pad_to_8(len: usize) -> usize {
     (8 - len % 8) % 8
 }
 

@@ -5,13 +5,14 @@ mod location;
 mod manifest;
 mod stored_rows;
 
+pub(crate) use ipc::pad_to_8;
 pub use ipc::{arrow_bytes, decode_block, encode_partitions, BlockInfo, IpcFileSink};
 pub use location::IndexLocation;
 pub use manifest::{
     check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
     ShardManifest, VersionManifest,
 };
-pub use stored_rows::{stored_rows_header, stored_width, StoredRowsLayout};
+pub use stored_rows::{stored_rows_header, StoredRowsLayout};
 
 /// The format version this crate writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;

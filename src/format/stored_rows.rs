@@ -16,12 +16,6 @@ use super::ipc::pad_to_8;
 use super::BlockInfo;
 use crate::error::{IndexError, Result};
 
-/// Bytes of one stored row, from the stored-rows schema: 4 × dim for vectors, the
-/// code width for codes.
-pub fn stored_width(schema: &SchemaRef) -> Result<usize> {
-    Ok(stored_column(schema)?.width)
-}
-
 /// What the schema's stored column looks like in an IPC message.
 struct StoredColumn {
     width: usize,

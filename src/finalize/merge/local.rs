@@ -26,9 +26,10 @@ use super::{described, merge_runs, non_empty_blocks};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
-    stored_rows_header, stored_width, BlockInfo, IndexLocation, IpcFileSink, SegmentFile,
+    pad_to_8, stored_rows_header, BlockInfo, IndexLocation, IpcFileSink, SegmentFile,
     StoredRowsLayout,
 };
+use crate::model::Model;
 
 /// Read windows of one work unit together take this much, whatever the size of the
 /// index, so memory does not grow with it (beyond 64 shards a unit, the minimum
@@ -53,8 +54,9 @@ pub(super) struct Scratch {
     windows: Vec<Vec<u8>>,
     /// Row ids of each shard's block of the current partition.
     ids: Vec<Vec<u64>>,
-    /// Message header and row ids of the output block.
-    head: Vec<u8>,
+    /// What precedes the stored values in the output block: its message header and
+    /// row ids.
+    prefix: Vec<u8>,
 }
 
 /// The files of one work unit, when the index is on a local filesystem.
@@ -85,12 +87,12 @@ impl LocalFiles {
     /// is removed.
     pub(super) fn merge(
         &self,
-        schema: &SchemaRef,
+        model: &Model,
         unit: &WorkUnit,
         fragments: &[Arc<RoaringBitmap>],
         scratch: &mut Scratch,
     ) -> Result<SegmentFile> {
-        let result = self.write(schema, unit, fragments, scratch);
+        let result = self.write(model, unit, fragments, scratch);
         if result.is_err() {
             std::fs::remove_file(&self.out).ok();
         }
@@ -99,7 +101,7 @@ impl LocalFiles {
 
     fn write(
         &self,
-        schema: &SchemaRef,
+        model: &Model,
         unit: &WorkUnit,
         fragments: &[Arc<RoaringBitmap>],
         scratch: &mut Scratch,
@@ -136,8 +138,9 @@ impl LocalFiles {
             })
             .collect();
         let ids_of = &mut scratch.ids;
-        let head = &mut scratch.head;
-        let width = stored_width(schema)?;
+        let prefix = &mut scratch.prefix;
+        let schema = &model.storage_schema();
+        let width = model.code_width();
         let mut sink = IpcFileSink::try_new(schema)?;
         for piece in sink.preamble() {
             out.write(&piece)?;
@@ -150,28 +153,22 @@ impl LocalFiles {
                 let cursor = &mut cursors[s];
                 cursor.start(unit.shards[s].blocks[i], partition)?;
                 let layout = cursor.layout(schema)?;
-                if layout.width != width {
-                    return Err(cursor.corrupt(format!(
-                        "rows of {} bytes, the model stores {width}",
-                        layout.width
-                    )));
-                }
                 cursor.read_ids(&layout, &mut ids_of[s])?;
             }
             let ids: Vec<&[u64]> = present.iter().map(|&s| ids_of[s].as_slice()).collect();
             let (runs, rows) = merge_runs(unit, partition, &ids, fragments)?;
 
-            head.clear();
-            head.extend(stored_rows_header(schema, rows, rows * 8, rows * width)?);
-            let meta_len = head.len();
+            prefix.clear();
+            prefix.extend(stored_rows_header(schema, rows, rows * 8, rows * width)?);
+            let meta_len = prefix.len();
             for run in &runs {
                 for id in &ids[run.block][run.start..run.end] {
-                    head.extend_from_slice(&id.to_le_bytes());
+                    prefix.extend_from_slice(&id.to_le_bytes());
                 }
             }
             let mut crc = Hasher::new();
-            crc.update(head);
-            out.write(head)?;
+            crc.update(prefix);
+            out.write(prefix)?;
             for run in &runs {
                 let len = ((run.end - run.start) * width) as u64;
                 cursors[present[run.block]].copy_to(len, &mut out, &mut crc)?;
@@ -182,7 +179,7 @@ impl LocalFiles {
             for &s in &present {
                 cursors[s].finish()?;
             }
-            let length = (head.len() + rows * width + pad.len()) as u64;
+            let length = (prefix.len() + rows * width + pad.len()) as u64;
             sink.append_written(rows, meta_len as u32, length, &crc);
         }
         let (tail, blocks, size, _) = sink.finish()?;
@@ -192,10 +189,6 @@ impl LocalFiles {
             .map_err(|e| io_error("writing", &self.out, e.into_error()))?;
         Ok(described(unit, size, blocks, None))
     }
-}
-
-fn pad_to_8(len: usize) -> usize {
-    (8 - len % 8) % 8
 }
 
 fn io_error(doing: &str, path: &std::path::Path, e: std::io::Error) -> IndexError {

@@ -53,10 +53,10 @@ pub async fn merge_unit(
     let Some(files) = local else {
         return store::merge_unit(location, model, unit, &fragments).await;
     };
-    let (schema, unit) = (model.storage_schema(), unit.clone());
+    let (model, unit) = (Arc::clone(model), unit.clone());
     let mut scratch = std::mem::take(&mut state.scratch);
     let (file, scratch) = tokio::task::spawn_blocking(move || {
-        let file = files.merge(&schema, &unit, &fragments, &mut scratch);
+        let file = files.merge(&model, &unit, &fragments, &mut scratch);
         (file, scratch)
     })
     .await

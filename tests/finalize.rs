@@ -256,6 +256,57 @@ async fn a_merge_through_the_object_store_that_fails_commits_nothing() {
     merge_failure_commits_nothing(&data, &ids, &model, t).await;
 }
 
+/// A shard whose data file shrinks between planning and merging (someone else's
+/// doing: staged files are immutable) fails the merge with an error naming it, and
+/// the local-file merge maps nothing past the file's end.
+#[tokio::test]
+async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_plan::collect;
+    use datafusion_vector_index::finalize::VectorIndexMergeExec;
+
+    let data = clustered(ROWS, 6, 17);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
+    let t = TestIndex::new(&model).await;
+    let shards = t
+        .stage(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1])
+        .await;
+    let plan = t
+        .index
+        .finalize_plan(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    // commit <- coalesce <- merge <- repartition <- plan
+    let planner = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
+    assert_eq!(planner.name(), "VectorIndexPlanExec");
+    let units = collect(planner, t.ctx.task_ctx()).await.unwrap();
+
+    let data_file = t
+        .path()
+        .join("_staging")
+        .join(format!("partial_{}", shards[1]))
+        .join("data.arrow");
+    let bytes = std::fs::read(&data_file).unwrap();
+    std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
+
+    let input =
+        MemorySourceConfig::try_new_exec(std::slice::from_ref(&units), units[0].schema(), None)
+            .unwrap();
+    let merge =
+        VectorIndexMergeExec::try_new(input, t.location().clone(), Arc::new(model)).unwrap();
+    let err = collect(Arc::new(merge), t.ctx.task_ctx())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&shards[1]) && err.contains("truncated"),
+        "{err}"
+    );
+    let written = files_below(&t.path().join("segments"));
+    assert!(written.is_empty(), "partial files removed: {written:?}");
+}
+
 async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model, t: TestIndex) {
     t.stage(model, data, ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
     finalize(&t, &FinalizeOptions::default()).await.unwrap();

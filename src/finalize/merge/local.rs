@@ -3,9 +3,10 @@
 //! Finalize is mostly moving bytes, and through the object-store API every byte
 //! lands in a freshly allocated (and zero-filled) buffer on its way in and goes
 //! through an upload buffer on its way out. Here each shard block is read front to
-//! back through a small window that is reused for the whole unit, and written
-//! straight from that window to the segment file: one copy in, one copy out, like
-//! `cp`. A merged partition is never held in memory, only its row ids.
+//! back through a small read-only mapping of the shard file that moves forward with
+//! it, and written straight from the mapping to the segment file: the only copy is
+//! the one into the output file, as with `cp`. A merged partition is never held in
+//! memory, only its row ids; what is mapped at once is bounded by the window budget.
 //!
 //! Every byte of a block passes through its [`BlockCursor`] exactly once, in file
 //! order, so the block's CRC-32 is checked without a second pass; the CRC of the
@@ -13,16 +14,16 @@
 
 use std::fs::File;
 use std::io::{BufWriter, ErrorKind, Write};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use crc32fast::Hasher;
+use memmap2::{Mmap, MmapOptions};
 use object_store::path::Path;
 use roaring::RoaringBitmap;
 
-use super::{described, merge_runs, non_empty_blocks};
+use super::{described, merge_runs, non_empty_blocks, FragmentCache};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
@@ -31,12 +32,13 @@ use crate::format::{
 };
 use crate::model::Model;
 
-/// Read windows of one work unit together take this much, whatever the size of the
-/// index, so memory does not grow with it (beyond 64 shards a unit, the minimum
-/// window sets the total instead).
+/// Mapped windows of one work unit together span this much, whatever the size of the
+/// index, so memory (mapped file pages count towards a process's resident set) does
+/// not grow with it (beyond 64 shards a unit, the minimum window sets the total
+/// instead).
 const WINDOW_BUDGET: usize = 4 << 20;
-/// Bounds of one shard's read window: large enough that a read is a long sequential
-/// transfer, small enough that windows of many shards fit the budget.
+/// Bounds of one shard's window: large enough that one mapping serves many blocks,
+/// small enough that windows of many shards fit the budget.
 const MIN_WINDOW: usize = 64 << 10;
 const MAX_WINDOW: usize = 1 << 20;
 /// Output buffer: pieces at least this large are written directly, smaller ones
@@ -46,12 +48,10 @@ const OUT_BUFFER: usize = 32 << 10;
 /// once and combined: combining costs about as much as hashing a few KiB.
 const COMBINE_ABOVE: usize = 4 << 10;
 
-/// Buffers a merge partition reuses from one work unit to the next: fresh ones would
-/// be zero-filled and faulted in for every unit, which costs more than the copies.
+/// Buffers a merge partition reuses from one work unit to the next, so that the merge
+/// loop allocates nothing per partition or row.
 #[derive(Default)]
 pub(super) struct Scratch {
-    /// One read window per shard position of a unit.
-    windows: Vec<Vec<u8>>,
     /// Row ids of each shard's block of the current partition.
     ids: Vec<Vec<u64>>,
     /// What precedes the stored values in the output block: its message header and
@@ -63,6 +63,8 @@ pub(super) struct Scratch {
 pub(super) struct LocalFiles {
     /// `data.arrow` of each shard of the unit, in the unit's shard order.
     shards: Vec<PathBuf>,
+    /// `fragments.roaring` of each shard, in the same order.
+    fragment_sets: Vec<PathBuf>,
     /// The segment data file to write.
     out: PathBuf,
 }
@@ -70,17 +72,36 @@ pub(super) struct LocalFiles {
 impl LocalFiles {
     /// `None` when the index is not on a local filesystem.
     pub(super) fn of(location: &IndexLocation, unit: &WorkUnit) -> Option<Self> {
-        let shards = unit
-            .shards
-            .iter()
-            .map(|s| location.local_file(&Path::from(s.dir.as_str()).join("data.arrow")))
-            .collect::<Option<Vec<_>>>()?;
+        let in_shards = |file: &str| {
+            unit.shards
+                .iter()
+                .map(|s| location.local_file(&Path::from(s.dir.as_str()).join(file)))
+                .collect::<Option<Vec<_>>>()
+        };
+        let (shards, fragment_sets) = (in_shards("data.arrow")?, in_shards("fragments.roaring")?);
         let out = location.local_file(
             &location
                 .segment_dir(&unit.segment.segment_id)
                 .join(unit.file_name.as_str()),
         )?;
-        Some(Self { shards, out })
+        Some(Self {
+            shards,
+            fragment_sets,
+            out,
+        })
+    }
+
+    /// The fragment set of each shard of `unit`, from `cache` or read; blocking.
+    pub(super) fn fragments(
+        &self,
+        unit: &WorkUnit,
+        cache: &mut FragmentCache,
+    ) -> Result<Vec<Arc<RoaringBitmap>>> {
+        unit.shards
+            .iter()
+            .zip(&self.fragment_sets)
+            .map(|(s, file)| cache.get_local(&s.shard_id, file))
+            .collect()
     }
 
     /// Merges `unit` into its segment data file; blocking. On error the partial file
@@ -117,24 +138,20 @@ impl LocalFiles {
         let window = (WINDOW_BUDGET / unit.shards.len().max(1)).clamp(MIN_WINDOW, MAX_WINDOW);
         let shards = unit.shards.len();
         scratch
-            .windows
-            .resize_with(shards.max(scratch.windows.len()), Vec::new);
-        scratch
             .ids
             .resize_with(shards.max(scratch.ids.len()), Vec::new);
         let mut cursors: Vec<BlockCursor> = unit
             .shards
             .iter()
             .zip(&self.shards)
-            .zip(&mut scratch.windows)
-            .map(|((s, path), buf)| {
+            .map(|(s, path)| {
                 let span_end = s
                     .blocks
                     .iter()
                     .filter(|b| b.rows > 0)
                     .map(|b| b.range().end)
                     .max();
-                BlockCursor::new(&s.shard_id, path, span_end.unwrap_or(0), window, buf)
+                BlockCursor::new(&s.shard_id, path, span_end.unwrap_or(0), window)
             })
             .collect();
         let ids_of = &mut scratch.ids;
@@ -212,52 +229,43 @@ impl OutFile<'_> {
     }
 }
 
-/// Reads one shard's blocks of a unit, each front to back, through a fixed window
-/// reused for all of them and reading ahead across consecutive blocks (a shard's
-/// partitions lie one after the other), hashing every byte once as it is consumed.
-/// The file is opened on first use.
+/// Reads one shard's blocks of a unit, each front to back, through a read-only
+/// mapping of at most `window` bytes of the file that moves forward as the blocks are
+/// consumed (a shard's partitions lie one after the other, so one mapping usually
+/// serves several blocks), hashing every byte once as it is consumed. The file is
+/// opened on first use.
+///
+/// A mapping, unlike a read into a buffer, copies nothing and zero-fills nothing:
+/// the bytes are the page cache's, hashed there and written from there. Staged shard
+/// files are immutable (FORMAT.md); the file's length is checked against the blocks
+/// before anything is mapped.
 struct BlockCursor<'a> {
     shard_id: &'a str,
     path: &'a std::path::Path,
     file: Option<File>,
-    buf: &'a mut Vec<u8>,
-    /// `buf[head..filled]` is read and not yet consumed.
-    head: usize,
-    filled: usize,
-    /// File offset of `buf[filled]`.
-    next: u64,
-    /// File offset past the last block the unit needs: reads never go further.
+    window: usize,
+    /// File offset past the last block the unit needs: mappings never go further.
     span_end: u64,
-    /// Bytes of the current block consumed so far.
-    consumed: u64,
+    map: Option<Mmap>,
+    /// File offset of `map[0]`.
+    map_start: u64,
     block: BlockInfo,
     partition: usize,
+    /// Bytes of the current block consumed so far.
+    consumed: u64,
     crc: Hasher,
 }
 
 impl<'a> BlockCursor<'a> {
-    /// A cursor over `path` whose window is `buf`, grown to `window` bytes once (and
-    /// kept by the caller for the next unit).
-    fn new(
-        shard_id: &'a str,
-        path: &'a std::path::Path,
-        span_end: u64,
-        window: usize,
-        buf: &'a mut Vec<u8>,
-    ) -> Self {
-        if buf.len() < window {
-            buf.resize(window, 0);
-        }
+    fn new(shard_id: &'a str, path: &'a std::path::Path, span_end: u64, window: usize) -> Self {
         Self {
             shard_id,
             path,
             file: None,
-            buf,
-            head: 0,
-            filled: 0,
-            next: 0,
+            window,
             span_end,
-            consumed: 0,
+            map: None,
+            map_start: 0,
             block: BlockInfo {
                 rows: 0,
                 offset: 0,
@@ -266,6 +274,7 @@ impl<'a> BlockCursor<'a> {
                 crc32: 0,
             },
             partition: 0,
+            consumed: 0,
             crc: Hasher::new(),
         }
     }
@@ -284,9 +293,12 @@ impl<'a> BlockCursor<'a> {
         )
     }
 
-    /// Positions the cursor at the start of `block`, keeping what was read ahead
-    /// when the block lies in it.
+    /// Positions the cursor at the start of `block`.
     fn start(&mut self, block: BlockInfo, partition: usize) -> Result<()> {
+        self.block = block;
+        self.partition = partition;
+        self.consumed = 0;
+        self.crc = Hasher::new();
         if self.file.is_none() {
             let file = File::open(self.path).map_err(|e| match e.kind() {
                 ErrorKind::NotFound => IndexError::corrupt(
@@ -295,76 +307,87 @@ impl<'a> BlockCursor<'a> {
                 ),
                 _ => io_error("opening", self.path, e),
             })?;
+            let len = file
+                .metadata()
+                .map_err(|e| io_error("reading", self.path, e))?
+                .len();
+            if len < self.span_end {
+                return Err(self.corrupt(format!(
+                    "is truncated: the file ends at byte {len}, before the blocks it lists end \
+                     at byte {}",
+                    self.span_end
+                )));
+            }
             self.file = Some(file);
         }
-        let position = self.next - (self.filled - self.head) as u64;
-        if (position..=self.next).contains(&block.offset) {
-            self.head += (block.offset - position) as usize;
-        } else {
-            self.head = 0;
-            self.filled = 0;
-            self.next = block.offset;
+        if block.range().end > self.span_end {
+            return Err(self.corrupt("lies past the blocks of the unit".into()));
         }
-        self.block = block;
-        self.partition = partition;
-        self.consumed = 0;
-        self.crc = Hasher::new();
         Ok(())
     }
 
-    /// Makes at least `n` unconsumed bytes of the block available in the window,
-    /// filling the whole window (up to the unit's span) when it reads at all.
-    fn fill(&mut self, n: usize) -> Result<()> {
-        let available = self.filled - self.head;
-        if available >= n {
-            return Ok(());
+    /// File offset of the next unconsumed byte.
+    fn position(&self) -> u64 {
+        self.block.offset + self.consumed
+    }
+
+    /// Mapped bytes from the position on (none when the position is not mapped).
+    fn mapped(&self) -> &[u8] {
+        match &self.map {
+            Some(map) if self.position() >= self.map_start => {
+                let from = (self.position() - self.map_start) as usize;
+                map.get(from..).unwrap_or_default()
+            }
+            _ => &[],
         }
+    }
+
+    /// Maps at least the next `n` bytes of the block when they are not mapped yet; a
+    /// new mapping reaches `window` bytes ahead (up to the unit's span), so that it
+    /// serves the blocks that follow too.
+    fn map_ahead(&mut self, n: usize) -> Result<()> {
         if n as u64 > self.block.length - self.consumed {
             return Err(self.corrupt(format!(
                 "needs {n} more bytes past byte {} of a {}-byte block",
                 self.consumed, self.block.length
             )));
         }
-        self.buf.copy_within(self.head..self.filled, 0);
-        self.filled = available;
-        self.head = 0;
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
+        if self.mapped().len() >= n {
+            return Ok(());
         }
-        let needed = n - available;
-        let room = self.buf.len() - available;
-        let ahead = usize::try_from(self.span_end.saturating_sub(self.next)).unwrap_or(room);
-        let end = available + room.min(ahead).max(needed);
+        // Unmapped first: the window bounds what is mapped at once.
+        self.map = None;
+        let at = self.position();
+        let len = (self.span_end - at).min(self.window.max(n) as u64) as usize;
         let file = self
             .file
             .as_ref()
             .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
-        let mut got = 0;
-        while got < needed {
-            match file.read_at(&mut self.buf[available + got..end], self.next + got as u64) {
-                Ok(0) => {
-                    return Err(self.corrupt(format!(
-                        "is truncated: the file ends before its {} bytes",
-                        self.block.length
-                    )))
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error("reading", self.path, e)),
-            }
-        }
-        self.next += got as u64;
-        self.filled = available + got;
+        // SAFETY: the mapping is read-only, and staged shard files are never written
+        // once their shard.json exists (FORMAT.md); `start` checked that the file holds
+        // the whole span. Were a file truncated by someone else while mapped, the
+        // process would get SIGBUS, and the commit protocol leaves nothing
+        // half-committed then (the version file is written last).
+        let map = unsafe { MmapOptions::new().offset(at).len(len).populate().map(file) }
+            .map_err(|e| io_error("mapping", self.path, e))?;
+        self.map = Some(map);
+        self.map_start = at;
         Ok(())
     }
 
-    /// Consumes the next `n` bytes, which must fit in memory at once.
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        self.fill(n)?;
-        let piece = &self.buf[self.head..self.head + n];
-        self.crc.update(piece);
-        self.head += n;
+    /// Moves past the next `n` mapped bytes; returns where they lie in the mapping.
+    fn advance(&mut self, n: usize) -> std::ops::Range<usize> {
+        let from = (self.position() - self.map_start) as usize;
         self.consumed += n as u64;
+        from..from + n
+    }
+
+    /// Consumes the next `n` bytes, mapping them at once.
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        self.map_ahead(n)?;
+        let range = self.advance(n);
+        let piece = self.map.as_deref().map_or(&[][..], |m| &m[range]);
+        self.crc.update(piece);
         Ok(piece)
     }
 
@@ -374,7 +397,8 @@ impl<'a> BlockCursor<'a> {
             self.corrupt(format!("byte {offset} lies before byte {}", self.consumed))
         })?;
         while left > 0 {
-            let n = left.min(self.buf.len() as u64) as usize;
+            self.map_ahead(1)?;
+            let n = left.min(self.mapped().len() as u64) as usize;
             self.take(n)?;
             left -= n as u64;
         }
@@ -406,12 +430,10 @@ impl<'a> BlockCursor<'a> {
     /// `out_crc` as well.
     fn copy_to(&mut self, mut len: u64, out: &mut OutFile, out_crc: &mut Hasher) -> Result<()> {
         while len > 0 {
-            if self.head == self.filled {
-                self.fill(1)?;
-            }
-            let n = len.min((self.filled - self.head) as u64) as usize;
-            let piece = &self.buf[self.head..self.head + n];
-            if n < COMBINE_ABOVE {
+            self.map_ahead(1)?;
+            let range = self.advance(len.min(self.mapped().len() as u64) as usize);
+            let piece = self.map.as_deref().map_or(&[][..], |m| &m[range]);
+            if piece.len() < COMBINE_ABOVE {
                 self.crc.update(piece);
                 out_crc.update(piece);
             } else {
@@ -421,9 +443,7 @@ impl<'a> BlockCursor<'a> {
                 out_crc.combine(&hash);
             }
             out.write(piece)?;
-            self.head += n;
-            self.consumed += n as u64;
-            len -= n as u64;
+            len -= piece.len() as u64;
         }
         Ok(())
     }

@@ -42,26 +42,31 @@ pub async fn merge_unit(
     unit: &WorkUnit,
     state: &mut MergeState,
 ) -> Result<SegmentFile> {
-    let mut fragments = Vec::with_capacity(unit.shards.len());
-    for s in &unit.shards {
-        fragments.push(state.fragments.get(location, &s.shard_id, &s.dir).await?);
-    }
     let local = match model.hnsw_params() {
         None => local::LocalFiles::of(location, unit),
         Some(_) => None,
     };
     let Some(files) = local else {
+        let mut fragments = Vec::with_capacity(unit.shards.len());
+        for s in &unit.shards {
+            fragments.push(state.fragments.get(location, &s.shard_id, &s.dir).await?);
+        }
         return store::merge_unit(location, model, unit, &fragments).await;
     };
     let (model, unit) = (Arc::clone(model), unit.clone());
-    let mut scratch = std::mem::take(&mut state.scratch);
-    let (file, scratch) = tokio::task::spawn_blocking(move || {
-        let file = files.merge(&model, &unit, &fragments, &mut scratch);
-        (file, scratch)
+    let (mut scratch, mut cache) = (
+        std::mem::take(&mut state.scratch),
+        std::mem::take(&mut state.fragments),
+    );
+    let (file, scratch, cache) = tokio::task::spawn_blocking(move || {
+        let file = files
+            .fragments(&unit, &mut cache)
+            .and_then(|fragments| files.merge(&model, &unit, &fragments, &mut scratch));
+        (file, scratch, cache)
     })
     .await
     .map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))?;
-    state.scratch = scratch;
+    (state.scratch, state.fragments) = (scratch, cache);
     file
 }
 
@@ -109,7 +114,28 @@ impl FragmentCache {
         let bytes = location
             .get(&Path::from(dir).join("fragments.roaring"))
             .await?;
-        let set = Arc::new(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| {
+        self.insert(shard_id, &bytes)
+    }
+
+    /// [`Self::get`] from a local file, blocking.
+    fn get_local(&mut self, shard_id: &str, file: &std::path::Path) -> Result<Arc<RoaringBitmap>> {
+        if let Some(s) = self.sets.get(shard_id) {
+            return Ok(Arc::clone(s));
+        }
+        let bytes = std::fs::read(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                IndexError::corrupt(format!("shard {shard_id}: fragments.roaring"), "is missing")
+            }
+            _ => IndexError::Io(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", file.display()),
+            )),
+        })?;
+        self.insert(shard_id, &bytes)
+    }
+
+    fn insert(&mut self, shard_id: &str, bytes: &[u8]) -> Result<Arc<RoaringBitmap>> {
+        let set = Arc::new(RoaringBitmap::deserialize_from(bytes).map_err(|e| {
             IndexError::corrupt(
                 format!("shard {shard_id}: fragments.roaring"),
                 e.to_string(),

@@ -100,7 +100,15 @@ impl LocalFiles {
         unit.shards
             .iter()
             .zip(&self.fragment_sets)
-            .map(|(s, file)| cache.get_local(&s.shard_id, file))
+            .map(|(s, file)| match cache.cached(&s.shard_id) {
+                Some(set) => Ok(set),
+                None => {
+                    let bytes = std::fs::read(file).map_err(|e| {
+                        shard_file_error(&s.shard_id, "fragments.roaring", "reading", file, e)
+                    })?;
+                    cache.insert(&s.shard_id, &bytes)
+                }
+            })
             .collect()
     }
 
@@ -215,6 +223,22 @@ fn io_error(doing: &str, path: &std::path::Path, e: std::io::Error) -> IndexErro
     ))
 }
 
+/// A shard file that cannot be opened or read: missing is corruption of the shard.
+fn shard_file_error(
+    shard_id: &str,
+    file_name: &str,
+    doing: &str,
+    path: &std::path::Path,
+    e: std::io::Error,
+) -> IndexError {
+    match e.kind() {
+        ErrorKind::NotFound => {
+            IndexError::corrupt(format!("shard {shard_id}: {file_name}"), "is missing")
+        }
+        _ => io_error(doing, path, e),
+    }
+}
+
 /// The segment data file being written.
 struct OutFile<'a> {
     path: &'a std::path::Path,
@@ -300,12 +324,8 @@ impl<'a> BlockCursor<'a> {
         self.consumed = 0;
         self.crc = Hasher::new();
         if self.file.is_none() {
-            let file = File::open(self.path).map_err(|e| match e.kind() {
-                ErrorKind::NotFound => IndexError::corrupt(
-                    format!("shard {}: data.arrow", self.shard_id),
-                    "is missing",
-                ),
-                _ => io_error("opening", self.path, e),
+            let file = File::open(self.path).map_err(|e| {
+                shard_file_error(self.shard_id, "data.arrow", "opening", self.path, e)
             })?;
             let len = file
                 .metadata()
@@ -319,9 +339,6 @@ impl<'a> BlockCursor<'a> {
                 )));
             }
             self.file = Some(file);
-        }
-        if block.range().end > self.span_end {
-            return Err(self.corrupt("lies past the blocks of the unit".into()));
         }
         Ok(())
     }
@@ -358,7 +375,10 @@ impl<'a> BlockCursor<'a> {
         // Unmapped first: the window bounds what is mapped at once.
         self.map = None;
         let at = self.position();
-        let len = (self.span_end - at).min(self.window.max(n) as u64) as usize;
+        let len = self
+            .span_end
+            .saturating_sub(at)
+            .min(self.window.max(n) as u64) as usize;
         let file = self
             .file
             .as_ref()

@@ -108,8 +108,8 @@ impl FragmentCache {
         shard_id: &str,
         dir: &str,
     ) -> Result<Arc<RoaringBitmap>> {
-        if let Some(s) = self.sets.get(shard_id) {
-            return Ok(Arc::clone(s));
+        if let Some(set) = self.cached(shard_id) {
+            return Ok(set);
         }
         let bytes = location
             .get(&Path::from(dir).join("fragments.roaring"))
@@ -117,21 +117,8 @@ impl FragmentCache {
         self.insert(shard_id, &bytes)
     }
 
-    /// [`Self::get`] from a local file, blocking.
-    fn get_local(&mut self, shard_id: &str, file: &std::path::Path) -> Result<Arc<RoaringBitmap>> {
-        if let Some(s) = self.sets.get(shard_id) {
-            return Ok(Arc::clone(s));
-        }
-        let bytes = std::fs::read(file).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                IndexError::corrupt(format!("shard {shard_id}: fragments.roaring"), "is missing")
-            }
-            _ => IndexError::Io(std::io::Error::new(
-                e.kind(),
-                format!("reading {}: {e}", file.display()),
-            )),
-        })?;
-        self.insert(shard_id, &bytes)
+    fn cached(&self, shard_id: &str) -> Option<Arc<RoaringBitmap>> {
+        self.sets.get(shard_id).cloned()
     }
 
     fn insert(&mut self, shard_id: &str, bytes: &[u8]) -> Result<Arc<RoaringBitmap>> {

@@ -203,23 +203,27 @@ fn check_rows(
     ids: &[u64],
     fragments: &RoaringBitmap,
 ) -> Result<()> {
-    let mut last_fragment = None;
-    for (i, &id) in ids.iter().enumerate() {
-        if i > 0 && ids[i - 1] >= id {
+    // Branch-free over the whole block (the common case is that it holds), then
+    // located only when it does not.
+    let ascending = ids.windows(2).fold(true, |ok, w| ok & (w[0] < w[1]));
+    if !ascending {
+        let at = ids.windows(2).position(|w| w[0] >= w[1]).unwrap_or(0) + 1;
+        return Err(IndexError::Finalize(format!(
+            "shard {shard_id}, partition {partition}: row ids are not strictly ascending at row id {}",
+            ids[at]
+        )));
+    }
+    // Ascending ids group by fragment: one lookup per fragment, found by bisection.
+    let mut rest = ids;
+    while let Some(&id) = rest.first() {
+        let f = fragment_of(id);
+        if !fragments.contains(f) {
             return Err(IndexError::Finalize(format!(
-                "shard {shard_id}, partition {partition}: row ids are not strictly ascending at row id {id}"
+                "shard {shard_id}, partition {partition}: row id {id} lies in fragment {f}, \
+                 which is not among the shard's fragments"
             )));
         }
-        let f = fragment_of(id);
-        if last_fragment != Some(f) {
-            if !fragments.contains(f) {
-                return Err(IndexError::Finalize(format!(
-                    "shard {shard_id}, partition {partition}: row id {id} lies in fragment {f}, \
-                     which is not among the shard's fragments"
-                )));
-            }
-            last_fragment = Some(f);
-        }
+        rest = &rest[rest.partition_point(|&id| fragment_of(id) == f)..];
     }
     Ok(())
 }

@@ -200,7 +200,11 @@ pub fn plan_segments(
         for s in &group {
             frags |= &s.fragments;
         }
-        let ranges = partition_ranges(&group, model, options.target_file_bytes);
+        let ranges = partition_ranges(
+            &partition_sizes(&group, model),
+            options.target_file_bytes,
+            model.index_type().is_hnsw(),
+        );
         let segment = SegmentPlan {
             segment_id: segment_id.clone(),
             shards: group.iter().map(|s| s.manifest.shard_id.clone()).collect(),
@@ -244,14 +248,49 @@ pub fn plan_segments(
 /// (graph building) and uneven, so more of them keep every merge partition busy.
 const MIN_HNSW_UNITS: u64 = 16;
 
-/// Splits partitions into contiguous ranges of about `target_bytes` each (for the
-/// HNSW types, also at least about [`MIN_HNSW_UNITS`] ranges). Sizes are computed from
-/// row counts, so ranges depend only on the rows, never on how they were spread over
-/// shards.
-fn partition_ranges(group: &[PlannedShard], model: &Model, target_bytes: u64) -> Vec<(u32, u32)> {
-    let p = model.num_partitions();
+/// Splits partitions into as many contiguous ranges as `target_bytes` calls for (for
+/// the HNSW types, at least [`MIN_HNSW_UNITS`]; never more than there are
+/// partitions), each as close to an equal share of what is left as partition
+/// boundaries allow: work units of equal size keep the merge partitions, which take
+/// units in turn, busy until the end (cutting greedily at `target_bytes` left a small
+/// last unit and an idle core). Sizes are computed from row counts, so ranges depend
+/// only on the rows, never on how they were spread over shards.
+pub(crate) fn partition_ranges(sizes: &[u64], target_bytes: u64, hnsw: bool) -> Vec<(u32, u32)> {
+    let p = sizes.len();
+    let mut remaining: u64 = sizes.iter().sum();
+    let mut n = remaining.div_ceil(target_bytes.max(1));
+    if hnsw {
+        n = n.max(MIN_HNSW_UNITS);
+    }
+    let n = n.clamp(1, p.max(1) as u64) as usize;
+    let mut ranges = Vec::with_capacity(n);
+    let (mut start, mut acc) = (0usize, 0u64);
+    for i in 0..p {
+        let left = n - ranges.len();
+        if left == 1 {
+            break;
+        }
+        acc += sizes[i];
+        let next = sizes.get(i + 1).copied().unwrap_or(0);
+        // Cut after partition i when that boundary is nearer an equal share of what
+        // is left than the next one is, or when every range still to come needs one
+        // of the partitions that follow.
+        let nearer = (2 * acc as u128 + next as u128) * left as u128 >= 2 * remaining as u128;
+        if nearer || p - (i + 1) < left {
+            ranges.push((start as u32, i as u32 + 1));
+            start = i + 1;
+            remaining -= acc;
+            acc = 0;
+        }
+    }
+    ranges.push((start as u32, p as u32));
+    ranges
+}
+
+/// Bytes each IVF partition of `group` will take in the segment (row ids and codes).
+fn partition_sizes(group: &[PlannedShard], model: &Model) -> Vec<u64> {
     let row_bytes = 8 + model.code_width() as u64;
-    let sizes: Vec<u64> = (0..p)
+    (0..model.num_partitions())
         .map(|i| {
             group
                 .iter()
@@ -259,23 +298,73 @@ fn partition_ranges(group: &[PlannedShard], model: &Model, target_bytes: u64) ->
                 .sum::<u64>()
                 * row_bytes
         })
-        .collect();
-    let target_bytes = if model.index_type().is_hnsw() {
-        target_bytes.min(sizes.iter().sum::<u64>() / MIN_HNSW_UNITS)
-    } else {
-        target_bytes
-    };
-    let mut ranges = Vec::new();
-    let mut start = 0usize;
-    let mut acc = 0u64;
-    for (i, size) in sizes.iter().enumerate() {
-        acc += size;
-        if acc >= target_bytes.max(1) && i + 1 < p {
-            ranges.push((start as u32, i as u32 + 1));
-            start = i + 1;
-            acc = 0;
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes_of(sizes: &[u64], (start, end): (u32, u32)) -> u64 {
+        sizes[start as usize..end as usize].iter().sum()
+    }
+
+    #[test]
+    fn equal_partitions_split_into_equal_ranges() {
+        let sizes = vec![100u64; 256];
+        // 25,600 bytes at a 4,000-byte target: 7 ranges, none more than a partition
+        // apart (cutting greedily at the target left a last range of 1,600 bytes).
+        let ranges = partition_ranges(&sizes, 4_000, false);
+        assert_eq!(ranges.len(), 7);
+        let bytes: Vec<u64> = ranges.iter().map(|&r| bytes_of(&sizes, r)).collect();
+        assert!(
+            bytes.iter().max().unwrap() - bytes.iter().min().unwrap() <= 100,
+            "{bytes:?}"
+        );
+    }
+
+    #[test]
+    fn hnsw_asks_for_at_least_sixteen_ranges() {
+        let sizes = vec![10u64; 64];
+        assert_eq!(partition_ranges(&sizes, 1 << 20, true).len(), 16);
+        assert_eq!(partition_ranges(&sizes, 1 << 20, false).len(), 1);
+        // Lumpy partitions still give one range each when there are few.
+        assert_eq!(
+            partition_ranges(&[500, 100, 100, 100], 1 << 20, true),
+            vec![(0, 1), (1, 2), (2, 3), (3, 4)]
+        );
+    }
+
+    proptest! {
+        /// Ranges tile the partitions in order, there are as many as the target size
+        /// calls for (or one per partition), and none is further from another than
+        /// two partitions' worth.
+        #[test]
+        fn ranges_tile_the_partitions_in_near_equal_shares(
+            sizes in proptest::collection::vec(0u64..100_000, 1..300),
+            target in 1u64..2_000_000,
+            hnsw in any::<bool>(),
+        ) {
+            let ranges = partition_ranges(&sizes, target, hnsw);
+            prop_assert_eq!(ranges[0].0, 0);
+            prop_assert_eq!(ranges[ranges.len() - 1].1 as usize, sizes.len());
+            for w in ranges.windows(2) {
+                prop_assert_eq!(w[0].1, w[1].0);
+            }
+            for &(start, end) in &ranges {
+                prop_assert!(start < end);
+            }
+            let total: u64 = sizes.iter().sum();
+            let mut wanted = total.div_ceil(target);
+            if hnsw {
+                wanted = wanted.max(MIN_HNSW_UNITS);
+            }
+            prop_assert_eq!(ranges.len() as u64, wanted.clamp(1, sizes.len() as u64));
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            let bytes: Vec<u64> = ranges.iter().map(|&r| bytes_of(&sizes, r)).collect();
+            let (max, min) = (bytes.iter().max().unwrap(), bytes.iter().min().unwrap());
+            prop_assert!(max - min <= 2 * largest, "{:?}", bytes);
         }
     }
-    ranges.push((start as u32, p as u32));
-    ranges
 }

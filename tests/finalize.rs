@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt64Type;
 use common::*;
 use datafusion_vector_index::catalog::{latest_version, list_versions};
@@ -305,6 +305,130 @@ async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
     );
     let written = files_below(&t.path().join("segments"));
     assert!(written.is_empty(), "partial files removed: {written:?}");
+}
+
+/// The staging table checks each shard's data file length against its manifest, so
+/// a truncated shard shows as incomplete with the reason, and the others stay
+/// complete.
+#[tokio::test]
+async fn the_staging_table_names_a_truncated_data_file() {
+    let data = clustered(ROWS, 6, 19);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfSq, Metric::L2, 8);
+    let t = TestIndex::new(&model).await;
+    let shards = t
+        .stage(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1])
+        .await;
+    truncate_data_file(&t, &shards[1]);
+
+    let batches = t.index.shards(&t.ctx).unwrap().collect().await.unwrap();
+    let mut seen = 0;
+    for b in &batches {
+        let id = b.column_by_name("shard_id").unwrap().as_string::<i32>();
+        let complete = b.column_by_name("complete").unwrap().as_boolean();
+        let problem = b.column_by_name("problem").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            seen += 1;
+            if id.value(i) == shards[1] {
+                assert!(!complete.value(i));
+                let problem = problem.value(i);
+                assert!(
+                    problem.contains("data.arrow is") && problem.contains("truncated"),
+                    "{problem}"
+                );
+            } else {
+                assert!(complete.value(i) && problem.is_null(i));
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+}
+
+fn truncate_data_file(t: &TestIndex, shard: &str) {
+    let data_file = t
+        .path()
+        .join("_staging")
+        .join(format!("partial_{shard}"))
+        .join("data.arrow");
+    let bytes = std::fs::read(&data_file).unwrap();
+    std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+/// `VectorIndexPlanExec` fed by something other than a staging scan that kept the
+/// shards it read (here: rows collected earlier) reads and checks every shard itself:
+/// the same work units, and a shard truncated since the rows were read is refused.
+#[tokio::test]
+async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::{collect, ExecutionPlan};
+    use datafusion_vector_index::finalize::VectorIndexPlanExec;
+
+    let data = clustered(ROWS, 6, 23);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfPq, Metric::L2, 8);
+    let t = TestIndex::new(&model).await;
+    let shards = t
+        .stage(&model, &data, &ids, &[0, 1, 2, 0, 1, 2, 0, 1])
+        .await;
+    let options = FinalizeOptions {
+        target_file_bytes: 2048,
+        ..Default::default()
+    };
+    let plan = t.index.finalize_plan(&t.ctx, &options).await.unwrap();
+    let kept = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
+    assert_eq!(kept.name(), "VectorIndexPlanExec");
+    let staging_rows = t.index.shards(&t.ctx).unwrap().collect().await.unwrap();
+    let unkept = |rows: &[arrow::array::RecordBatch]| -> Arc<dyn ExecutionPlan> {
+        let input =
+            MemorySourceConfig::try_new_exec(&[rows.to_vec()], rows[0].schema(), None).unwrap();
+        Arc::new(
+            VectorIndexPlanExec::try_new(
+                Arc::new(CoalescePartitionsExec::new(input)),
+                t.location().clone(),
+                Arc::new(model.clone()),
+                options.clone(),
+            )
+            .unwrap(),
+        )
+    };
+    // Units as (file index, partition range, rows, shard blocks); segment ids are new
+    // each time.
+    let shape = |batches: &[arrow::array::RecordBatch]| -> Vec<String> {
+        let mut units: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let unit = b.column_by_name("unit").unwrap().as_string::<i32>();
+                (0..b.num_rows())
+                    .map(|i| {
+                        let mut v: serde_json::Value = serde_json::from_str(unit.value(i)).unwrap();
+                        v["segment"]["segment_id"] = serde_json::Value::Null;
+                        v.to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        units.sort();
+        units
+    };
+    let from_kept = shape(&collect(kept, t.ctx.task_ctx()).await.unwrap());
+    let from_read = shape(
+        &collect(unkept(&staging_rows), t.ctx.task_ctx())
+            .await
+            .unwrap(),
+    );
+    assert!(from_kept.len() > 1);
+    assert_eq!(from_kept, from_read);
+
+    truncate_data_file(&t, &shards[2]);
+    let err = collect(unkept(&staging_rows), t.ctx.task_ctx())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&shards[2]) && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model, t: TestIndex) {

@@ -35,7 +35,7 @@ pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
 use crate::error::{IndexError, Result};
 use crate::format::{BlockInfo, IndexLocation};
 use crate::model::Model;
-use crate::staging::ShardsTable;
+use crate::staging::{ScannedShards, ShardsTable};
 
 /// How staged shards are grouped into segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,16 +153,22 @@ pub async fn finalize_plan(
     location: &IndexLocation,
     options: &FinalizeOptions,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let model = Arc::new(Model::read_current(location).await?);
-    let scan = ShardsTable::new(location.clone())
-        .scan(state, None, &[], None)
-        .await?;
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(VectorIndexPlanExec::try_new(
-        Arc::new(CoalescePartitionsExec::new(scan)),
-        location.clone(),
-        Arc::clone(&model),
-        options.clone(),
-    )?);
+    let scanned = ScannedShards::default();
+    let staging = ShardsTable::new(location.clone()).keeping_shards_in(scanned.clone());
+    // Reading the model and listing the staging area are independent round trips.
+    let (model, scan) = futures::try_join!(Model::read_current(location), async {
+        Ok(staging.scan(state, None, &[], None).await?)
+    })?;
+    let model = Arc::new(model);
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(
+        VectorIndexPlanExec::try_new(
+            Arc::new(CoalescePartitionsExec::new(scan)),
+            location.clone(),
+            Arc::clone(&model),
+            options.clone(),
+        )?
+        .using_scanned_shards(scanned),
+    );
     let partitions = options
         .merge_partitions
         .unwrap_or(state.config().target_partitions())

@@ -18,7 +18,6 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use roaring::RoaringBitmap;
 
 use super::planning::{check_shard_model, plan_segments, CommittedSegment, PlannedShard};
@@ -26,8 +25,9 @@ use super::{FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::{IndexLocation, ShardManifest};
+use crate::format::IndexLocation;
 use crate::model::Model;
+use crate::staging::{read_shard_row, ScannedShards};
 
 /// Schema of the work units emitted by [`VectorIndexPlanExec`].
 pub fn work_unit_schema() -> SchemaRef {
@@ -59,6 +59,8 @@ pub struct VectorIndexPlanExec {
     location: IndexLocation,
     model: Arc<Model>,
     options: FinalizeOptions,
+    /// Shards the staging scan below kept; others are read here.
+    scanned: ScannedShards,
     properties: Arc<PlanProperties>,
 }
 
@@ -74,8 +76,16 @@ impl VectorIndexPlanExec {
             location,
             model,
             options,
+            scanned: ScannedShards::default(),
             properties: compute_properties(work_unit_schema(), 1, EmissionType::Final),
         })
+    }
+
+    /// Takes the shards the staging scan below kept from `scanned` instead of reading
+    /// them again (see [`ScannedShards`]).
+    pub fn using_scanned_shards(mut self, scanned: ScannedShards) -> Self {
+        self.scanned = scanned;
+        self
     }
 }
 
@@ -120,12 +130,15 @@ impl ExecutionPlan for VectorIndexPlanExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = single_child(self.name(), children)?;
-        Ok(Arc::new(Self::try_new(
-            input,
-            self.location.clone(),
-            Arc::clone(&self.model),
-            self.options.clone(),
-        )?))
+        Ok(Arc::new(
+            Self::try_new(
+                input,
+                self.location.clone(),
+                Arc::clone(&self.model),
+                self.options.clone(),
+            )?
+            .using_scanned_shards(self.scanned.clone()),
+        ))
     }
 
     fn apply_expressions(
@@ -149,9 +162,10 @@ impl ExecutionPlan for VectorIndexPlanExec {
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
         let options = self.options.clone();
+        let scanned = self.scanned.clone();
         let batches = futures::stream::once(async move {
             let rows: Vec<RecordBatch> = input.try_collect().await?;
-            let units = plan(&location, &model, &options, &rows).await?;
+            let units = plan(&location, &model, &options, &scanned, &rows).await?;
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
                 units.into_iter().map(Ok),
             ))
@@ -199,6 +213,7 @@ async fn plan(
     location: &IndexLocation,
     model: &Model,
     options: &FinalizeOptions,
+    scanned: &ScannedShards,
     rows: &[RecordBatch],
 ) -> Result<Vec<RecordBatch>> {
     let listed = listed_shards(rows)?;
@@ -248,12 +263,8 @@ async fn plan(
         .into());
     }
 
-    let store = Arc::clone(location.store());
     let shards: Vec<PlannedShard> = futures::stream::iter(candidates)
-        .map(|s| {
-            let store = Arc::clone(&store);
-            async move { load_shard(store.as_ref(), &s.shard_id, &s.path).await }
-        })
+        .map(|s| load_shard(location, scanned, s))
         .buffer_unordered(16)
         .try_collect()
         .await?;
@@ -290,68 +301,35 @@ async fn plan(
         .collect()
 }
 
-/// Reads a shard's manifest and sidecar and checks that its data file is whole.
+/// A candidate shard as the staging scan kept it, or read and checked now when the
+/// scan did not keep it (the operator fed by another input).
 async fn load_shard(
-    store: &dyn object_store::ObjectStore,
-    shard_id: &str,
-    dir: &str,
-) -> crate::Result<PlannedShard> {
-    let dir_path = Path::from(dir);
-    let what = |w: &str| format!("shard {shard_id}: {w}");
-    let bytes = store
-        .get(&dir_path.clone().join("shard.json"))
-        .await?
-        .bytes()
-        .await?;
-    let manifest = ShardManifest::from_json(shard_id, &bytes)?;
-    let data = dir_path.clone().join(manifest.data_file.name.as_str());
-    match store.head(&data).await {
-        Ok(meta) if meta.size == manifest.data_file.size => {}
-        Ok(meta) => {
-            return Err(IndexError::corrupt(
-                what("data.arrow"),
-                format!(
-                    "is {} bytes, shard.json says {} (truncated or rewritten)",
-                    meta.size, manifest.data_file.size
-                ),
-            ))
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(IndexError::corrupt(what("data.arrow"), "is missing"))
-        }
-        Err(e) => return Err(e.into()),
+    location: &IndexLocation,
+    scanned: &ScannedShards,
+    shard: ListedShard,
+) -> Result<PlannedShard> {
+    if let Some(kept) = scanned.get(&shard.path) {
+        return Ok(PlannedShard {
+            manifest: kept.manifest.clone(),
+            dir: shard.path,
+            fragments: kept.fragments.clone(),
+        });
     }
-    let sidecar = match store
-        .get(&dir_path.clone().join(manifest.fragments_file.name.as_str()))
-        .await
-    {
-        Ok(r) => r.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(IndexError::corrupt(what("fragments.roaring"), "is missing"))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if sidecar.len() as u64 != manifest.fragments_file.size
-        || crc32fast::hash(&sidecar) != manifest.fragments_file.crc32
-    {
-        return Err(IndexError::corrupt(
-            what("fragments.roaring"),
-            "size or checksum does not match shard.json",
-        ));
+    let file = Path::from(shard.path.as_str()).join("shard.json");
+    let row = read_shard_row(location.store().as_ref(), Some(location), &file).await;
+    match (row.problem, row.manifest, row.fragments) {
+        (None, Some(manifest), Some(fragments)) => Ok(PlannedShard {
+            manifest,
+            dir: shard.path,
+            fragments,
+        }),
+        (problem, _, _) => Err(IndexError::Finalize(format!(
+            "shard {}: {}",
+            shard.shard_id,
+            problem.as_deref().unwrap_or("incomplete")
+        ))
+        .into()),
     }
-    let fragments = RoaringBitmap::deserialize_from(&sidecar[..])
-        .map_err(|e| IndexError::corrupt(what("fragments.roaring"), e.to_string()))?;
-    if fragments.len() != manifest.num_fragments {
-        return Err(IndexError::corrupt(
-            what("fragments.roaring"),
-            "fragment count does not match shard.json",
-        ));
-    }
-    Ok(PlannedShard {
-        manifest,
-        dir: dir.to_string(),
-        fragments,
-    })
 }
 
 fn unit_batch(unit: &WorkUnit, fragments: Option<&RoaringBitmap>) -> Result<RecordBatch> {

@@ -19,17 +19,32 @@ pub fn check_version(what: &str, found: u32) -> Result<()> {
     }
 }
 
-/// Parses a manifest and checks its `format_version` before anything else,
-/// so that a newer layout is reported as such rather than as a parse error.
-fn parse<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
+/// A manifest type: it carries the format version it was written with.
+trait Versioned: for<'de> Deserialize<'de> {
+    fn format_version(&self) -> u32;
+}
+
+/// Parses a manifest and checks its `format_version`. The document is parsed once
+/// when it is well-formed (shard manifests are parsed on every finalize); only when
+/// it is not is its version read on its own, so that a newer layout is reported as
+/// such rather than as a parse error.
+fn parse<T: Versioned>(what: &str, bytes: &[u8]) -> Result<T> {
     #[derive(Deserialize)]
     struct VersionOnly {
         format_version: u32,
     }
-    let v: VersionOnly = serde_json::from_slice(bytes)
-        .map_err(|e| IndexError::corrupt(what, format!("not a manifest: {e}")))?;
-    check_version(what, v.format_version)?;
-    serde_json::from_slice(bytes).map_err(|e| IndexError::corrupt(what, e.to_string()))
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(manifest) => {
+            check_version(what, manifest.format_version())?;
+            Ok(manifest)
+        }
+        Err(full) => {
+            let v: VersionOnly = serde_json::from_slice(bytes)
+                .map_err(|e| IndexError::corrupt(what, format!("not a manifest: {e}")))?;
+            check_version(what, v.format_version)?;
+            Err(IndexError::corrupt(what, full.to_string()))
+        }
+    }
 }
 
 /// Size and CRC-32 of a file a manifest refers to.
@@ -45,6 +60,12 @@ pub struct FileInfo {
 pub struct IndexManifest {
     pub format_version: u32,
     pub model: String,
+}
+
+impl Versioned for IndexManifest {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl IndexManifest {
@@ -71,6 +92,12 @@ pub struct ShardManifest {
     pub fragments_file: FileInfo,
     /// One block per IVF partition, in partition order.
     pub partitions: Vec<BlockInfo>,
+}
+
+impl Versioned for ShardManifest {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl ShardManifest {
@@ -121,6 +148,12 @@ pub struct SegmentManifest {
     pub fragments_file: FileInfo,
     /// Shards merged into this segment; a re-run of finalize skips them.
     pub consumed_shards: Vec<String>,
+}
+
+impl Versioned for SegmentManifest {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl SegmentManifest {
@@ -184,6 +217,12 @@ pub struct VersionManifest {
     /// Segments of the previous version this version dropped (`replace` mode).
     #[serde(default)]
     pub replaced_segments: Vec<String>,
+}
+
+impl Versioned for VersionManifest {
+    fn format_version(&self) -> u32 {
+        self.format_version
+    }
 }
 
 impl VersionManifest {

@@ -7,5 +7,6 @@
 mod source;
 mod table;
 
-pub use source::ShardManifestSource;
+pub(crate) use source::read_shard_row;
+pub use source::{ScannedShard, ScannedShards, ShardManifestSource};
 pub use table::{list_staged_shards, shards_schema, ShardsTable, StagedShard};

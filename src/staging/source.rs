@@ -1,9 +1,11 @@
 //! A `FileSource` that turns one staged shard into one row of the shards table.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::datasource::listing::PartitionedFile;
@@ -19,18 +21,24 @@ use datafusion::physical_plan::DisplayFormatType;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use roaring::RoaringBitmap;
 
 use super::table::shards_schema;
-use crate::format::ShardManifest;
+use crate::format::{IndexLocation, ShardManifest};
 
-/// Reads `shard.json` and the `fragments.roaring` sidecar of each shard,
-/// concurrently, and emits one row per shard (schema: [`shards_schema`]).
+/// Reads `shard.json` and the `fragments.roaring` sidecar of each shard and the
+/// length of its `data.arrow`, concurrently, and emits one row per shard (schema:
+/// [`shards_schema`]).
 /// A file that is not a `shard.json` stands for an incomplete shard.
 #[derive(Debug, Clone)]
 pub struct ShardManifestSource {
     table_schema: TableSchema,
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
+    /// Where complete shards are kept for later operators of the plan, if anywhere.
+    scanned: Option<ScannedShards>,
+    /// The index, when it is on a local filesystem (see [`read_shard_row`]).
+    local: Option<IndexLocation>,
 }
 
 impl Default for ShardManifestSource {
@@ -46,7 +54,24 @@ impl ShardManifestSource {
             projection: SplitProjection::unprojected(&table_schema),
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
+            scanned: None,
+            local: None,
         }
+    }
+
+    /// Reads the shards of `location` with plain file I/O when it is on a local
+    /// filesystem.
+    pub fn reading_local_files_of(mut self, location: &IndexLocation) -> Self {
+        self.local = location
+            .local_file(location.root())
+            .map(|_| location.clone());
+        self
+    }
+
+    /// Also keeps each complete shard it reads in `scanned`.
+    pub fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
+        self.scanned = Some(scanned);
+        self
     }
 }
 
@@ -60,6 +85,8 @@ impl FileSource for ShardManifestSource {
         let inner: Arc<dyn FileOpener> = Arc::new(ShardOpener {
             store: object_store,
             file_indices: self.projection.file_indices.clone(),
+            scanned: self.scanned.clone(),
+            local: self.local.clone(),
         });
         ProjectionOpener::try_new(
             self.projection.clone(),
@@ -99,7 +126,14 @@ impl FileSource for ShardManifestSource {
     }
 
     fn fmt_extra(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, ", reads=shard.json+fragments.roaring")
+        write!(
+            f,
+            ", reads=shard.json+fragments.roaring, checks=data.arrow size"
+        )?;
+        if self.scanned.is_some() {
+            write!(f, ", keeps=complete shards")?;
+        }
+        Ok(())
     }
 
     fn apply_expressions(
@@ -113,15 +147,26 @@ impl FileSource for ShardManifestSource {
 struct ShardOpener {
     store: Arc<dyn ObjectStore>,
     file_indices: Vec<usize>,
+    scanned: Option<ScannedShards>,
+    local: Option<IndexLocation>,
 }
 
 impl FileOpener for ShardOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
         let store = Arc::clone(&self.store);
         let indices = self.file_indices.clone();
+        let scanned = self.scanned.clone();
+        let local = self.local.clone();
         Ok(async move {
-            let row = read_shard_row(store.as_ref(), &file.object_meta.location).await;
-            let batch = row.into_batch()?.project(&indices)?;
+            let row =
+                read_shard_row(store.as_ref(), local.as_ref(), &file.object_meta.location).await;
+            let batch = row.to_batch()?.project(&indices)?;
+            if let Some(scanned) = scanned {
+                let dir = row.path.clone();
+                if let Some(shard) = row.complete() {
+                    scanned.insert(dir, shard);
+                }
+            }
             Ok(futures::stream::once(async move { Ok(batch) }).boxed())
         }
         .boxed())
@@ -134,11 +179,13 @@ pub(crate) struct ShardRow {
     pub shard_id: String,
     pub path: String,
     pub manifest: Option<ShardManifest>,
+    /// The shard's fragment set, when the shard is complete.
+    pub fragments: Option<RoaringBitmap>,
     pub problem: Option<String>,
 }
 
 impl ShardRow {
-    fn into_batch(self) -> Result<RecordBatch> {
+    fn to_batch(&self) -> Result<RecordBatch> {
         let m = self.manifest.as_ref();
         let complete = m.is_some() && self.problem.is_none();
         let bytes = m.map(|m| m.data_file.size + m.fragments_file.size);
@@ -159,11 +206,32 @@ impl ShardRow {
         ];
         Ok(RecordBatch::try_new(shards_schema(), cols)?)
     }
+
+    /// The checked shard, when it is complete.
+    fn complete(self) -> Option<ScannedShard> {
+        match (self.problem, self.manifest, self.fragments) {
+            (None, Some(manifest), Some(fragments)) => Some(ScannedShard {
+                manifest,
+                fragments,
+            }),
+            _ => None,
+        }
+    }
 }
 
-/// Reads a shard's manifest and sidecar; problems become the row's `problem`, not errors,
-/// so one bad shard never hides the others.
-pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> ShardRow {
+/// Reads a shard's manifest and sidecar and the length of its data file, all at
+/// once, and checks them against each other: problems become the row's `problem`,
+/// not errors, so one bad shard never hides the others. These are all the checks a
+/// shard gets before its blocks are merged (each block's CRC is checked then).
+///
+/// `local` is the index's location when it is on a local filesystem: the three files
+/// are then read by one blocking task with plain file I/O, rather than by several
+/// object-store requests each handed to a blocking thread of its own.
+pub(crate) async fn read_shard_row(
+    store: &dyn ObjectStore,
+    local: Option<&IndexLocation>,
+    file: &Path,
+) -> ShardRow {
     let dir: Path = file
         .parts()
         .take(file.parts().count().saturating_sub(1))
@@ -182,13 +250,26 @@ pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> Shar
         row.problem = Some("incomplete: shard.json is missing (the worker did not finish)".into());
         return row;
     }
-    let sidecar = dir.clone().join("fragments.roaring");
-    let (manifest, sidecar) = futures::join!(store.get(file), store.get(&sidecar));
-    let manifest = match manifest {
-        Ok(r) => r.bytes().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-    .and_then(|b| ShardManifest::from_json(&shard_id, &b).map_err(|e| e.to_string()));
+    let local_dir = local.and_then(|l| l.local_file(&dir));
+    let files = match local_dir {
+        Some(dir) => {
+            match tokio::task::spawn_blocking(move || ShardFiles::read_local(&dir)).await {
+                Ok(files) => files,
+                Err(e) => {
+                    row.problem = Some(format!("reading the shard failed: {e}"));
+                    return row;
+                }
+            }
+        }
+        None => ShardFiles::read(store, &dir).await,
+    };
+    let manifest = match files.manifest {
+        Fetched::Got(bytes) => {
+            ShardManifest::from_json(&shard_id, &bytes).map_err(|e| e.to_string())
+        }
+        Fetched::Missing => Err("shard.json is missing".to_string()),
+        Fetched::Failed(e) => Err(format!("shard.json unreadable: {e}")),
+    };
     let manifest = match manifest {
         Ok(m) => m,
         Err(e) => {
@@ -196,27 +277,174 @@ pub(crate) async fn read_shard_row(store: &dyn ObjectStore, file: &Path) -> Shar
             return row;
         }
     };
+    row.problem = match check_shard(
+        &shard_id,
+        &dir_name,
+        &manifest,
+        files.sidecar,
+        files.data_len,
+    ) {
+        Ok(fragments) => {
+            row.fragments = Some(fragments);
+            None
+        }
+        Err(problem) => Some(problem),
+    };
+    row.manifest = Some(manifest);
+    row
+}
+
+/// A shard's data file and sidecar, as FORMAT.md names them.
+const DATA_FILE: &str = "data.arrow";
+const SIDECAR: &str = "fragments.roaring";
+
+/// What reading one file gave.
+enum Fetched<T> {
+    Got(T),
+    Missing,
+    Failed(String),
+}
+
+impl<T> From<object_store::Result<T>> for Fetched<T> {
+    fn from(r: object_store::Result<T>) -> Self {
+        match r {
+            Ok(v) => Self::Got(v),
+            Err(object_store::Error::NotFound { .. }) => Self::Missing,
+            Err(e) => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl<T> From<std::io::Result<T>> for Fetched<T> {
+    fn from(r: std::io::Result<T>) -> Self {
+        match r {
+            Ok(v) => Self::Got(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::Missing,
+            Err(e) => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// What the checks of a shard need of its files.
+struct ShardFiles {
+    manifest: Fetched<Bytes>,
+    sidecar: Fetched<Bytes>,
+    data_len: Fetched<u64>,
+}
+
+impl ShardFiles {
+    async fn read(store: &dyn ObjectStore, dir: &Path) -> Self {
+        let read = |path: Path| async move { store.get(&path).await?.bytes().await };
+        let data_file = dir.clone().join(DATA_FILE);
+        let (manifest, sidecar, data) = futures::join!(
+            read(dir.clone().join("shard.json")),
+            read(dir.clone().join(SIDECAR)),
+            store.head(&data_file)
+        );
+        Self {
+            manifest: manifest.into(),
+            sidecar: sidecar.into(),
+            data_len: data.map(|m| m.size).into(),
+        }
+    }
+
+    fn read_local(dir: &std::path::Path) -> Self {
+        let read = |name: &str| std::fs::read(dir.join(name)).map(Bytes::from);
+        Self {
+            manifest: read("shard.json").into(),
+            sidecar: read(SIDECAR).into(),
+            data_len: std::fs::metadata(dir.join(DATA_FILE))
+                .map(|m| m.len())
+                .into(),
+        }
+    }
+}
+
+/// Checks a shard's files against its manifest; returns its fragment set, or what is
+/// wrong.
+fn check_shard(
+    shard_id: &str,
+    dir_name: &str,
+    manifest: &ShardManifest,
+    sidecar: Fetched<Bytes>,
+    data_len: Fetched<u64>,
+) -> std::result::Result<RoaringBitmap, String> {
     if manifest.shard_id != shard_id {
-        row.problem = Some(format!(
+        return Err(format!(
             "shard.json names shard {}, but its folder is {dir_name}",
             manifest.shard_id
         ));
     }
-    let sidecar = match sidecar {
-        Ok(r) => r.bytes().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match sidecar {
-        Err(e) => row.problem = Some(format!("fragments.roaring unreadable: {e}")),
-        Ok(b)
-            if b.len() as u64 != manifest.fragments_file.size
-                || crc32fast::hash(&b) != manifest.fragments_file.crc32 =>
-        {
-            row.problem =
-                Some("fragments.roaring does not match the size and checksum in shard.json".into())
-        }
-        Ok(_) => {}
+    if manifest.data_file.name != DATA_FILE || manifest.fragments_file.name != SIDECAR {
+        return Err(format!(
+            "shard.json lists files {} and {}; a shard's files are {DATA_FILE} and {SIDECAR}",
+            manifest.data_file.name, manifest.fragments_file.name
+        ));
     }
-    row.manifest = Some(manifest);
-    row
+    match data_len {
+        Fetched::Got(len) if len == manifest.data_file.size => {}
+        Fetched::Got(len) => {
+            return Err(format!(
+                "{DATA_FILE} is {len} bytes, shard.json says {} (truncated or rewritten)",
+                manifest.data_file.size
+            ))
+        }
+        Fetched::Missing => return Err(format!("{DATA_FILE} is missing")),
+        Fetched::Failed(e) => return Err(format!("{DATA_FILE} unreadable: {e}")),
+    }
+    let sidecar = match sidecar {
+        Fetched::Got(b) => b,
+        Fetched::Missing => return Err(format!("{SIDECAR} is missing")),
+        Fetched::Failed(e) => return Err(format!("{SIDECAR} unreadable: {e}")),
+    };
+    if sidecar.len() as u64 != manifest.fragments_file.size
+        || crc32fast::hash(&sidecar) != manifest.fragments_file.crc32
+    {
+        return Err(format!(
+            "{SIDECAR} does not match the size and checksum in shard.json"
+        ));
+    }
+    let fragments = RoaringBitmap::deserialize_from(&sidecar[..])
+        .map_err(|e| format!("{SIDECAR} is not a roaring bitmap: {e}"))?;
+    if fragments.len() != manifest.num_fragments {
+        return Err(format!(
+            "{SIDECAR} holds {} fragments, shard.json says {}",
+            fragments.len(),
+            manifest.num_fragments
+        ));
+    }
+    Ok(fragments)
+}
+
+/// A complete shard as a staging scan read and checked it.
+#[derive(Debug)]
+pub struct ScannedShard {
+    pub manifest: ShardManifest,
+    pub fragments: RoaringBitmap,
+}
+
+/// The complete shards a staging scan has read, by shard folder, for the operators of
+/// the same plan that need them whole: the finalize's plan operator takes them from
+/// here instead of reading every `shard.json` and sidecar a second time. Sound
+/// because a staged shard's files never change once its `shard.json` exists
+/// (FORMAT.md). Shared like DataFusion's dynamic filters: created with the plan,
+/// handed to the scan that fills it and to the operator that reads it.
+#[derive(Debug, Clone, Default)]
+pub struct ScannedShards(Arc<Mutex<HashMap<String, Arc<ScannedShard>>>>);
+
+impl ScannedShards {
+    pub fn get(&self, dir: &str) -> Option<Arc<ScannedShard>> {
+        self.lock().get(dir).cloned()
+    }
+
+    fn insert(&self, dir: String, shard: ScannedShard) {
+        self.lock().insert(dir, Arc::new(shard));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ScannedShard>>> {
+        // The map is only ever inserted into; a panic elsewhere cannot leave it torn.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }

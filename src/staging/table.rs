@@ -1,5 +1,6 @@
 //! `ShardsTable`: the staged shards of an index as a DataFusion table.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -12,9 +13,10 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::TableProvider;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
+use futures::TryStreamExt;
 use object_store::path::Path;
 
-use super::ShardManifestSource;
+use super::{ScannedShards, ShardManifestSource};
 use crate::format::IndexLocation;
 
 static SHARDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -52,19 +54,35 @@ pub struct StagedShard {
     pub has_manifest: bool,
 }
 
-/// Lists the shard folders of the staging area, sorted by shard id.
+/// Lists the shard folders of the staging area, sorted by shard id: one listing of
+/// the whole staging area (one call, however many shards are staged).
 pub async fn list_staged_shards(location: &IndexLocation) -> crate::Result<Vec<StagedShard>> {
+    let staging = location.staging_dir();
+    let depth = staging.parts().count();
+    let mut files: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut listing = location.store().list(Some(&staging));
+    while let Some(meta) = listing.try_next().await? {
+        // `_staging/partial_<shard id>/<file>`; deeper or shallower entries are not
+        // shard files.
+        let parts: Vec<_> = meta.location.parts().skip(depth).collect();
+        if let [dir, file] = &parts[..] {
+            files
+                .entry(dir.as_ref().to_string())
+                .or_default()
+                .push((file.as_ref().to_string(), meta.size));
+        }
+    }
     let mut shards = Vec::new();
-    for dir_name in location.list_dirs(&location.staging_dir()).await? {
+    for (dir_name, mut names) in files {
         let Some(shard_id) = dir_name.strip_prefix("partial_") else {
             continue;
         };
+        names.sort();
         let dir = location.shard_dir(shard_id);
-        let files = location.list_files(&dir).await?;
-        let chosen = files
+        let chosen = names
             .iter()
             .find(|(n, _)| n == "shard.json")
-            .or_else(|| files.first());
+            .or_else(|| names.first());
         if let Some((name, size)) = chosen {
             shards.push(StagedShard {
                 shard_id: shard_id.to_string(),
@@ -83,11 +101,22 @@ pub async fn list_staged_shards(location: &IndexLocation) -> crate::Result<Vec<S
 #[derive(Debug, Clone)]
 pub struct ShardsTable {
     location: IndexLocation,
+    scanned: Option<ScannedShards>,
 }
 
 impl ShardsTable {
     pub fn new(location: IndexLocation) -> Self {
-        Self { location }
+        Self {
+            location,
+            scanned: None,
+        }
+    }
+
+    /// Scans of this table also keep each complete shard they read in `scanned`
+    /// (see [`ScannedShards`]).
+    pub fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
+        self.scanned = Some(scanned);
+        self
     }
 }
 
@@ -119,14 +148,17 @@ impl TableProvider for ShardsTable {
             f.object_meta.location = s.file;
             files[i % groups].push(f);
         }
-        let config = FileScanConfigBuilder::new(
-            self.location.store_url().clone(),
-            Arc::new(ShardManifestSource::new()),
-        )
-        .with_file_groups(files.into_iter().map(FileGroup::new).collect())
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
+        let source = ShardManifestSource::new().reading_local_files_of(&self.location);
+        let source = match &self.scanned {
+            Some(scanned) => source.keeping_shards_in(scanned.clone()),
+            None => source,
+        };
+        let config =
+            FileScanConfigBuilder::new(self.location.store_url().clone(), Arc::new(source))
+                .with_file_groups(files.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
         Ok(DataSourceExec::from_data_source(config))
     }
 }

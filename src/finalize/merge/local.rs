@@ -32,17 +32,15 @@ use crate::format::{
 };
 use crate::model::Model;
 
-/// Mapped windows of one work unit together span this much, whatever the size of the
-/// index, so memory (mapped file pages count towards a process's resident set) does
-/// not grow with it (beyond 128 shards a unit, the minimum window sets the total
-/// instead). Large enough that a default-sized unit maps each shard's part once:
-/// mapping and unmapping take the process's memory-map lock, which the merge
-/// partitions contend for (4 MiB here was ~6% slower at 1M IVF_PQ and IVF_SQ).
-const WINDOW_BUDGET: usize = 8 << 20;
+/// Mapped windows of one work unit together span this much (a quarter more at most,
+/// see [`BlockCursor::map_ahead`]), whatever the size of the index, so memory (mapped
+/// file pages count towards a process's resident set) does not grow with it (beyond
+/// 64 shards a unit, the minimum window sets the total instead).
+const WINDOW_BUDGET: usize = 4 << 20;
 /// Bounds of one shard's window: large enough that one mapping serves many blocks,
 /// small enough that windows of many shards fit the budget.
 const MIN_WINDOW: usize = 64 << 10;
-const MAX_WINDOW: usize = 2 << 20;
+const MAX_WINDOW: usize = 1 << 20;
 /// Small pieces (headers, row ids, the codes of one shard's block of a compact index)
 /// are gathered into writes of this size: the kernel's cost per `write` call and per
 /// page-cache allocation makes 32 KiB writes ~30% slower than 256 KiB ones here.
@@ -395,7 +393,10 @@ impl<'a> BlockCursor<'a> {
 
     /// Maps at least the next `n` bytes of the block when they are not mapped yet; a
     /// new mapping reaches `window` bytes ahead (up to the unit's span), so that it
-    /// serves the blocks that follow too.
+    /// serves the blocks that follow too, and takes in the rest of the span when less
+    /// than a quarter window would be left: a default-sized unit then maps each
+    /// shard's part once rather than a window and a sliver (mapping and unmapping take
+    /// the process's memory-map lock, which the merge partitions contend for).
     fn map_ahead(&mut self, n: usize) -> Result<()> {
         if n as u64 > self.block.length - self.consumed {
             return Err(self.corrupt(format!(
@@ -409,10 +410,12 @@ impl<'a> BlockCursor<'a> {
         // Unmapped first: the window bounds what is mapped at once.
         self.map = None;
         let at = self.position();
-        let len = self
-            .span_end
-            .saturating_sub(at)
-            .min(self.window.max(n) as u64) as usize;
+        let rest = self.span_end.saturating_sub(at);
+        let mut len = rest.min(self.window.max(n) as u64);
+        if rest - len < self.window as u64 / 4 {
+            len = rest;
+        }
+        let len = len as usize;
         let file = self
             .file
             .as_ref()

@@ -277,18 +277,10 @@ async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
         .finalize_plan(&t.ctx, &FinalizeOptions::default())
         .await
         .unwrap();
-    // commit <- coalesce <- merge <- repartition <- plan
-    let planner = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
-    assert_eq!(planner.name(), "VectorIndexPlanExec");
-    let units = collect(planner, t.ctx.task_ctx()).await.unwrap();
-
-    let data_file = t
-        .path()
-        .join("_staging")
-        .join(format!("partial_{}", shards[1]))
-        .join("data.arrow");
-    let bytes = std::fs::read(&data_file).unwrap();
-    std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
+    let units = collect(plan_operator(&plan), t.ctx.task_ctx())
+        .await
+        .unwrap();
+    truncate_data_file(&t, &shards[1]);
 
     let input =
         MemorySourceConfig::try_new_exec(std::slice::from_ref(&units), units[0].schema(), None)
@@ -344,6 +336,17 @@ async fn the_staging_table_names_a_truncated_data_file() {
     assert_eq!(seen, 2);
 }
 
+/// The `VectorIndexPlanExec` of a finalize plan.
+fn plan_operator(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Arc<dyn datafusion::physical_plan::ExecutionPlan> {
+    // commit <- coalesce <- merge <- repartition <- plan
+    let planner = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
+    assert_eq!(planner.name(), "VectorIndexPlanExec");
+    planner
+}
+
+/// Cuts a staged shard's data file in half.
 fn truncate_data_file(t: &TestIndex, shard: &str) {
     let data_file = t
         .path()
@@ -376,8 +379,7 @@ async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
         ..Default::default()
     };
     let plan = t.index.finalize_plan(&t.ctx, &options).await.unwrap();
-    let kept = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
-    assert_eq!(kept.name(), "VectorIndexPlanExec");
+    let kept = plan_operator(&plan);
     let staging_rows = t.index.shards(&t.ctx).unwrap().collect().await.unwrap();
     let unkept = |rows: &[arrow::array::RecordBatch]| -> Arc<dyn ExecutionPlan> {
         let input =

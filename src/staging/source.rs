@@ -37,8 +37,8 @@ pub struct ShardManifestSource {
     metrics: ExecutionPlanMetricsSet,
     /// Where complete shards are kept for later operators of the plan, if anywhere.
     scanned: Option<ScannedShards>,
-    /// The index, when it is on a local filesystem (see [`read_shard_row`]).
-    local: Option<IndexLocation>,
+    /// The index whose shards these are, if known (see [`read_shard_row`]).
+    index: Option<IndexLocation>,
 }
 
 impl Default for ShardManifestSource {
@@ -55,16 +55,14 @@ impl ShardManifestSource {
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
             scanned: None,
-            local: None,
+            index: None,
         }
     }
 
     /// Reads the shards of `location` with plain file I/O when it is on a local
     /// filesystem.
     pub fn reading_local_files_of(mut self, location: &IndexLocation) -> Self {
-        self.local = location
-            .local_file(location.root())
-            .map(|_| location.clone());
+        self.index = Some(location.clone());
         self
     }
 
@@ -86,7 +84,7 @@ impl FileSource for ShardManifestSource {
             store: object_store,
             file_indices: self.projection.file_indices.clone(),
             scanned: self.scanned.clone(),
-            local: self.local.clone(),
+            index: self.index.clone(),
         });
         ProjectionOpener::try_new(
             self.projection.clone(),
@@ -148,7 +146,7 @@ struct ShardOpener {
     store: Arc<dyn ObjectStore>,
     file_indices: Vec<usize>,
     scanned: Option<ScannedShards>,
-    local: Option<IndexLocation>,
+    index: Option<IndexLocation>,
 }
 
 impl FileOpener for ShardOpener {
@@ -156,10 +154,10 @@ impl FileOpener for ShardOpener {
         let store = Arc::clone(&self.store);
         let indices = self.file_indices.clone();
         let scanned = self.scanned.clone();
-        let local = self.local.clone();
+        let index = self.index.clone();
         Ok(async move {
             let row =
-                read_shard_row(store.as_ref(), local.as_ref(), &file.object_meta.location).await;
+                read_shard_row(store.as_ref(), index.as_ref(), &file.object_meta.location).await;
             let batch = row.to_batch()?.project(&indices)?;
             if let Some(scanned) = scanned {
                 let dir = row.path.clone();
@@ -224,12 +222,12 @@ impl ShardRow {
 /// not errors, so one bad shard never hides the others. These are all the checks a
 /// shard gets before its blocks are merged (each block's CRC is checked then).
 ///
-/// `local` is the index's location when it is on a local filesystem: the three files
-/// are then read by one blocking task with plain file I/O, rather than by several
-/// object-store requests each handed to a blocking thread of its own.
+/// When `index` is on a local filesystem the three files are read by one blocking
+/// task with plain file I/O, rather than by several object-store requests each
+/// handed to a blocking thread of its own.
 pub(crate) async fn read_shard_row(
     store: &dyn ObjectStore,
-    local: Option<&IndexLocation>,
+    index: Option<&IndexLocation>,
     file: &Path,
 ) -> ShardRow {
     let dir: Path = file
@@ -250,7 +248,7 @@ pub(crate) async fn read_shard_row(
         row.problem = Some("incomplete: shard.json is missing (the worker did not finish)".into());
         return row;
     }
-    let local_dir = local.and_then(|l| l.local_file(&dir));
+    let local_dir = index.and_then(|l| l.local_file(&dir));
     let files = match local_dir {
         Some(dir) => {
             match tokio::task::spawn_blocking(move || ShardFiles::read_local(&dir)).await {

@@ -270,18 +270,18 @@ impl OutFile<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let written = self
-            .file
-            .write_all(self.pending)
-            .map_err(|e| io_error("writing", self.path, e));
+        let written = Self::write_all(&mut self.file, self.path, self.pending);
         self.pending.clear();
         written
     }
 
     fn write_file(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .map_err(|e| io_error("writing", self.path, e))
+        Self::write_all(&mut self.file, self.path, bytes)
+    }
+
+    fn write_all(file: &mut File, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+        file.write_all(bytes)
+            .map_err(|e| io_error("writing", path, e))
     }
 }
 

@@ -25,7 +25,7 @@ use super::{FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::IndexLocation;
+use crate::format::{IndexLocation, VersionManifest};
 use crate::model::Model;
 use crate::staging::{read_shard_row, ScannedShards};
 
@@ -164,8 +164,11 @@ impl ExecutionPlan for VectorIndexPlanExec {
         let options = self.options.clone();
         let scanned = self.scanned.clone();
         let batches = futures::stream::once(async move {
-            let rows: Vec<RecordBatch> = input.try_collect().await?;
-            let units = plan(&location, &model, &options, &scanned, &rows).await?;
+            // The latest version is read while the staging scan runs.
+            let (rows, latest) = futures::try_join!(input.try_collect::<Vec<_>>(), async {
+                Ok(latest_version(&location).await?)
+            })?;
+            let units = plan(&location, &model, &options, &scanned, &rows, latest).await?;
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
                 units.into_iter().map(Ok),
             ))
@@ -215,9 +218,9 @@ async fn plan(
     options: &FinalizeOptions,
     scanned: &ScannedShards,
     rows: &[RecordBatch],
+    latest: Option<VersionManifest>,
 ) -> Result<Vec<RecordBatch>> {
     let listed = listed_shards(rows)?;
-    let latest = latest_version(location).await?;
     let consumed: std::collections::HashSet<String> = latest
         .iter()
         .flat_map(|v| {

@@ -40,8 +40,14 @@ pub(super) fn fingerprint(model: &Model) -> String {
     for (name, values) in tensors(model) {
         h.update(name.as_bytes());
         h.update((values.len() as u64).to_le_bytes());
-        for v in values {
-            h.update(v.to_le_bytes());
+        // In blocks: one `update` per float took twice as long (0.33 against 0.18 ms
+        // for a 256 KB PQ model).
+        let mut block = [0u8; 4096];
+        for chunk in values.chunks(block.len() / 4) {
+            for (bytes, v) in block.chunks_exact_mut(4).zip(chunk) {
+                bytes.copy_from_slice(&v.to_le_bytes());
+            }
+            h.update(&block[..chunk.len() * 4]);
         }
     }
     h.finalize()[..16]
@@ -212,4 +218,61 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
         ));
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{IndexType, Metric, ModelParams, ProductQuantizer, ScalarQuantizer};
+    use super::*;
+
+    fn params(index_type: IndexType, num_sub_vectors: Option<u32>) -> ModelParams {
+        ModelParams {
+            format_version: 1,
+            index_type,
+            metric: Metric::L2,
+            dim: 4,
+            num_partitions: 3,
+            num_sub_vectors,
+            hnsw: None,
+            seed: 7,
+            sample_rows: 100,
+            max_iterations: 10,
+        }
+    }
+
+    fn values(n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 - 5.5) * scale).collect()
+    }
+
+    /// Fingerprints name model files and are recorded in every shard and version:
+    /// they must never change for the same model (FORMAT.md).
+    #[test]
+    fn fingerprints_are_stable() {
+        let pq = Model::new(
+            params(IndexType::IvfPq, Some(2)),
+            values(12, 0.25),
+            Some(ProductQuantizer {
+                num_sub_vectors: 2,
+                sub_dim: 2,
+                codebook: values(2 * 256 * 2, 0.01),
+            }),
+            None,
+        );
+        let sq = Model::new(
+            params(IndexType::IvfSq, None),
+            values(12, -1.5),
+            None,
+            Some(ScalarQuantizer {
+                lower: values(4, 1.0),
+                upper: values(4, 2.0),
+            }),
+        );
+        assert_eq!(
+            (pq.fingerprint(), sq.fingerprint()),
+            (
+                "ba93f6550dbbd806ca301d994e3cf150",
+                "927a71e2e91e06d150d15bce2b0702f0"
+            )
+        );
+    }
 }

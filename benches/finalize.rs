@@ -85,11 +85,15 @@ async fn child(url: &str) {
     let session = VectorIndexSession::new();
     let ctx = session.context();
     let index = VectorIndex::open(ctx, url).unwrap();
+    // FINALIZE_BENCH_MERGE_PARTITIONS=1 merges on one thread, e.g. to profile it.
+    let options = FinalizeOptions {
+        merge_partitions: std::env::var("FINALIZE_BENCH_MERGE_PARTITIONS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        ..Default::default()
+    };
     let t = Instant::now();
-    let plan = index
-        .finalize_plan(ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    let plan = index.finalize_plan(ctx, &options).await.unwrap();
     datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
         .await
         .unwrap();
@@ -216,10 +220,14 @@ async fn bench_type(
     for run in 0..runs {
         // The finalize reads a fresh copy of the staged index, read into the page
         // cache first as the copy's source is; the copy reads the staged original.
+        // The fresh copy is written back before the timed step (staged shards are on
+        // disk by the time a coordinator finalizes them): left dirty, its pages would
+        // add to the finalize's own and start the kernel's background write-back in
+        // the middle of it, while the copy it is compared with starts with none.
         let target = work.join(format!("{}-run{run}", ty.name().to_lowercase()));
-        settle();
         copy_tree(&pristine, &target);
         warm(&target);
+        settle();
         let out = Command::new(&exe)
             .env(
                 "FINALIZE_BENCH_CHILD",
@@ -243,9 +251,9 @@ async fn bench_type(
         cleanup.push(field("cleanup_secs="));
         rss.push(field("peak_rss_kib=") / 1024.0);
         written = dir_bytes(&target.join("segments"));
-        // Removed before `settle`, while still unwritten: deleting gigabytes already on
-        // disk makes the filesystem free their blocks for seconds afterwards, which
-        // would land on the next timed step.
+        // Removed before `settle`, while the new segments are still unwritten:
+        // deleting gigabytes already on disk makes the filesystem free their blocks
+        // for seconds afterwards, which would land on the next timed step.
         if run + 1 < runs {
             std::fs::remove_dir_all(&target).ok();
         }

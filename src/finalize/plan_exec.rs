@@ -311,28 +311,22 @@ async fn load_shard(
     scanned: &ScannedShards,
     shard: ListedShard,
 ) -> Result<PlannedShard> {
-    if let Some(kept) = scanned.get(&shard.path) {
-        return Ok(PlannedShard {
-            manifest: kept.manifest.clone(),
-            dir: shard.path,
-            fragments: kept.fragments.clone(),
-        });
-    }
-    let file = Path::from(shard.path.as_str()).join("shard.json");
-    let row = read_shard_row(location.store().as_ref(), Some(location), &file).await;
-    match (row.problem, row.manifest, row.fragments) {
-        (None, Some(manifest), Some(fragments)) => Ok(PlannedShard {
-            manifest,
-            dir: shard.path,
-            fragments,
-        }),
-        (problem, _, _) => Err(IndexError::Finalize(format!(
-            "shard {}: {}",
-            shard.shard_id,
-            problem.as_deref().unwrap_or("incomplete")
-        ))
-        .into()),
-    }
+    let (manifest, fragments) = match scanned.get(&shard.path) {
+        Some(kept) => (kept.manifest.clone(), kept.fragments.clone()),
+        None => {
+            let file = Path::from(shard.path.as_str()).join("shard.json");
+            let row = read_shard_row(location.store().as_ref(), Some(location), &file).await;
+            let checked = row.complete().map_err(|problem| {
+                IndexError::Finalize(format!("shard {}: {problem}", shard.shard_id))
+            })?;
+            (checked.manifest, checked.fragments)
+        }
+    };
+    Ok(PlannedShard {
+        manifest,
+        dir: shard.path,
+        fragments,
+    })
 }
 
 fn unit_batch(unit: &WorkUnit, fragments: Option<&RoaringBitmap>) -> Result<RecordBatch> {

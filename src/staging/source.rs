@@ -161,7 +161,7 @@ impl FileOpener for ShardOpener {
             let batch = row.to_batch()?.project(&indices)?;
             if let Some(scanned) = scanned {
                 let dir = row.path.clone();
-                if let Some(shard) = row.complete() {
+                if let Ok(shard) = row.complete() {
                     scanned.insert(dir, shard);
                 }
             }
@@ -205,14 +205,14 @@ impl ShardRow {
         Ok(RecordBatch::try_new(shards_schema(), cols)?)
     }
 
-    /// The checked shard, when it is complete.
-    fn complete(self) -> Option<ScannedShard> {
+    /// The checked shard when it is complete, else what is wrong with it.
+    pub(crate) fn complete(self) -> std::result::Result<ScannedShard, String> {
         match (self.problem, self.manifest, self.fragments) {
-            (None, Some(manifest), Some(fragments)) => Some(ScannedShard {
+            (None, Some(manifest), Some(fragments)) => Ok(ScannedShard {
                 manifest,
                 fragments,
             }),
-            _ => None,
+            (problem, _, _) => Err(problem.unwrap_or_else(|| "incomplete".into())),
         }
     }
 }

@@ -394,23 +394,27 @@ async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
             .unwrap(),
         )
     };
-    // Units as (file index, partition range, rows, shard blocks); segment ids are new
-    // each time.
-    let shape = |batches: &[arrow::array::RecordBatch]| -> Vec<String> {
-        let mut units: Vec<String> = batches
+    // Units without their segment (its id is new each time), in partition order.
+    let shape = |batches: &[arrow::array::RecordBatch]| -> Vec<arrow::array::RecordBatch> {
+        let mut units: Vec<arrow::array::RecordBatch> = batches
             .iter()
-            .flat_map(|b| {
-                let unit = b.column_by_name("unit").unwrap().as_string::<i32>();
-                (0..b.num_rows())
-                    .map(|i| {
-                        let mut v: serde_json::Value = serde_json::from_str(unit.value(i)).unwrap();
-                        v["segment"]["segment_id"] = serde_json::Value::Null;
-                        v.to_string()
+            .flat_map(|b| (0..b.num_rows()).map(|i| b.slice(i, 1)))
+            .map(|unit| {
+                let schema = unit.schema();
+                let kept: Vec<usize> = (0..schema.fields().len())
+                    .filter(|&i| {
+                        !["segment_id", "segment"].contains(&schema.field(i).name().as_str())
                     })
-                    .collect::<Vec<_>>()
+                    .collect();
+                unit.project(&kept).unwrap()
             })
             .collect();
-        units.sort();
+        units.sort_by_key(|u| {
+            u.column_by_name("partition_start")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .value(0)
+        });
         units
     };
     let from_kept = shape(&collect(kept, t.ctx.task_ctx()).await.unwrap());

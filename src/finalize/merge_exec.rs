@@ -3,9 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
+use arrow::array::{BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
@@ -19,7 +17,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::merge::{merge_unit, MergeState};
-use super::WorkUnit;
+use super::work_units::{units_of, UnitRow};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
 use crate::model::Model;
@@ -37,7 +35,7 @@ pub fn merged_file_schema() -> SchemaRef {
     ]))
 }
 
-/// Merges work units (rows of [`super::plan_exec::work_unit_schema`]) into segment
+/// Merges work units (rows of [`super::work_unit_schema`]) into segment
 /// data files under `segments/<segment_id>/`, which no committed version references yet.
 ///
 /// Partitioning: one output partition per input partition; each partition merges
@@ -172,21 +170,13 @@ async fn merge_batch(
     batch: &RecordBatch,
     state: &mut MergeState,
 ) -> Result<RecordBatch> {
-    let units = batch
-        .column_by_name("unit")
-        .ok_or_else(|| exec_datafusion_err!("work units lack the unit column"))?
-        .as_string::<i32>()
-        .clone();
-    let fragments = batch
-        .column_by_name("fragments")
-        .ok_or_else(|| exec_datafusion_err!("work units lack the fragments column"))?
-        .as_binary::<i32>()
-        .clone();
     let (mut seg_ids, mut idx, mut rows, mut bytes, mut files, mut segs, mut frags) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for i in 0..batch.num_rows() {
-        let unit: WorkUnit = serde_json::from_str(units.value(i))
-            .map_err(|e| exec_datafusion_err!("bad work unit: {e}"))?;
+    for UnitRow {
+        unit,
+        segment_fragments,
+    } in units_of(batch)?
+    {
         let file = merge_unit(location, model, &unit, state).await?;
         seg_ids.push(unit.segment.segment_id.clone());
         idx.push(unit.file_index);
@@ -194,7 +184,7 @@ async fn merge_batch(
         bytes.push(file.size);
         files.push(serde_json::to_string(&file).map_err(|e| exec_datafusion_err!("{e}"))?);
         segs.push(serde_json::to_string(&unit.segment).map_err(|e| exec_datafusion_err!("{e}"))?);
-        frags.push(fragments.is_valid(i).then(|| fragments.value(i).to_vec()));
+        frags.push(segment_fragments.map(<[u8]>::to_vec));
     }
     Ok(RecordBatch::try_new(
         merged_file_schema(),

@@ -16,6 +16,7 @@ mod merge_exec;
 mod plan_exec;
 mod planning;
 mod vacuum;
+mod work_units;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use datafusion::datasource::TableProvider;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 pub use commit_exec::{commit_output_schema, VectorIndexCommitExec};
@@ -31,6 +33,7 @@ pub use merge_exec::VectorIndexMergeExec;
 pub use plan_exec::VectorIndexPlanExec;
 pub use planning::{plan_segments, PlannedShard};
 pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
+pub use work_units::work_unit_schema;
 
 use crate::error::{IndexError, Result};
 use crate::format::{BlockInfo, IndexLocation};
@@ -126,17 +129,20 @@ pub struct SegmentPlan {
 }
 
 /// One shard's blocks for a work unit's partition range.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardInput {
     pub shard_id: String,
     /// Object-store path of the shard folder.
     pub dir: String,
+    /// The fragments the shard covers: its row ids must lie in them.
+    pub fragments: Arc<RoaringBitmap>,
     pub blocks: Vec<BlockInfo>,
 }
 
 /// The unit of parallel merge work: one segment data file, i.e. a contiguous range
-/// of IVF partitions of one segment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// of IVF partitions of one segment. Travels between operators as a row of
+/// [`work_unit_schema`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkUnit {
     pub segment: SegmentPlan,
     pub file_index: u32,

@@ -3,10 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -18,29 +15,16 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use roaring::RoaringBitmap;
 
 use super::planning::{check_shard_model, plan_segments, CommittedSegment, PlannedShard};
-use super::{FinalizeOptions, SegmentGrouping, WorkUnit};
+use super::work_units::{unit_batch, work_unit_schema};
+use super::{FinalizeOptions, SegmentGrouping};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::Model;
 use crate::staging::{read_shard_row, ScannedShards};
-
-/// Schema of the work units emitted by [`VectorIndexPlanExec`].
-pub fn work_unit_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
-        Field::new("file_index", DataType::UInt32, false),
-        Field::new("partition_start", DataType::UInt32, false),
-        Field::new("partition_end", DataType::UInt32, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("unit", DataType::Utf8, false),
-        Field::new("fragments", DataType::Binary, true),
-    ]))
-}
 
 /// Checks the staged shards and groups them into segments, then splits each
 /// segment into work units (contiguous ranges of IVF partitions).
@@ -327,28 +311,4 @@ async fn load_shard(
         dir: shard.path,
         fragments,
     })
-}
-
-fn unit_batch(unit: &WorkUnit, fragments: Option<&RoaringBitmap>) -> Result<RecordBatch> {
-    let json = serde_json::to_string(unit).map_err(|e| exec_datafusion_err!("{e}"))?;
-    let frag_bytes = match (unit.file_index, fragments) {
-        (0, Some(f)) => {
-            let mut b = Vec::with_capacity(f.serialized_size());
-            f.serialize_into(&mut b)?;
-            Some(b)
-        }
-        _ => None,
-    };
-    Ok(RecordBatch::try_new(
-        work_unit_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![unit.segment.segment_id.as_str()])),
-            Arc::new(UInt32Array::from(vec![unit.file_index])),
-            Arc::new(UInt32Array::from(vec![unit.partition_start])),
-            Arc::new(UInt32Array::from(vec![unit.partition_end])),
-            Arc::new(UInt64Array::from(vec![unit.rows])),
-            Arc::new(StringArray::from(vec![json])),
-            Arc::new(BinaryArray::from(vec![frag_bytes.as_deref()])),
-        ],
-    )?)
 }

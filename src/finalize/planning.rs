@@ -1,5 +1,7 @@
 //! The pure part of planning a finalize: checks, segment grouping and work units.
 
+use std::sync::Arc;
+
 use roaring::RoaringBitmap;
 
 use super::{CommitMode, FinalizeOptions, SegmentGrouping, SegmentPlan, ShardInput, WorkUnit};
@@ -215,12 +217,18 @@ pub fn plan_segments(
             num_files: ranges.len() as u32,
             replaces: replaced.clone(),
         };
+        let shard_fragments: Vec<Arc<RoaringBitmap>> = group
+            .iter()
+            .map(|s| Arc::new(s.fragments.clone()))
+            .collect();
         for (file_index, (start, end)) in ranges.into_iter().enumerate() {
             let shards_in: Vec<ShardInput> = group
                 .iter()
-                .map(|s| ShardInput {
+                .zip(&shard_fragments)
+                .map(|(s, fragments)| ShardInput {
                     shard_id: s.manifest.shard_id.clone(),
                     dir: s.dir.clone(),
+                    fragments: Arc::clone(fragments),
                     blocks: s.manifest.partitions[start as usize..end as usize].to_vec(),
                 })
                 .collect();

@@ -15,15 +15,13 @@
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use crc32fast::Hasher;
 use memmap2::{Mmap, MmapOptions};
 use object_store::path::Path;
-use roaring::RoaringBitmap;
 
-use super::{described, merge_runs, non_empty_blocks, FragmentCache};
+use super::{described, merge_runs, non_empty_blocks};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
@@ -73,8 +71,6 @@ struct BlockIds {
 pub(super) struct LocalFiles {
     /// `data.arrow` of each shard of the unit, in the unit's shard order.
     shards: Vec<PathBuf>,
-    /// `fragments.roaring` of each shard, in the same order.
-    fragment_sets: Vec<PathBuf>,
     /// The segment data file to write.
     out: PathBuf,
 }
@@ -82,44 +78,17 @@ pub(super) struct LocalFiles {
 impl LocalFiles {
     /// `None` when the index is not on a local filesystem.
     pub(super) fn of(location: &IndexLocation, unit: &WorkUnit) -> Option<Self> {
-        let in_shards = |file: &str| {
-            unit.shards
-                .iter()
-                .map(|s| location.local_file(&Path::from(s.dir.as_str()).join(file)))
-                .collect::<Option<Vec<_>>>()
-        };
-        let (shards, fragment_sets) = (in_shards("data.arrow")?, in_shards("fragments.roaring")?);
+        let shards = unit
+            .shards
+            .iter()
+            .map(|s| location.local_file(&Path::from(s.dir.as_str()).join("data.arrow")))
+            .collect::<Option<Vec<_>>>()?;
         let out = location.local_file(
             &location
                 .segment_dir(&unit.segment.segment_id)
                 .join(unit.file_name.as_str()),
         )?;
-        Some(Self {
-            shards,
-            fragment_sets,
-            out,
-        })
-    }
-
-    /// The fragment set of each shard of `unit`, from `cache` or read; blocking.
-    pub(super) fn fragments(
-        &self,
-        unit: &WorkUnit,
-        cache: &mut FragmentCache,
-    ) -> Result<Vec<Arc<RoaringBitmap>>> {
-        unit.shards
-            .iter()
-            .zip(&self.fragment_sets)
-            .map(|(s, file)| match cache.cached(&s.shard_id) {
-                Some(set) => Ok(set),
-                None => {
-                    let bytes = std::fs::read(file).map_err(|e| {
-                        shard_file_error(&s.shard_id, "fragments.roaring", "reading", file, e)
-                    })?;
-                    cache.insert(&s.shard_id, &bytes)
-                }
-            })
-            .collect()
+        Some(Self { shards, out })
     }
 
     /// Merges `unit` into its segment data file; blocking. On error the partial file
@@ -128,23 +97,16 @@ impl LocalFiles {
         &self,
         model: &Model,
         unit: &WorkUnit,
-        fragments: &[Arc<RoaringBitmap>],
         scratch: &mut Scratch,
     ) -> Result<SegmentFile> {
-        let result = self.write(model, unit, fragments, scratch);
+        let result = self.write(model, unit, scratch);
         if result.is_err() {
             std::fs::remove_file(&self.out).ok();
         }
         result
     }
 
-    fn write(
-        &self,
-        model: &Model,
-        unit: &WorkUnit,
-        fragments: &[Arc<RoaringBitmap>],
-        scratch: &mut Scratch,
-    ) -> Result<SegmentFile> {
+    fn write(&self, model: &Model, unit: &WorkUnit, scratch: &mut Scratch) -> Result<SegmentFile> {
         if let Some(dir) = self.out.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }
@@ -193,7 +155,7 @@ impl LocalFiles {
                 cursor.read_ids(&layout, &mut ids_of[s])?;
             }
             let ids: Vec<&[u64]> = present.iter().map(|&s| &ids_of[s].values[..]).collect();
-            let (runs, rows) = merge_runs(unit, partition, &ids, fragments)?;
+            let (runs, rows) = merge_runs(unit, partition, &ids)?;
 
             let header = stored_rows_header(schema, rows, rows * 8, rows * width)?;
             let mut crc = Hasher::new();

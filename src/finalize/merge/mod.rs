@@ -15,10 +15,8 @@
 mod local;
 mod store;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use object_store::path::Path;
 use roaring::RoaringBitmap;
 
 use super::WorkUnit;
@@ -30,7 +28,6 @@ use crate::worker::fragment_of;
 /// What a merge partition keeps from one work unit to the next.
 #[derive(Default)]
 pub struct MergeState {
-    fragments: FragmentCache,
     scratch: local::Scratch,
 }
 
@@ -47,26 +44,17 @@ pub async fn merge_unit(
         Some(_) => None,
     };
     let Some(files) = local else {
-        let mut fragments = Vec::with_capacity(unit.shards.len());
-        for s in &unit.shards {
-            fragments.push(state.fragments.get(location, &s.shard_id, &s.dir).await?);
-        }
-        return store::merge_unit(location, model, unit, &fragments).await;
+        return store::merge_unit(location, model, unit).await;
     };
     let (model, unit) = (Arc::clone(model), unit.clone());
-    let (mut scratch, mut cache) = (
-        std::mem::take(&mut state.scratch),
-        std::mem::take(&mut state.fragments),
-    );
-    let (file, scratch, cache) = tokio::task::spawn_blocking(move || {
-        let file = files
-            .fragments(&unit, &mut cache)
-            .and_then(|fragments| files.merge(&model, &unit, &fragments, &mut scratch));
-        (file, scratch, cache)
+    let mut scratch = std::mem::take(&mut state.scratch);
+    let (file, scratch) = tokio::task::spawn_blocking(move || {
+        let file = files.merge(&model, &unit, &mut scratch);
+        (file, scratch)
     })
     .await
     .map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))?;
-    (state.scratch, state.fragments) = (scratch, cache);
+    state.scratch = scratch;
     file
 }
 
@@ -95,44 +83,6 @@ fn non_empty_blocks(unit: &WorkUnit, partition: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Fragment sets of the shards a merge partition has seen, read once per shard.
-#[derive(Default)]
-struct FragmentCache {
-    sets: HashMap<String, Arc<RoaringBitmap>>,
-}
-
-impl FragmentCache {
-    async fn get(
-        &mut self,
-        location: &IndexLocation,
-        shard_id: &str,
-        dir: &str,
-    ) -> Result<Arc<RoaringBitmap>> {
-        if let Some(set) = self.cached(shard_id) {
-            return Ok(set);
-        }
-        let bytes = location
-            .get(&Path::from(dir).join("fragments.roaring"))
-            .await?;
-        self.insert(shard_id, &bytes)
-    }
-
-    fn cached(&self, shard_id: &str) -> Option<Arc<RoaringBitmap>> {
-        self.sets.get(shard_id).cloned()
-    }
-
-    fn insert(&mut self, shard_id: &str, bytes: &[u8]) -> Result<Arc<RoaringBitmap>> {
-        let set = Arc::new(RoaringBitmap::deserialize_from(bytes).map_err(|e| {
-            IndexError::corrupt(
-                format!("shard {shard_id}: fragments.roaring"),
-                e.to_string(),
-            )
-        })?);
-        self.sets.insert(shard_id.to_string(), Arc::clone(&set));
-        Ok(set)
-    }
-}
-
 /// A run of consecutive rows of one shard's block that the merged partition takes
 /// as a whole: rows `start..end` of the `block`-th non-empty block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,15 +97,11 @@ struct Run {
 /// holds the row ids of the non-empty blocks of `partition`, in shard order (as
 /// [`non_empty_blocks`] lists them). Rows are not copied: when shards own disjoint
 /// fragment ranges each block is one run.
-fn merge_runs(
-    unit: &WorkUnit,
-    partition: usize,
-    ids_of: &[&[u64]],
-    fragments: &[Arc<RoaringBitmap>],
-) -> Result<(Vec<Run>, usize)> {
+fn merge_runs(unit: &WorkUnit, partition: usize, ids_of: &[&[u64]]) -> Result<(Vec<Run>, usize)> {
     let mut total = 0usize;
     for (&s, ids) in non_empty_blocks(unit, partition).iter().zip(ids_of) {
-        check_rows(&unit.shards[s].shard_id, partition, ids, &fragments[s])?;
+        let shard = &unit.shards[s];
+        check_rows(&shard.shard_id, partition, ids, &shard.fragments)?;
         total += ids.len();
     }
     let mut runs = Vec::new();

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
-use roaring::RoaringBitmap;
 use tokio::io::AsyncWriteExt;
 
 use super::{described, merge_runs, Run};
@@ -38,7 +37,6 @@ pub(super) async fn merge_unit(
     location: &IndexLocation,
     model: &Arc<Model>,
     unit: &WorkUnit,
-    fragments: &[Arc<RoaringBitmap>],
 ) -> Result<SegmentFile> {
     let dir = location.segment_dir(&unit.segment.segment_id);
     let writer = |name: &str| {
@@ -61,7 +59,7 @@ pub(super) async fn merge_unit(
         }
         None => None,
     };
-    match write_file(location, model, unit, fragments, &mut out, graphs.as_mut()).await {
+    match write_file(location, model, unit, &mut out, graphs.as_mut()).await {
         Ok(file) => Ok(file),
         Err(e) => {
             out.abort().await.ok();
@@ -139,7 +137,6 @@ async fn write_file(
     location: &IndexLocation,
     model: &Arc<Model>,
     unit: &WorkUnit,
-    fragments: &[Arc<RoaringBitmap>],
     out: &mut BufWriter,
     mut graphs: Option<&mut GraphSink>,
 ) -> Result<SegmentFile> {
@@ -166,7 +163,7 @@ async fn write_file(
                 .map(Columns::of)
                 .collect::<Result<Vec<_>>>()?;
             let ids: Vec<&[u64]> = columns.iter().map(Columns::ids).collect();
-            let (runs, rows) = merge_runs(unit, partition, &ids, fragments)?;
+            let (runs, rows) = merge_runs(unit, partition, &ids)?;
             for piece in gather_partition(&mut sink, &columns, &runs, rows)? {
                 out.put(piece).await?;
             }

@@ -286,7 +286,8 @@ async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
         MemorySourceConfig::try_new_exec(std::slice::from_ref(&units), units[0].schema(), None)
             .unwrap();
     let merge =
-        VectorIndexMergeExec::try_new(input, t.location().clone(), Arc::new(model)).unwrap();
+        VectorIndexMergeExec::try_new(input, t.location().clone(), Arc::new(model.info().clone()))
+            .unwrap();
     let err = collect(Arc::new(merge), t.ctx.task_ctx())
         .await
         .unwrap_err()
@@ -388,7 +389,7 @@ async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
             VectorIndexPlanExec::try_new(
                 Arc::new(CoalescePartitionsExec::new(input)),
                 t.location().clone(),
-                Arc::new(model.clone()),
+                Arc::new(model.info().clone()),
                 options.clone(),
             )
             .unwrap(),

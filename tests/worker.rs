@@ -11,7 +11,7 @@ use arrow::ipc::reader::FileReader;
 use common::*;
 use datafusion_vector_index::format::ShardManifest;
 use datafusion_vector_index::model::distance::nearest_l2;
-use datafusion_vector_index::model::{IndexType, Metric};
+use datafusion_vector_index::model::{IndexType, Metric, ModelInfo};
 use datafusion_vector_index::worker::ShardWriter;
 use roaring::RoaringBitmap;
 
@@ -169,6 +169,9 @@ async fn model_files_round_trip_and_are_content_addressed() {
             .await
             .unwrap();
         assert_eq!(back, model, "{ty}");
+        // What finalize reads: the parameters, without the tensors.
+        let info = ModelInfo::read_current(t.location()).await.unwrap();
+        assert_eq!(&info, model.info(), "{ty}");
         let file = t
             .path()
             .join("models")

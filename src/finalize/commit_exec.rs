@@ -29,7 +29,7 @@ use crate::format::{
     FileInfo, IndexLocation, SegmentFile, SegmentManifest, SegmentRef, VersionManifest,
     FORMAT_VERSION,
 };
-use crate::model::Model;
+use crate::model::ModelInfo;
 
 /// Schema of the rows emitted by a finalize: one per new segment.
 pub fn commit_output_schema() -> SchemaRef {
@@ -58,7 +58,7 @@ pub fn commit_output_schema() -> SchemaRef {
 pub struct VectorIndexCommitExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
-    model: Arc<Model>,
+    model: Arc<ModelInfo>,
     options: FinalizeOptions,
     properties: Arc<PlanProperties>,
     /// `cleanup_time`: removing the consumed shards after the commit.
@@ -69,7 +69,7 @@ impl VectorIndexCommitExec {
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
-        model: Arc<Model>,
+        model: Arc<ModelInfo>,
         options: FinalizeOptions,
     ) -> Result<Self> {
         Ok(Self {
@@ -169,7 +169,7 @@ struct NewSegment {
     fragments: Vec<u8>,
 }
 
-fn collect_segments(batches: &[RecordBatch], model: &Model) -> Result<Vec<NewSegment>> {
+fn collect_segments(batches: &[RecordBatch], model: &ModelInfo) -> Result<Vec<NewSegment>> {
     let mut by_id: BTreeMap<String, NewSegment> = BTreeMap::new();
     for b in batches {
         let col = |n: &str| {
@@ -230,7 +230,7 @@ fn collect_segments(batches: &[RecordBatch], model: &Model) -> Result<Vec<NewSeg
 
 async fn commit(
     location: &IndexLocation,
-    model: &Model,
+    model: &ModelInfo,
     options: &FinalizeOptions,
     segments: Vec<NewSegment>,
     cleanup_time: &Time,

@@ -20,7 +20,7 @@ use super::merge::{merge_unit, MergeState};
 use super::work_units::{units_of, UnitRow};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
-use crate::model::Model;
+use crate::model::ModelInfo;
 
 /// Schema of the merged files emitted by [`VectorIndexMergeExec`].
 pub fn merged_file_schema() -> SchemaRef {
@@ -50,7 +50,7 @@ pub fn merged_file_schema() -> SchemaRef {
 pub struct VectorIndexMergeExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
-    model: Arc<Model>,
+    model: Arc<ModelInfo>,
     properties: Arc<PlanProperties>,
 }
 
@@ -58,7 +58,7 @@ impl VectorIndexMergeExec {
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
-        model: Arc<Model>,
+        model: Arc<ModelInfo>,
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         Ok(Self {
@@ -166,7 +166,7 @@ impl ExecutionPlan for VectorIndexMergeExec {
 
 async fn merge_batch(
     location: &IndexLocation,
-    model: &Arc<Model>,
+    model: &Arc<ModelInfo>,
     batch: &RecordBatch,
     state: &mut MergeState,
 ) -> Result<RecordBatch> {

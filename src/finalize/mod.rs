@@ -9,6 +9,10 @@
 //!           CoalescePartitionsExec
 //!             DataSourceExec   the staging table (ShardManifestSource)
 //! ```
+//!
+//! Finalize copies stored rows without decoding them, so the operators hold the
+//! model's parameters ([`ModelInfo`]), not its tensors; only the HNSW types' merge
+//! reads the whole model, to decode merged rows for their graphs.
 
 mod commit_exec;
 mod merge;
@@ -37,7 +41,7 @@ pub use work_units::work_unit_schema;
 
 use crate::error::{IndexError, Result};
 use crate::format::{BlockInfo, IndexLocation};
-use crate::model::Model;
+use crate::model::ModelInfo;
 use crate::staging::{ScannedShards, ShardsTable};
 
 /// How staged shards are grouped into segments.
@@ -162,7 +166,7 @@ pub async fn finalize_plan(
     let scanned = ScannedShards::default();
     let staging = ShardsTable::new(location.clone()).keeping_shards_in(scanned.clone());
     // Reading the model and listing the staging area are independent round trips.
-    let (model, scan) = futures::try_join!(Model::read_current(location), async {
+    let (model, scan) = futures::try_join!(ModelInfo::read_current(location), async {
         Ok(staging.scan(state, None, &[], None).await?)
     })?;
     let model = Arc::new(model);

@@ -23,7 +23,7 @@ use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::{IndexLocation, VersionManifest};
-use crate::model::Model;
+use crate::model::ModelInfo;
 use crate::staging::{read_shard_row, ScannedShards};
 
 /// Checks the staged shards and groups them into segments, then splits each
@@ -41,7 +41,7 @@ use crate::staging::{read_shard_row, ScannedShards};
 pub struct VectorIndexPlanExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
-    model: Arc<Model>,
+    model: Arc<ModelInfo>,
     options: FinalizeOptions,
     /// Shards the staging scan below kept; others are read here.
     scanned: ScannedShards,
@@ -52,7 +52,7 @@ impl VectorIndexPlanExec {
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
-        model: Arc<Model>,
+        model: Arc<ModelInfo>,
         options: FinalizeOptions,
     ) -> Result<Self> {
         Ok(Self {
@@ -198,7 +198,7 @@ fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
 
 async fn plan(
     location: &IndexLocation,
-    model: &Model,
+    model: &ModelInfo,
     options: &FinalizeOptions,
     scanned: &ScannedShards,
     rows: &[RecordBatch],

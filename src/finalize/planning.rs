@@ -7,7 +7,7 @@ use roaring::RoaringBitmap;
 use super::{CommitMode, FinalizeOptions, SegmentGrouping, SegmentPlan, ShardInput, WorkUnit};
 use crate::error::{IndexError, Result};
 use crate::format::ShardManifest;
-use crate::model::Model;
+use crate::model::ModelInfo;
 
 /// A complete shard, read and checked for readability, ready to plan.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ fn sample(b: &RoaringBitmap) -> String {
 }
 
 /// Checks a shard's manifest against the index's model.
-pub fn check_shard_model(shard: &ShardManifest, model: &Model) -> Result<()> {
+pub fn check_shard_model(shard: &ShardManifest, model: &ModelInfo) -> Result<()> {
     let id = &shard.shard_id;
     let bad = |what: String| Err(IndexError::Finalize(format!("shard {id}: {what}")));
     if shard.model != model.fingerprint() {
@@ -108,7 +108,7 @@ pub fn check_shard_model(shard: &ShardManifest, model: &Model) -> Result<()> {
 pub fn plan_segments(
     mut shards: Vec<PlannedShard>,
     committed: &[CommittedSegment],
-    model: &Model,
+    model: &ModelInfo,
     options: &FinalizeOptions,
     new_segment_id: &mut dyn FnMut() -> String,
 ) -> Result<Planned> {
@@ -296,7 +296,7 @@ pub(crate) fn partition_ranges(sizes: &[u64], target_bytes: u64, hnsw: bool) -> 
 }
 
 /// Bytes each IVF partition of `group` will take in the segment (row ids and codes).
-fn partition_sizes(group: &[PlannedShard], model: &Model) -> Vec<u64> {
+fn partition_sizes(group: &[PlannedShard], model: &ModelInfo) -> Vec<u64> {
     let row_bytes = 8 + model.code_width() as u64;
     (0..model.num_partitions())
         .map(|i| {

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 
 use super::distance::{nearest_l2, normalize};
-use super::{Metric, Model, Quantizer};
+use super::{Metric, Model, ModelInfo, Quantizer};
 use crate::error::{IndexError, Result};
 use crate::format::ROW_ID_COLUMN;
 
@@ -23,7 +23,7 @@ pub fn stored_column(q: Quantizer) -> &'static str {
     }
 }
 
-pub(super) fn storage_schema(model: &Model) -> SchemaRef {
+pub(super) fn storage_schema(model: &ModelInfo) -> SchemaRef {
     let q = model.index_type().quantizer();
     let stored = match q {
         Quantizer::Flat => DataType::FixedSizeList(

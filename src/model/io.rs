@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use arrow::ipc::reader::FileReader;
 use sha2::{Digest, Sha256};
 
-use super::{Model, ModelParams, ProductQuantizer, ScalarQuantizer};
+use super::{Model, ModelInfo, ModelParams, ProductQuantizer, ScalarQuantizer};
 use crate::error::{IndexError, Result};
 use crate::format::{check_version, encode_partitions, IndexLocation, IndexManifest};
 
@@ -29,7 +29,7 @@ fn tensors(model: &Model) -> Vec<(&'static str, &[f32])> {
 }
 
 fn params_json(model: &Model) -> String {
-    serde_json::to_string(&model.params).unwrap_or_default()
+    serde_json::to_string(model.params()).unwrap_or_default()
 }
 
 /// SHA-256 of the canonical bytes (parameters JSON, then each tensor's name,
@@ -108,7 +108,8 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     Ok(())
 }
 
-pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
+/// The fingerprint of the index's model, from `index.json`.
+async fn current_fingerprint(location: &IndexLocation) -> Result<String> {
     let bytes = location
         .get_opt(&location.index_manifest())
         .await?
@@ -118,12 +119,30 @@ pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model
                 location.url()
             ))
         })?;
-    let manifest = IndexManifest::from_json(&bytes)?;
-    read_model(location, &manifest.model).await
+    Ok(IndexManifest::from_json(&bytes)?.model)
 }
 
-pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Model> {
-    let what = format!("model {fp}");
+pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
+    read_model(location, &current_fingerprint(location).await?).await
+}
+
+pub(super) async fn read_current_model_info(location: &IndexLocation) -> Result<ModelInfo> {
+    let fingerprint = current_fingerprint(location).await?;
+    let what = format!("model {fingerprint}");
+    let reader = open_model_file(location, &fingerprint).await?;
+    let params = read_params(&what, &reader)?;
+    check_params(&what, &params)?;
+    Ok(ModelInfo {
+        params,
+        fingerprint,
+    })
+}
+
+/// The model file, its footer and schema read; its batch not yet decoded.
+async fn open_model_file(
+    location: &IndexLocation,
+    fp: &str,
+) -> Result<FileReader<std::io::Cursor<bytes::Bytes>>> {
     let bytes = location
         .get_opt(&location.model_file(fp))
         .await?
@@ -133,21 +152,51 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
                 location.url()
             ))
         })?;
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+    FileReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| IndexError::corrupt(format!("model {fp}"), e.to_string()))
+}
+
+/// The parameters in the model file's schema metadata, after their format version.
+fn read_params<R: std::io::Read + std::io::Seek>(
+    what: &str,
+    reader: &FileReader<R>,
+) -> Result<ModelParams> {
     let params_json = reader
         .schema()
         .metadata()
         .get(PARAMS_KEY)
         .cloned()
-        .ok_or_else(|| IndexError::corrupt(&what, "no model parameters in the schema metadata"))?;
+        .ok_or_else(|| IndexError::corrupt(what, "no model parameters in the schema metadata"))?;
     let version: serde_json::Value = serde_json::from_str(&params_json)?;
-    check_version(
-        &what,
-        version["format_version"].as_u64().unwrap_or(0) as u32,
-    )?;
-    let params: ModelParams = serde_json::from_str(&params_json)
-        .map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+    check_version(what, version["format_version"].as_u64().unwrap_or(0) as u32)?;
+    serde_json::from_str(&params_json).map_err(|e| IndexError::corrupt(what, e.to_string()))
+}
+
+/// Parameters no model can have (the tensors are checked against them on a full read).
+fn check_params(what: &str, params: &ModelParams) -> Result<()> {
+    let dim = params.dim;
+    let bad = match params.num_sub_vectors {
+        _ if dim == 0 || params.num_partitions == 0 => true,
+        Some(m) => m == 0 || !dim.is_multiple_of(m),
+        None => params.index_type.quantizer() == super::Quantizer::Pq,
+    };
+    if bad {
+        return Err(IndexError::corrupt(
+            what,
+            format!(
+                "parameters do not describe a model: dim {dim}, {} partitions, num_sub_vectors {:?}",
+                params.num_partitions, params.num_sub_vectors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Model> {
+    let what = format!("model {fp}");
+    let reader = open_model_file(location, fp).await?;
+    let params = read_params(&what, &reader)?;
+    check_params(&what, &params)?;
     let mut found: HashMap<String, Vec<f32>> = HashMap::new();
     for batch in reader {
         let batch = batch.map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
@@ -274,5 +323,37 @@ mod tests {
                 "927a71e2e91e06d150d15bce2b0702f0"
             )
         );
+    }
+
+    #[test]
+    fn parameters_no_model_can_have_are_refused() {
+        let ok = [
+            params(IndexType::IvfPq, Some(2)),
+            params(IndexType::IvfSq, None),
+            params(IndexType::IvfFlat, None),
+        ];
+        for p in &ok {
+            check_params("model m", p).unwrap();
+        }
+        let bad = [
+            params(IndexType::IvfPq, Some(3)),
+            params(IndexType::IvfPq, Some(0)),
+            params(IndexType::IvfPq, None),
+            ModelParams {
+                dim: 0,
+                ..params(IndexType::IvfFlat, None)
+            },
+            ModelParams {
+                num_partitions: 0,
+                ..params(IndexType::IvfSq, None)
+            },
+        ];
+        for p in &bad {
+            let err = check_params("model m", p).unwrap_err().to_string();
+            assert!(
+                err.contains("model m") && err.contains("do not describe a model"),
+                "{err}"
+            );
+        }
     }
 }

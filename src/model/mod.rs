@@ -208,33 +208,17 @@ pub struct ModelParams {
     pub max_iterations: u32,
 }
 
-/// A trained model. Immutable; identified by the fingerprint of its canonical bytes.
+/// A model's identity and parameters without its tensors: all that finalize needs,
+/// since it copies stored rows and never decodes them (but for the HNSW types).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Model {
-    pub params: ModelParams,
-    /// `num_partitions × dim`, row-major.
-    pub centroids: Vec<f32>,
-    pub pq: Option<ProductQuantizer>,
-    pub sq: Option<ScalarQuantizer>,
+pub struct ModelInfo {
+    params: ModelParams,
     fingerprint: String,
 }
 
-impl Model {
-    pub fn new(
-        params: ModelParams,
-        centroids: Vec<f32>,
-        pq: Option<ProductQuantizer>,
-        sq: Option<ScalarQuantizer>,
-    ) -> Self {
-        let mut model = Self {
-            params,
-            centroids,
-            pq,
-            sq,
-            fingerprint: String::new(),
-        };
-        model.fingerprint = io::fingerprint(&model);
-        model
+impl ModelInfo {
+    pub fn params(&self) -> &ModelParams {
+        &self.params
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -262,10 +246,6 @@ impl Model {
         self.params.metric
     }
 
-    pub fn centroid(&self, p: usize) -> &[f32] {
-        &self.centroids[p * self.dim()..(p + 1) * self.dim()]
-    }
-
     /// Bytes one stored row takes besides its row id.
     pub fn code_width(&self) -> usize {
         match self.index_type().quantizer() {
@@ -273,6 +253,94 @@ impl Model {
             Quantizer::Pq => self.params.num_sub_vectors.unwrap_or(0) as usize,
             Quantizer::Sq => self.dim(),
         }
+    }
+
+    /// The Arrow schema of the stored rows (shards and segments alike).
+    pub fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
+        encode::storage_schema(self)
+    }
+
+    /// The parameters of the model named by the index's `index.json`, read from the
+    /// model file's schema without decoding its tensors or recomputing its
+    /// fingerprint ([`Model::read_current`] does both).
+    pub async fn read_current(
+        location: &crate::format::IndexLocation,
+    ) -> crate::error::Result<Self> {
+        io::read_current_model_info(location).await
+    }
+}
+
+/// A trained model. Immutable; identified by the fingerprint of its canonical bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    info: ModelInfo,
+    /// `num_partitions × dim`, row-major.
+    pub centroids: Vec<f32>,
+    pub pq: Option<ProductQuantizer>,
+    pub sq: Option<ScalarQuantizer>,
+}
+
+impl Model {
+    pub fn new(
+        params: ModelParams,
+        centroids: Vec<f32>,
+        pq: Option<ProductQuantizer>,
+        sq: Option<ScalarQuantizer>,
+    ) -> Self {
+        let mut model = Self {
+            info: ModelInfo {
+                params,
+                fingerprint: String::new(),
+            },
+            centroids,
+            pq,
+            sq,
+        };
+        model.info.fingerprint = io::fingerprint(&model);
+        model
+    }
+
+    /// The model's identity and parameters.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn params(&self) -> &ModelParams {
+        self.info.params()
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        self.info.fingerprint()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.info.dim()
+    }
+
+    pub fn num_partitions(&self) -> usize {
+        self.info.num_partitions()
+    }
+
+    pub fn index_type(&self) -> IndexType {
+        self.info.index_type()
+    }
+
+    /// The graph parameters, for the HNSW types only.
+    pub fn hnsw_params(&self) -> Option<HnswParams> {
+        self.info.hnsw_params()
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.info.metric()
+    }
+
+    pub fn centroid(&self, p: usize) -> &[f32] {
+        &self.centroids[p * self.dim()..(p + 1) * self.dim()]
+    }
+
+    /// Bytes one stored row takes besides its row id.
+    pub fn code_width(&self) -> usize {
+        self.info.code_width()
     }
 
     /// Partitions ranked by distance from `query` (already normalized for cosine).
@@ -294,7 +362,7 @@ impl Model {
 
     /// The Arrow schema of the stored rows (shards and segments alike).
     pub fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
-        encode::storage_schema(self)
+        self.info.storage_schema()
     }
 
     pub async fn write(&self, location: &crate::format::IndexLocation) -> crate::error::Result<()> {

@@ -28,7 +28,7 @@ use crate::format::{
     pad_to_8, stored_rows_header, BlockInfo, IndexLocation, IpcFileSink, SegmentFile,
     StoredRowsLayout,
 };
-use crate::model::Model;
+use crate::model::ModelInfo;
 
 /// Mapped windows of one work unit together span this much (a quarter more at most,
 /// see [`BlockCursor::map_ahead`]), whatever the size of the index, so memory (mapped
@@ -95,7 +95,7 @@ impl LocalFiles {
     /// is removed.
     pub(super) fn merge(
         &self,
-        model: &Model,
+        model: &ModelInfo,
         unit: &WorkUnit,
         scratch: &mut Scratch,
     ) -> Result<SegmentFile> {
@@ -106,7 +106,12 @@ impl LocalFiles {
         result
     }
 
-    fn write(&self, model: &Model, unit: &WorkUnit, scratch: &mut Scratch) -> Result<SegmentFile> {
+    fn write(
+        &self,
+        model: &ModelInfo,
+        unit: &WorkUnit,
+        scratch: &mut Scratch,
+    ) -> Result<SegmentFile> {
         if let Some(dir) = self.out.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }

@@ -22,29 +22,47 @@ use roaring::RoaringBitmap;
 use super::WorkUnit;
 use crate::error::{IndexError, Result};
 use crate::format::{BlockInfo, GraphFile, IndexLocation, SegmentFile};
-use crate::model::Model;
+use crate::model::{Model, ModelInfo};
 use crate::worker::fragment_of;
 
 /// What a merge partition keeps from one work unit to the next.
 #[derive(Default)]
 pub struct MergeState {
     scratch: local::Scratch,
+    /// HNSW types: the whole model, to decode merged rows for their graphs; read
+    /// (and its fingerprint checked) on the partition's first unit.
+    graph_model: Option<Arc<Model>>,
+}
+
+impl MergeState {
+    async fn graph_model(
+        &mut self,
+        location: &IndexLocation,
+        model: &ModelInfo,
+    ) -> Result<Arc<Model>> {
+        if let Some(m) = &self.graph_model {
+            return Ok(Arc::clone(m));
+        }
+        let m = Arc::new(Model::read(location, model.fingerprint()).await?);
+        self.graph_model = Some(Arc::clone(&m));
+        Ok(m)
+    }
 }
 
 /// Merges `unit` into `segments/<segment>/<file_name>` and describes the file written.
 /// On error the partial file is removed; nothing else is touched.
 pub async fn merge_unit(
     location: &IndexLocation,
-    model: &Arc<Model>,
+    model: &Arc<ModelInfo>,
     unit: &WorkUnit,
     state: &mut MergeState,
 ) -> Result<SegmentFile> {
-    let local = match model.hnsw_params() {
-        None => local::LocalFiles::of(location, unit),
-        Some(_) => None,
-    };
-    let Some(files) = local else {
-        return store::merge_unit(location, model, unit).await;
+    if model.hnsw_params().is_some() {
+        let graph_model = state.graph_model(location, model).await?;
+        return store::merge_unit(location, model, Some(graph_model), unit).await;
+    }
+    let Some(files) = local::LocalFiles::of(location, unit) else {
+        return store::merge_unit(location, model, None, unit).await;
     };
     let (model, unit) = (Arc::clone(model), unit.clone());
     let mut scratch = std::mem::take(&mut state.scratch);

@@ -20,7 +20,9 @@ use crate::format::{
     arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
-use crate::model::{batch_buffers, batch_rows, decode_rows, encode_rows, HnswParams, Model};
+use crate::model::{
+    batch_buffers, batch_rows, decode_rows, encode_rows, HnswParams, Model, ModelInfo,
+};
 use futures::StreamExt;
 
 /// Staged bytes read per request batch: one request per shard covers this much.
@@ -31,11 +33,13 @@ const PREFETCH_CHUNKS: usize = 2;
 const WRITE_PART_BYTES: usize = 16 << 20;
 
 /// Merges `unit` into `segments/<segment>/<file_name>` through the object-store API
-/// and describes the file written. On error the partial upload is aborted; nothing
-/// else is touched.
+/// and describes the file written; with `graph_model` (HNSW types), builds the graphs
+/// of the merged partitions too. On error the partial upload is aborted; nothing else
+/// is touched.
 pub(super) async fn merge_unit(
     location: &IndexLocation,
-    model: &Arc<Model>,
+    model: &ModelInfo,
+    graph_model: Option<Arc<Model>>,
     unit: &WorkUnit,
 ) -> Result<SegmentFile> {
     let dir = location.segment_dir(&unit.segment.segment_id);
@@ -47,10 +51,12 @@ pub(super) async fn merge_unit(
         )
     };
     let mut out = writer(&unit.file_name);
-    let mut graphs = match model.hnsw_params() {
-        Some(params) => {
+    let with_params = graph_model.and_then(|m| m.hnsw_params().map(|params| (m, params)));
+    let mut graphs = match with_params {
+        Some((model, params)) => {
             let name = graph_file_name(&unit.file_name);
             Some(GraphSink {
+                model,
                 params,
                 out: writer(&name),
                 sink: Some(IpcFileSink::try_new(&graph_schema())?),
@@ -79,6 +85,8 @@ fn graph_file_name(data_file: &str) -> String {
 
 /// Where a work unit's graphs go.
 struct GraphSink {
+    /// Decodes the merged rows the graphs are built on.
+    model: Arc<Model>,
     params: HnswParams,
     name: String,
     out: BufWriter,
@@ -124,7 +132,7 @@ async fn partition_graph(
     tokio::task::spawn_blocking(move || {
         let (ids, codes, _) = batch_rows(&merged)?;
         let vectors = decode_rows(&model, partition, codes)?;
-        let seed = partition_seed(model.params.seed, partition);
+        let seed = partition_seed(model.params().seed, partition);
         build_graph(&vectors, model.dim(), ids, model.metric(), params, seed).to_batch()
     })
     .await
@@ -135,7 +143,7 @@ async fn partition_graph(
 
 async fn write_file(
     location: &IndexLocation,
-    model: &Arc<Model>,
+    model: &ModelInfo,
     unit: &WorkUnit,
     out: &mut BufWriter,
     mut graphs: Option<&mut GraphSink>,
@@ -169,7 +177,7 @@ async fn write_file(
             }
             if let Some(g) = graphs.as_deref_mut() {
                 let merged = concat_runs(schema, &columns, &runs, rows)?;
-                let graph = partition_graph(model, g.params, partition, merged).await?;
+                let graph = partition_graph(&g.model, g.params, partition, merged).await?;
                 g.write(&graph).await?;
             }
             partition += 1;

@@ -4,17 +4,20 @@
 //! lands in a freshly allocated (and zero-filled) buffer on its way in and goes
 //! through an upload buffer on its way out. Here each shard block is read front to
 //! back through a small read-only mapping of the shard file that moves forward with
-//! it, and written straight from the mapping to the segment file: the only copy is
-//! the one into the output file, as with `cp`. A merged partition is never held in
-//! memory, only its row ids; what is mapped at once is bounded by the window budget.
+//! it, and written straight from the mappings to the segment file, many pieces per
+//! vectored write: the only copy is the one into the output file, as with `cp`. A
+//! merged partition is never held in memory, only its row ids; what is mapped at
+//! once is bounded by the window budget (and the windows pending pieces still hold).
 //!
 //! Every byte of a block passes through its [`BlockCursor`] exactly once, in file
 //! order, so the block's CRC-32 is checked without a second pass; the CRC of the
 //! output block is composed from the same per-piece hashes.
 
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, IoSlice, Write};
+use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use crc32fast::Hasher;
@@ -39,12 +42,12 @@ const WINDOW_BUDGET: usize = 4 << 20;
 /// small enough that windows of many shards fit the budget.
 const MIN_WINDOW: usize = 64 << 10;
 const MAX_WINDOW: usize = 1 << 20;
-/// Small pieces (headers, row ids, the codes of one shard's block of a compact index)
-/// are gathered into writes of this size: the kernel's cost per `write` call and per
-/// page-cache allocation makes 32 KiB writes ~30% slower than 256 KiB ones here.
-const OUT_BUFFER: usize = 256 << 10;
-/// Pieces at least this large are written straight from the mapping, uncopied.
-const WRITE_DIRECTLY: usize = 64 << 10;
+/// Pieces of output (row ids and codes in the shard mappings, headers) are written
+/// together once this many bytes are pending: the kernel's cost per `write` call and
+/// per page-cache allocation makes 32 KiB writes ~30% slower than 256 KiB ones here.
+const WRITE_BATCH: usize = 256 << 10;
+/// At most this many pieces go into one vectored write (Linux's `IOV_MAX` is 1024).
+const MAX_PIECES: usize = 512;
 /// Pieces shorter than this are hashed twice (block and output) rather than hashed
 /// once and combined: combining costs about as much as hashing a few KiB.
 const COMBINE_ABOVE: usize = 4 << 10;
@@ -55,16 +58,36 @@ const COMBINE_ABOVE: usize = 4 << 10;
 pub(super) struct Scratch {
     /// Row ids of each shard's block of the current partition.
     ids: Vec<BlockIds>,
-    /// Gathers small pieces of output (see [`OUT_BUFFER`]).
-    out: Vec<u8>,
+    /// Output not yet written (see [`WRITE_BATCH`]).
+    pending: Vec<Piece>,
+    /// The bytes of the pending pieces made here rather than mapped (headers, padding).
+    made: Vec<u8>,
 }
 
-/// The row ids of one shard block, decoded (to merge by) and as stored (to copy
-/// runs of them to the output whole).
+impl Scratch {
+    /// Pieces and row ids hold mappings: none outlives the unit.
+    fn release_mappings(&mut self) {
+        self.pending.clear();
+        for ids in &mut self.ids {
+            ids.stored = None;
+        }
+    }
+}
+
+/// The row ids of one shard block, decoded (to merge by), and where they are stored
+/// (to write runs of them to the output as they are).
 #[derive(Default)]
 struct BlockIds {
     values: Vec<u64>,
-    le_bytes: Vec<u8>,
+    stored: Option<(Arc<Mmap>, usize)>,
+}
+
+/// A piece of output waiting for the next vectored write.
+enum Piece {
+    /// Bytes of a shard file's mapping, which the piece keeps mapped until written.
+    Mapped(Arc<Mmap>, Range<usize>),
+    /// Bytes of [`Scratch::made`].
+    Made(Range<usize>),
 }
 
 /// The files of one work unit, when the index is on a local filesystem.
@@ -100,6 +123,7 @@ impl LocalFiles {
         scratch: &mut Scratch,
     ) -> Result<SegmentFile> {
         let result = self.write(model, unit, scratch);
+        scratch.release_mappings();
         if result.is_err() {
             std::fs::remove_file(&self.out).ok();
         }
@@ -116,13 +140,15 @@ impl LocalFiles {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }
         let file = File::create(&self.out).map_err(|e| io_error("creating", &self.out, e))?;
-        scratch.out.clear();
-        scratch.out.reserve(OUT_BUFFER);
         let mut out = OutFile {
             path: &self.out,
             file,
-            pending: &mut scratch.out,
+            pending: &mut scratch.pending,
+            made: &mut scratch.made,
+            pending_bytes: 0,
         };
+        out.pending.clear();
+        out.made.clear();
         let window = (WINDOW_BUDGET / unit.shards.len().max(1)).clamp(MIN_WINDOW, MAX_WINDOW);
         let shards = unit.shards.len();
         scratch
@@ -147,7 +173,7 @@ impl LocalFiles {
         let width = model.code_width();
         let mut sink = IpcFileSink::try_new(schema)?;
         for piece in sink.preamble() {
-            out.write(&piece)?;
+            out.write_made(&piece)?;
         }
         for (i, partition) in
             (unit.partition_start as usize..unit.partition_end as usize).enumerate()
@@ -165,11 +191,19 @@ impl LocalFiles {
             let header = stored_rows_header(schema, rows, rows * 8, rows * width)?;
             let mut crc = Hasher::new();
             crc.update(&header);
-            out.write(&header)?;
+            out.write_made(&header)?;
             for run in &runs {
-                let ids = &ids_of[present[run.block]].le_bytes[run.start * 8..run.end * 8];
-                crc.update(ids);
-                out.write(ids)?;
+                let (map, at) = ids_of[present[run.block]].stored.as_ref().ok_or_else(|| {
+                    IndexError::InvalidInput("row ids written before they were read".into())
+                })?;
+                let ids = at + run.start * 8..at + run.end * 8;
+                crc.update(&map[ids.clone()]);
+                out.write_mapped(map, ids)?;
+            }
+            // The pending pieces hold what they need: a window a cursor moves past
+            // while copying codes is unmapped once they are written.
+            for &s in &present {
+                ids_of[s].stored = None;
             }
             for run in &runs {
                 let len = ((run.end - run.start) * width) as u64;
@@ -177,7 +211,7 @@ impl LocalFiles {
             }
             let pad = &[0u8; 8][..pad_to_8(rows * width)];
             crc.update(pad);
-            out.write(pad)?;
+            out.write_made(pad)?;
             for &s in &present {
                 cursors[s].finish()?;
             }
@@ -185,7 +219,7 @@ impl LocalFiles {
             sink.append_written(rows, header.len() as u32, length, &crc);
         }
         let (tail, blocks, size, _) = sink.finish()?;
-        out.write(&tail)?;
+        out.write_made(&tail)?;
         out.flush()?;
         Ok(described(unit, size, blocks, None))
     }
@@ -214,41 +248,72 @@ fn shard_file_error(
     }
 }
 
-/// The segment data file being written: large pieces go straight to the file, small
-/// ones are gathered into `pending` first (unlike `BufWriter`, which copies any piece
-/// smaller than its whole buffer).
+/// The segment data file being written: pieces of output are collected, the mapped
+/// ones without a copy, and written together with one vectored write per
+/// [`WRITE_BATCH`] bytes.
 struct OutFile<'a> {
     path: &'a std::path::Path,
     file: File,
-    pending: &'a mut Vec<u8>,
+    pending: &'a mut Vec<Piece>,
+    made: &'a mut Vec<u8>,
+    pending_bytes: usize,
 }
 
 impl OutFile<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        if bytes.len() >= WRITE_DIRECTLY {
-            self.flush()?;
-            return self.write_file(bytes);
+    /// Adds bytes made here (copied: headers and padding are small).
+    fn write_made(&mut self, bytes: &[u8]) -> Result<()> {
+        let start = self.made.len();
+        self.made.extend_from_slice(bytes);
+        self.push(Piece::Made(start..self.made.len()), bytes.len())
+    }
+
+    /// Adds `range` of a shard mapping, uncopied.
+    fn write_mapped(&mut self, map: &Arc<Mmap>, range: Range<usize>) -> Result<()> {
+        let len = range.len();
+        self.push(Piece::Mapped(Arc::clone(map), range), len)
+    }
+
+    fn push(&mut self, piece: Piece, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
         }
-        if self.pending.len() + bytes.len() > OUT_BUFFER {
+        self.pending.push(piece);
+        self.pending_bytes += len;
+        if self.pending_bytes >= WRITE_BATCH || self.pending.len() >= MAX_PIECES {
             self.flush()?;
         }
-        self.pending.extend_from_slice(bytes);
         Ok(())
     }
 
+    /// Writes every pending piece, in order.
     fn flush(&mut self) -> Result<()> {
-        let written = Self::write_all(&mut self.file, self.path, self.pending);
+        let made = &self.made[..];
+        let mut slices: Vec<IoSlice> = self
+            .pending
+            .iter()
+            .map(|piece| {
+                IoSlice::new(match piece {
+                    Piece::Mapped(map, range) => &map[range.clone()],
+                    Piece::Made(range) => &made[range.clone()],
+                })
+            })
+            .collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match self.file.write_vectored(left) {
+                Ok(0) => {
+                    let e = std::io::Error::new(ErrorKind::WriteZero, "the file takes no more");
+                    return Err(io_error("writing", self.path, e));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("writing", self.path, e)),
+            }
+        }
         self.pending.clear();
-        written
-    }
-
-    fn write_file(&mut self, bytes: &[u8]) -> Result<()> {
-        Self::write_all(&mut self.file, self.path, bytes)
-    }
-
-    fn write_all(file: &mut File, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-        file.write_all(bytes)
-            .map_err(|e| io_error("writing", path, e))
+        self.made.clear();
+        self.pending_bytes = 0;
+        Ok(())
     }
 }
 
@@ -269,7 +334,7 @@ struct BlockCursor<'a> {
     window: usize,
     /// File offset past the last block the unit needs: mappings never go further.
     span_end: u64,
-    map: Option<Mmap>,
+    map: Option<Arc<Mmap>>,
     /// File offset of `map[0]`.
     map_start: u64,
     block: BlockInfo,
@@ -394,7 +459,7 @@ impl<'a> BlockCursor<'a> {
         // half-committed then (the version file is written last).
         let map = unsafe { MmapOptions::new().offset(at).len(len).populate().map(file) }
             .map_err(|e| io_error("mapping", self.path, e))?;
-        self.map = Some(map);
+        self.map = Some(Arc::new(map));
         self.map_start = at;
         Ok(())
     }
@@ -406,13 +471,17 @@ impl<'a> BlockCursor<'a> {
         from..from + n
     }
 
-    /// Consumes the next `n` bytes, mapping them at once.
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
+    /// Consumes the next `n` bytes, mapping them at once; returns their mapping and
+    /// where they lie in it.
+    fn take(&mut self, n: usize) -> Result<(&Arc<Mmap>, Range<usize>)> {
         self.map_ahead(n)?;
         let range = self.advance(n);
-        let piece = self.map.as_deref().map_or(&[][..], |m| &m[range]);
-        self.crc.update(piece);
-        Ok(piece)
+        let map = self
+            .map
+            .as_ref()
+            .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+        self.crc.update(&map[range.clone()]);
+        Ok((map, range))
     }
 
     /// Consumes bytes up to `offset` within the block (framing between regions).
@@ -433,22 +502,22 @@ impl<'a> BlockCursor<'a> {
     fn layout(&mut self, schema: &SchemaRef) -> Result<StoredRowsLayout> {
         let what = self.what();
         let block = self.block;
-        let header = self.take(block.meta_len as usize)?;
-        StoredRowsLayout::parse(&what, schema, &block, header)
+        let (map, header) = self.take(block.meta_len as usize)?;
+        StoredRowsLayout::parse(&what, schema, &block, &map[header])
     }
 
     /// Consumes the block up to the end of its row ids, decoding them into `ids`.
     fn read_ids(&mut self, layout: &StoredRowsLayout, ids: &mut BlockIds) -> Result<()> {
         self.skip_to(layout.ids.start)?;
-        let bytes = self.take(layout.rows * 8)?;
-        ids.le_bytes.clear();
-        ids.le_bytes.extend_from_slice(bytes);
+        let (map, stored) = self.take(layout.rows * 8)?;
         ids.values.clear();
-        ids.values.extend(bytes.chunks_exact(8).map(|b| {
-            let mut le = [0u8; 8];
-            le.copy_from_slice(b);
-            u64::from_le_bytes(le)
-        }));
+        ids.values
+            .extend(map[stored.clone()].chunks_exact(8).map(|b| {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(b);
+                u64::from_le_bytes(le)
+            }));
+        ids.stored = Some((Arc::clone(map), stored.start));
         self.skip_to(layout.values.start)
     }
 
@@ -458,7 +527,11 @@ impl<'a> BlockCursor<'a> {
         while len > 0 {
             self.map_ahead(1)?;
             let range = self.advance(len.min(self.mapped().len() as u64) as usize);
-            let piece = self.map.as_deref().map_or(&[][..], |m| &m[range]);
+            let map = self
+                .map
+                .as_ref()
+                .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+            let piece = &map[range.clone()];
             if piece.len() < COMBINE_ABOVE {
                 self.crc.update(piece);
                 out_crc.update(piece);
@@ -468,8 +541,8 @@ impl<'a> BlockCursor<'a> {
                 self.crc.combine(&hash);
                 out_crc.combine(&hash);
             }
-            out.write(piece)?;
             len -= piece.len() as u64;
+            out.write_mapped(map, range)?;
         }
         Ok(())
     }
@@ -488,5 +561,51 @@ impl<'a> BlockCursor<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces reach the file whole and in order, across batch and piece-count flushes.
+    #[test]
+    fn pending_pieces_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let source_path = dir.path().join("source");
+        let source: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&source_path, &source).unwrap();
+        let source_file = File::open(&source_path).unwrap();
+        // SAFETY: a private temporary file nobody else writes.
+        let map = Arc::new(unsafe { Mmap::map(&source_file) }.unwrap());
+
+        let out_path = dir.path().join("out");
+        let (mut pending, mut made) = (Vec::new(), Vec::new());
+        let mut out = OutFile {
+            path: &out_path,
+            file: File::create(&out_path).unwrap(),
+            pending: &mut pending,
+            made: &mut made,
+            pending_bytes: 0,
+        };
+        let mut expected = Vec::new();
+        let mut at = 0usize;
+        // Sizes from empty to past WRITE_BATCH, more pieces than MAX_PIECES.
+        for i in 0..1500usize {
+            let len = (i * 97) % 3000 + if i % 500 == 7 { WRITE_BATCH } else { 0 };
+            let len = len.min(source.len() - at);
+            if i % 3 == 0 {
+                let bytes: Vec<u8> = (0..len).map(|k| (k + i) as u8).collect();
+                out.write_made(&bytes).unwrap();
+                expected.extend_from_slice(&bytes);
+            } else {
+                out.write_mapped(&map, at..at + len).unwrap();
+                expected.extend_from_slice(&source[at..at + len]);
+                at = (at + len) % (source.len() / 2);
+            }
+        }
+        out.flush().unwrap();
+        assert!(out.pending.is_empty() && out.made.is_empty());
+        assert_eq!(std::fs::read(&out_path).unwrap(), expected);
     }
 }

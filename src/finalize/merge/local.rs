@@ -36,7 +36,11 @@ use crate::model::ModelInfo;
 /// Mapped windows of one work unit together span this much (a quarter more at most,
 /// see [`BlockCursor::map_ahead`]), whatever the size of the index, so memory (mapped
 /// file pages count towards a process's resident set) does not grow with it (beyond
-/// 64 shards a unit, the minimum window sets the total instead).
+/// 64 shards a unit, the minimum window sets the total instead). Windows a cursor has
+/// moved past stay mapped while pending pieces lie in them, until the next write:
+/// since a cursor consumes a whole window between two mappings, that is at most
+/// [`WRITE_BATCH`] / [`MIN_WINDOW`] windows more than one per shard, i.e. about the
+/// budget again.
 const WINDOW_BUDGET: usize = 4 << 20;
 /// Bounds of one shard's window: large enough that one mapping serves many blocks,
 /// small enough that windows of many shards fit the budget.

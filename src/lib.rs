@@ -5,7 +5,7 @@
 //!
 //! - [`model`]: training the shared model (k-means, PQ, SQ) and distances.
 //! - [`worker`]: encoding one worker's rows into a partial shard.
-//! - [`format`]: the on-disk layout, manifests and block-addressed IPC files.
+//! - [`format`](mod@format): the on-disk layout, manifests and block-addressed IPC files.
 //! - [`hnsw`]: the per-partition HNSW graphs of the IVF_HNSW_* types.
 
 pub mod catalog;

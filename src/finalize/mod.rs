@@ -33,7 +33,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 pub use commit_exec::{commit_output_schema, VectorIndexCommitExec};
-pub use merge_exec::VectorIndexMergeExec;
+pub use merge_exec::{merged_file_schema, VectorIndexMergeExec};
 pub use plan_exec::VectorIndexPlanExec;
 pub use planning::{plan_segments, PlannedShard};
 pub use vacuum::{vacuum, VacuumOptions, VacuumReport};

@@ -111,7 +111,7 @@ impl SearchTarget {
     }
 }
 
-/// Schema of the query leaf: `query_id`, `query` (FixedSizeList<Float32>).
+/// Schema of the query leaf: `query_id`, `query` (`FixedSizeList<Float32>`).
 pub fn queries_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::UInt32, false),

@@ -9,7 +9,9 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 
 use crate::error::{IndexError, Result};
 
@@ -140,6 +142,18 @@ impl IndexLocation {
         match self.store.get(path).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The last `n` bytes of an object (all of it when shorter); `None` when it does
+    /// not exist. From stores without suffix ranges (Azure), the whole object.
+    pub async fn get_tail_opt(&self, path: &Path, n: u64) -> Result<Option<Bytes>> {
+        let options = GetOptions::default().with_range(Some(GetRange::Suffix(n)));
+        match self.store.get_opts(path, options).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(object_store::Error::NotSupported { .. }) => self.get_opt(path).await,
             Err(e) => Err(e.into()),
         }
     }

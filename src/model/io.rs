@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Float32Array, ListArray, RecordBatch, StringArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
-use arrow::ipc::reader::FileReader;
+use arrow::ipc::convert::fb_to_schema;
+use arrow::ipc::reader::{read_footer_length, FileReader};
+use arrow::ipc::root_as_footer;
 use sha2::{Digest, Sha256};
 
 use super::{Model, ModelInfo, ModelParams, ProductQuantizer, ScalarQuantizer};
@@ -126,16 +128,66 @@ pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model
     read_model(location, &current_fingerprint(location).await?).await
 }
 
+/// Bytes at the end of the model file read for its parameters: its IPC footer holds
+/// the schema and so the parameters, a few KiB whatever the size of the tensors.
+const MODEL_TAIL_BYTES: u64 = 64 << 10;
+
 pub(super) async fn read_current_model_info(location: &IndexLocation) -> Result<ModelInfo> {
     let fingerprint = current_fingerprint(location).await?;
     let what = format!("model {fingerprint}");
-    let reader = open_model_file(location, &fingerprint).await?;
-    let params = read_params(&what, &reader)?;
+    let schema = read_model_schema(location, &fingerprint, MODEL_TAIL_BYTES).await?;
+    let params = read_params(&what, &schema)?;
     check_params(&what, &params)?;
     Ok(ModelInfo {
         params,
         fingerprint,
     })
+}
+
+fn model_file_missing(location: &IndexLocation, fp: &str) -> IndexError {
+    IndexError::NotFound(format!(
+        "model file models/{fp}.arrow in {}",
+        location.url()
+    ))
+}
+
+/// The schema in the model file's IPC footer, from a read of the file's last
+/// `first_read` bytes, and a second one if the footer is longer.
+async fn read_model_schema(location: &IndexLocation, fp: &str, first_read: u64) -> Result<Schema> {
+    let what = format!("model {fp}");
+    let path = location.model_file(fp);
+    let path = &path;
+    let tail = |n| async move {
+        location
+            .get_tail_opt(path, n)
+            .await?
+            .ok_or_else(|| model_file_missing(location, fp))
+    };
+    let mut bytes = tail(first_read.max(10)).await?;
+    let footer_len = |bytes: &[u8]| -> Result<usize> {
+        let end: [u8; 10] = bytes
+            .get(bytes.len().saturating_sub(10)..)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| IndexError::corrupt(&what, "too short to be an Arrow IPC file"))?;
+        read_footer_length(end).map_err(|e| IndexError::corrupt(&what, e.to_string()))
+    };
+    let needed = footer_len(&bytes)? + 10;
+    if bytes.len() < needed {
+        bytes = tail(needed as u64).await?;
+        if bytes.len() < needed || footer_len(&bytes)? + 10 != needed {
+            return Err(IndexError::corrupt(
+                &what,
+                "its footer does not fit the file",
+            ));
+        }
+    }
+    let footer = root_as_footer(&bytes[bytes.len() - needed..bytes.len() - 10])
+        .map_err(|e| IndexError::corrupt(&what, format!("footer: {e}")))?;
+    let schema = footer
+        .schema()
+        .filter(|s| s.fields().is_some())
+        .ok_or_else(|| IndexError::corrupt(&what, "no schema in the footer"))?;
+    Ok(fb_to_schema(schema))
 }
 
 /// The model file, its footer and schema read; its batch not yet decoded.
@@ -146,27 +198,17 @@ async fn open_model_file(
     let bytes = location
         .get_opt(&location.model_file(fp))
         .await?
-        .ok_or_else(|| {
-            IndexError::NotFound(format!(
-                "model file models/{fp}.arrow in {}",
-                location.url()
-            ))
-        })?;
+        .ok_or_else(|| model_file_missing(location, fp))?;
     FileReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| IndexError::corrupt(format!("model {fp}"), e.to_string()))
 }
 
 /// The parameters in the model file's schema metadata, after their format version.
-fn read_params<R: std::io::Read + std::io::Seek>(
-    what: &str,
-    reader: &FileReader<R>,
-) -> Result<ModelParams> {
-    let params_json = reader
-        .schema()
-        .metadata()
-        .get(PARAMS_KEY)
-        .cloned()
-        .ok_or_else(|| IndexError::corrupt(what, "no model parameters in the schema metadata"))?;
+fn read_params(what: &str, schema: &Schema) -> Result<ModelParams> {
+    let params_json =
+        schema.metadata().get(PARAMS_KEY).cloned().ok_or_else(|| {
+            IndexError::corrupt(what, "no model parameters in the schema metadata")
+        })?;
     let version: serde_json::Value = serde_json::from_str(&params_json)?;
     check_version(what, version["format_version"].as_u64().unwrap_or(0) as u32)?;
     serde_json::from_str(&params_json).map_err(|e| IndexError::corrupt(what, e.to_string()))
@@ -195,7 +237,7 @@ fn check_params(what: &str, params: &ModelParams) -> Result<()> {
 pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Model> {
     let what = format!("model {fp}");
     let reader = open_model_file(location, fp).await?;
-    let params = read_params(&what, &reader)?;
+    let params = read_params(&what, &reader.schema())?;
     check_params(&what, &params)?;
     let mut found: HashMap<String, Vec<f32>> = HashMap::new();
     for batch in reader {
@@ -355,5 +397,67 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn memory_location() -> IndexLocation {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let memory = url::Url::parse("memory://").unwrap();
+        runtime.register_object_store(&memory, Arc::new(object_store::memory::InMemory::new()));
+        IndexLocation::from_url("memory:///idx", &runtime).unwrap()
+    }
+
+    #[tokio::test]
+    async fn parameters_are_read_from_the_footer_alone() {
+        // 128 KiB of centroids: more than the first read of the file's end.
+        let model = Model::new(
+            ModelParams {
+                dim: 64,
+                num_partitions: 512,
+                ..params(IndexType::IvfFlat, None)
+            },
+            values(512 * 64, 0.5),
+            None,
+            None,
+        );
+        let location = memory_location();
+        model.write(&location).await.unwrap();
+        let fp = model.fingerprint();
+        // Reads shorter than the footer take a second read; longer ones get the file.
+        for first_read in [1, 16, 1 << 10, MODEL_TAIL_BYTES, 1 << 30] {
+            let schema = read_model_schema(&location, fp, first_read).await.unwrap();
+            assert_eq!(&read_params("m", &schema).unwrap(), model.params());
+        }
+        assert_eq!(
+            &read_current_model_info(&location).await.unwrap(),
+            model.info()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_model_file_without_a_footer_is_refused() {
+        let location = memory_location();
+        let mut too_long = vec![0xff, 0xff, 0xff, 0x0f];
+        too_long.extend_from_slice(b"ARROW1");
+        let cases: [(&[u8], &str); 3] = [
+            (b"ARROW1", "too short to be an Arrow IPC file"),
+            (b"these bytes are not an Arrow file", "footer"),
+            (&too_long, "its footer does not fit the file"),
+        ];
+        for (bytes, why) in cases {
+            location
+                .put(&location.model_file("bad"), bytes.to_vec())
+                .await
+                .unwrap();
+            let err = read_model_schema(&location, "bad", MODEL_TAIL_BYTES)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("model bad") && err.contains(why), "{err}");
+        }
+        let err = read_model_schema(&location, "absent", MODEL_TAIL_BYTES)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models/absent.arrow"), "{err}");
     }
 }

@@ -261,8 +261,9 @@ impl ModelInfo {
     }
 
     /// The parameters of the model named by the index's `index.json`, read from the
-    /// model file's schema without decoding its tensors or recomputing its
-    /// fingerprint ([`Model::read_current`] does both).
+    /// schema in the model file's IPC footer (a ranged read of the file's end), so
+    /// the cost does not grow with the tensors, which are neither read nor
+    /// fingerprinted ([`Model::read_current`] does both).
     pub async fn read_current(
         location: &crate::format::IndexLocation,
     ) -> crate::error::Result<Self> {

@@ -174,6 +174,7 @@ async fn merge_batch(
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for UnitRow {
         unit,
+        segment_json,
         segment_fragments,
     } in units_of(batch)?
     {
@@ -183,8 +184,8 @@ async fn merge_batch(
         rows.push(unit.rows);
         bytes.push(file.size);
         files.push(serde_json::to_string(&file).map_err(|e| exec_datafusion_err!("{e}"))?);
-        segs.push(serde_json::to_string(&unit.segment).map_err(|e| exec_datafusion_err!("{e}"))?);
-        frags.push(segment_fragments.map(<[u8]>::to_vec));
+        segs.push(segment_json);
+        frags.push(segment_fragments);
     }
     Ok(RecordBatch::try_new(
         merged_file_schema(),

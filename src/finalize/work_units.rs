@@ -148,54 +148,37 @@ pub fn unit_batch(
 }
 
 /// The column `name` of `array`, or an error naming it.
-fn column<'a>(array: &'a dyn ColumnsByName, name: &str) -> Result<&'a ArrayRef> {
+fn column<'a>(array: &'a StructArray, name: &str) -> Result<&'a ArrayRef> {
     array
-        .column_named(name)
+        .column_by_name(name)
         .ok_or_else(|| exec_datafusion_err!("work units lack the column {name}"))
-}
-
-/// Record batches and struct arrays alike.
-trait ColumnsByName {
-    fn column_named(&self, name: &str) -> Option<&ArrayRef>;
-}
-
-impl ColumnsByName for RecordBatch {
-    fn column_named(&self, name: &str) -> Option<&ArrayRef> {
-        self.column_by_name(name)
-    }
-}
-
-impl ColumnsByName for StructArray {
-    fn column_named(&self, name: &str) -> Option<&ArrayRef> {
-        self.column_by_name(name)
-    }
 }
 
 fn wrong_type(name: &str) -> datafusion::error::DataFusionError {
     exec_datafusion_err!("work unit column {name} has the wrong type")
 }
 
-fn strings<'a>(of: &'a dyn ColumnsByName, name: &str) -> Result<&'a StringArray> {
+fn strings<'a>(of: &'a StructArray, name: &str) -> Result<&'a StringArray> {
     column(of, name)?
         .as_string_opt::<i32>()
         .ok_or_else(|| wrong_type(name))
 }
 
-fn u64s<'a>(of: &'a dyn ColumnsByName, name: &str) -> Result<&'a [u64]> {
+fn u64s<'a>(of: &'a StructArray, name: &str) -> Result<&'a [u64]> {
     Ok(column(of, name)?
         .as_primitive_opt::<UInt64Type>()
         .ok_or_else(|| wrong_type(name))?
         .values())
 }
 
-fn u32s<'a>(of: &'a dyn ColumnsByName, name: &str) -> Result<&'a [u32]> {
+fn u32s<'a>(of: &'a StructArray, name: &str) -> Result<&'a [u32]> {
     Ok(column(of, name)?
         .as_primitive_opt::<UInt32Type>()
         .ok_or_else(|| wrong_type(name))?
         .values())
 }
 
-fn lists<'a>(of: &'a dyn ColumnsByName, name: &str) -> Result<&'a ListArray> {
+fn lists<'a>(of: &'a StructArray, name: &str) -> Result<&'a ListArray> {
     column(of, name)?
         .as_list_opt::<i32>()
         .ok_or_else(|| wrong_type(name))
@@ -209,14 +192,17 @@ fn structs(list: &ListArray, i: usize, name: &str) -> Result<StructArray> {
 }
 
 /// A work unit read from its row.
-pub struct UnitRow<'a> {
+pub struct UnitRow {
     pub unit: WorkUnit,
+    /// `unit.segment` as the row carries it (JSON), to pass on to the commit.
+    pub segment_json: String,
     /// The segment's fragment set (portable Roaring bytes), on the segment's first unit.
-    pub segment_fragments: Option<&'a [u8]>,
+    pub segment_fragments: Option<Vec<u8>>,
 }
 
 /// The units of a batch of [`work_unit_schema`].
-pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow<'_>>> {
+pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
+    let batch = &StructArray::from(batch.clone());
     let file_index = u32s(batch, "file_index")?;
     let file_name = strings(batch, "file_name")?;
     let (start, end) = (
@@ -229,12 +215,12 @@ pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow<'_>>> {
     let fragments = column(batch, "fragments")?
         .as_binary_opt::<i32>()
         .ok_or_else(|| wrong_type("fragments"))?;
-    (0..batch.num_rows())
+    (0..batch.len())
         .map(|i| {
-            let segment: SegmentPlan = serde_json::from_str(segment.value(i))
+            let plan: SegmentPlan = serde_json::from_str(segment.value(i))
                 .map_err(|e| exec_datafusion_err!("work unit {}: {e}", file_name.value(i)))?;
             let unit = WorkUnit {
-                segment,
+                segment: plan,
                 file_index: file_index[i],
                 file_name: file_name.value(i).to_string(),
                 partition_start: start[i],
@@ -244,7 +230,8 @@ pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow<'_>>> {
             };
             Ok(UnitRow {
                 unit,
-                segment_fragments: fragments.is_valid(i).then(|| fragments.value(i)),
+                segment_json: segment.value(i).to_string(),
+                segment_fragments: fragments.is_valid(i).then(|| fragments.value(i).to_vec()),
             })
         })
         .collect()
@@ -356,6 +343,7 @@ mod tests {
         let read = units_of(&first).unwrap();
         let bytes = read[0]
             .segment_fragments
+            .as_deref()
             .expect("the first unit carries the segment's fragments");
         assert_eq!(RoaringBitmap::deserialize_from(bytes).unwrap(), set);
     }

@@ -1,4 +1,8 @@
-//! The crate's domain error, converted to `DataFusionError` at the boundary.
+//! The crate's domain error. Inside a DataFusion plan it travels as
+//! `DataFusionError::External`, and [`IndexError::from`] unwraps it again, so a Rust
+//! caller of [`crate::VectorIndex`] can match the variant an operator raised.
+
+use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 
@@ -30,6 +34,17 @@ pub enum IndexError {
     /// Something the caller asked for does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The object store failed an operation on a file of the index: not a sign that
+    /// the file is damaged; the operation can be retried.
+    #[error("object store error {what}: {source}")]
+    Store {
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A bug: an invariant of this crate broke, or a task of its own panicked.
+    #[error("internal error: {0}; this is a bug in datafusion-vector-index, please report it")]
+    Internal(String),
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
     #[error(transparent)]
@@ -41,12 +56,6 @@ pub enum IndexError {
     /// An error from a DataFusion plan this crate ran (kept whole, so it round-trips).
     #[error(transparent)]
     DataFusion(Box<DataFusionError>),
-}
-
-impl From<DataFusionError> for IndexError {
-    fn from(e: DataFusionError) -> Self {
-        Self::DataFusion(Box::new(e))
-    }
 }
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -65,16 +74,117 @@ impl IndexError {
             reason: reason.into(),
         }
     }
+
+    /// A store failure while working on `what` (a file of the index, or an action on it).
+    pub fn store(what: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Store {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A task of this crate that did not finish: a panic in it is a bug.
+    pub(crate) fn task_failed(what: &str, e: tokio::task::JoinError) -> Self {
+        Self::Internal(format!("{what} did not finish: {e}"))
+    }
 }
 
 impl From<IndexError> for DataFusionError {
     fn from(e: IndexError) -> Self {
         match e {
-            IndexError::Arrow(e) => DataFusionError::ArrowError(Box::new(e), None),
-            IndexError::ObjectStore(e) => DataFusionError::ObjectStore(Box::new(e)),
             IndexError::DataFusion(e) => *e,
-            IndexError::InvalidArgument { .. } => DataFusionError::Plan(e.to_string()),
-            other => DataFusionError::Execution(other.to_string()),
+            other => DataFusionError::External(Box::new(other)),
         }
+    }
+}
+
+impl From<DataFusionError> for IndexError {
+    /// Unwraps an `IndexError` that an operator raised, through the layers a plan
+    /// adds around errors (contexts, errors shared between partitions); any other
+    /// error is kept whole.
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<IndexError>() {
+                Ok(index) => *index,
+                Err(other) => Self::DataFusion(Box::new(DataFusionError::External(other))),
+            },
+            DataFusionError::Context(context, inner) => match Self::from(*inner) {
+                Self::DataFusion(inner) => {
+                    Self::DataFusion(Box::new(DataFusionError::Context(context, inner)))
+                }
+                index => index,
+            },
+            DataFusionError::Shared(shared) => match Arc::try_unwrap(shared) {
+                Ok(owned) => Self::from(owned),
+                Err(shared) => match shared.as_ref() {
+                    DataFusionError::External(inner) => match inner.downcast_ref::<IndexError>() {
+                        Some(index) => index.duplicate(),
+                        None => Self::DataFusion(Box::new(DataFusionError::Shared(shared))),
+                    },
+                    _ => Self::DataFusion(Box::new(DataFusionError::Shared(shared))),
+                },
+            },
+            other => Self::DataFusion(Box::new(other)),
+        }
+    }
+}
+
+impl IndexError {
+    /// The same variant with the same text, for an error several partitions share;
+    /// a source error that cannot be cloned is kept as its text.
+    fn duplicate(&self) -> Self {
+        match self {
+            Self::InvalidArgument { name, reason } => Self::invalid_argument(name, reason),
+            Self::InvalidInput(s) => Self::InvalidInput(s.clone()),
+            Self::Corrupt { what, reason } => Self::corrupt(what, reason),
+            Self::UnsupportedVersion {
+                what,
+                found,
+                supported,
+            } => Self::UnsupportedVersion {
+                what: what.clone(),
+                found: *found,
+                supported: *supported,
+            },
+            Self::Finalize(s) => Self::Finalize(s.clone()),
+            Self::Conflict(s) => Self::Conflict(s.clone()),
+            Self::NotFound(s) => Self::NotFound(s.clone()),
+            Self::Internal(s) => Self::Internal(s.clone()),
+            Self::Store { what, source } => Self::store(
+                what,
+                object_store::Error::Generic {
+                    store: "shared",
+                    source: source.to_string().into(),
+                },
+            ),
+            other => Self::DataFusion(Box::new(DataFusionError::Execution(other.to_string()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_survive_a_plan() {
+        let conflict = || IndexError::Conflict("version 3 exists".into());
+        let through_plan: DataFusionError = conflict().into();
+        assert!(matches!(
+            IndexError::from(through_plan),
+            IndexError::Conflict(_)
+        ));
+        // As a repartition shares it between partitions, and with a context added.
+        let arc: Arc<DataFusionError> = Arc::new(conflict().into());
+        let shared = DataFusionError::Shared(Arc::clone(&arc));
+        assert!(matches!(IndexError::from(shared), IndexError::Conflict(_)));
+        drop(arc);
+        let context = DataFusionError::Context("finalize".into(), Box::new(conflict().into()));
+        assert!(matches!(IndexError::from(context), IndexError::Conflict(_)));
+        let plain = DataFusionError::Plan("no table".into());
+        assert!(matches!(
+            IndexError::from(plain),
+            IndexError::DataFusion(e) if matches!(*e, DataFusionError::Plan(_))
+        ));
     }
 }

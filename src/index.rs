@@ -91,7 +91,7 @@ impl VectorIndex {
             move || train_model(dim, sample.finish(), &options)
         })
         .await
-        .map_err(|e| IndexError::InvalidInput(format!("training failed: {e}")))??;
+        .map_err(|e| IndexError::task_failed("training", e))??;
         model.write(&self.location).await?;
         Ok(model)
     }

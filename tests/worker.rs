@@ -154,7 +154,7 @@ fn unknown_format_version_is_rejected() {
     let json = br#"{"format_version": 99, "shard_id": "x"}"#;
     let err = ShardManifest::from_json("x", json).unwrap_err().to_string();
     assert!(
-        err.contains("format version 99") && err.contains("understands version 1"),
+        err.contains("format version 99") && err.contains("understands version 2"),
         "{err}"
     );
 }

@@ -42,7 +42,14 @@ pub async fn read_segment(location: &IndexLocation, segment_id: &str) -> Result<
     let bytes = location.get_opt(&path).await?.ok_or_else(|| {
         IndexError::corrupt(format!("segment {segment_id}"), "segment.json is missing")
     })?;
-    SegmentManifest::from_json(segment_id, &bytes)
+    let manifest = SegmentManifest::from_json(segment_id, &bytes)?;
+    if manifest.segment_id != segment_id {
+        return Err(IndexError::corrupt(
+            format!("segment {segment_id}: segment.json"),
+            format!("names segment {}", manifest.segment_id),
+        ));
+    }
+    Ok(manifest)
 }
 
 pub async fn read_segment_fragments(

@@ -265,10 +265,7 @@ async fn commit(
             consumed_shards: s.plan.shards.clone(),
         };
         if !location
-            .put_if_absent(
-                &dir.join("segment.json"),
-                serde_json::to_vec_pretty(&manifest)?,
-            )
+            .put_if_absent(&dir.join("segment.json"), manifest.to_json()?)
             .await?
         {
             return Err(IndexError::Conflict(format!(
@@ -343,10 +340,7 @@ async fn commit(
             replaced_segments: replaced.clone(),
         };
         if location
-            .put_if_absent(
-                &location.version_file(version),
-                serde_json::to_vec_pretty(&manifest)?,
-            )
+            .put_if_absent(&location.version_file(version), manifest.to_json()?)
             .await?
         {
             let timer = cleanup_time.timer();

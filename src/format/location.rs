@@ -9,9 +9,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{IndexError, Result};
 
@@ -146,15 +144,36 @@ impl IndexLocation {
         }
     }
 
-    /// The last `n` bytes of an object (all of it when shorter); `None` when it does
-    /// not exist. From stores without suffix ranges (Azure), the whole object.
-    pub async fn get_tail_opt(&self, path: &Path, n: u64) -> Result<Option<Bytes>> {
-        let options = GetOptions::default().with_range(Some(GetRange::Suffix(n)));
-        match self.store.get_opts(path, options).await {
-            Ok(r) => Ok(Some(r.bytes().await?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(object_store::Error::NotSupported { .. }) => self.get_opt(path).await,
-            Err(e) => Err(e.into()),
+    /// Bytes `range` of a file a manifest describes, `what` naming it in errors: a
+    /// missing file or one shorter than the manifest says is damage (`Corrupt`), any
+    /// other failure the store's (`Store`).
+    pub async fn get_described_range(
+        &self,
+        path: &Path,
+        range: std::ops::Range<u64>,
+        what: &str,
+    ) -> Result<Bytes> {
+        let remedy =
+            "the index is damaged; restore the file, or re-stage and re-finalize what it holds";
+        match self.store.get_range(path, range.clone()).await {
+            Ok(bytes) => Ok(bytes),
+            Err(object_store::Error::NotFound { .. }) => Err(IndexError::corrupt(
+                what,
+                format!("{path} is missing; {remedy}"),
+            )),
+            Err(e) => match self.store.head(path).await {
+                Ok(meta) if meta.size < range.end => Err(IndexError::corrupt(
+                    what,
+                    format!(
+                        "{path} is {} bytes, shorter than its manifest says (bytes {}..{}); {remedy}",
+                        meta.size, range.start, range.end
+                    ),
+                )),
+                _ => Err(IndexError::store(
+                    format!("reading {what} (bytes {}..{} of {path})", range.start, range.end),
+                    e,
+                )),
+            },
         }
     }
 

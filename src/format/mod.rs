@@ -4,6 +4,7 @@ mod ipc;
 mod location;
 mod manifest;
 mod stored_rows;
+mod upload;
 
 pub(crate) use ipc::pad_to_8;
 pub use ipc::{arrow_bytes, decode_block, encode_partitions, BlockInfo, IpcFileSink};
@@ -13,9 +14,10 @@ pub use manifest::{
     ShardManifest, VersionManifest,
 };
 pub use stored_rows::{stored_rows_header, StoredRowsLayout};
+pub use upload::Upload;
 
 /// The format version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Column holding the row id in every data file.
 pub const ROW_ID_COLUMN: &str = "row_id";

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Float32Array, ListArray, RecordBatch, StringArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
-use arrow::ipc::convert::fb_to_schema;
-use arrow::ipc::reader::{read_footer_length, FileReader};
-use arrow::ipc::root_as_footer;
+use arrow::ipc::reader::FileReader;
 use sha2::{Digest, Sha256};
 
 use super::{Model, ModelInfo, ModelParams, ProductQuantizer, ScalarQuantizer};
 use crate::error::{IndexError, Result};
-use crate::format::{check_version, encode_partitions, IndexLocation, IndexManifest};
+use crate::format::{encode_partitions, FileInfo, IndexLocation, IndexManifest};
 
 const PARAMS_KEY: &str = "vector_index.model";
 
@@ -82,6 +80,11 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     let values = ListArray::try_new(item, offsets, Arc::new(Float32Array::from(flat)), None)?;
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(names), Arc::new(values)])?;
     let (bytes, _, _) = encode_partitions(&schema, [batch])?;
+    let model_file = FileInfo {
+        name: model_file_name(model.fingerprint()),
+        size: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+    };
     location
         .put_if_absent(&location.model_file(model.fingerprint()), bytes)
         .await?;
@@ -89,12 +92,11 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     let manifest = IndexManifest {
         format_version: crate::format::FORMAT_VERSION,
         model: model.fingerprint().to_string(),
+        model_file,
+        params: model.params().clone(),
     };
     let path = location.index_manifest();
-    if !location
-        .put_if_absent(&path, serde_json::to_vec_pretty(&manifest)?)
-        .await?
-    {
+    if !location.put_if_absent(&path, manifest.to_json()?).await? {
         let existing = IndexManifest::from_json(&location.get(&path).await?)?;
         if existing.model != manifest.model {
             return Err(IndexError::invalid_argument(
@@ -110,8 +112,12 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     Ok(())
 }
 
-/// The fingerprint of the index's model, from `index.json`.
-async fn current_fingerprint(location: &IndexLocation) -> Result<String> {
+fn model_file_name(fingerprint: &str) -> String {
+    format!("models/{fingerprint}.arrow")
+}
+
+/// The index's `index.json`: its model's fingerprint, parameters and file checksum.
+pub(super) async fn read_index_manifest(location: &IndexLocation) -> Result<IndexManifest> {
     let bytes = location
         .get_opt(&location.index_manifest())
         .await?
@@ -121,86 +127,19 @@ async fn current_fingerprint(location: &IndexLocation) -> Result<String> {
                 location.url()
             ))
         })?;
-    Ok(IndexManifest::from_json(&bytes)?.model)
+    IndexManifest::from_json(&bytes)
 }
-
-pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
-    read_model(location, &current_fingerprint(location).await?).await
-}
-
-/// Bytes at the end of the model file read for its parameters: its IPC footer holds
-/// the schema and so the parameters, a few KiB whatever the size of the tensors.
-const MODEL_TAIL_BYTES: u64 = 64 << 10;
 
 pub(super) async fn read_current_model_info(location: &IndexLocation) -> Result<ModelInfo> {
-    let fingerprint = current_fingerprint(location).await?;
-    let what = format!("model {fingerprint}");
-    let schema = read_model_schema(location, &fingerprint, MODEL_TAIL_BYTES).await?;
-    let params = read_params(&what, &schema)?;
-    check_params(&what, &params)?;
+    let manifest = read_index_manifest(location).await?;
     Ok(ModelInfo {
-        params,
-        fingerprint,
+        params: manifest.params,
+        fingerprint: manifest.model,
     })
 }
 
-fn model_file_missing(location: &IndexLocation, fp: &str) -> IndexError {
-    IndexError::NotFound(format!(
-        "model file models/{fp}.arrow in {}",
-        location.url()
-    ))
-}
-
-/// The schema in the model file's IPC footer, from a read of the file's last
-/// `first_read` bytes, and a second one if the footer is longer.
-async fn read_model_schema(location: &IndexLocation, fp: &str, first_read: u64) -> Result<Schema> {
-    let what = format!("model {fp}");
-    let path = location.model_file(fp);
-    let path = &path;
-    let tail = |n| async move {
-        location
-            .get_tail_opt(path, n)
-            .await?
-            .ok_or_else(|| model_file_missing(location, fp))
-    };
-    let mut bytes = tail(first_read.max(10)).await?;
-    let footer_len = |bytes: &[u8]| -> Result<usize> {
-        let end: [u8; 10] = bytes
-            .get(bytes.len().saturating_sub(10)..)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| IndexError::corrupt(&what, "too short to be an Arrow IPC file"))?;
-        read_footer_length(end).map_err(|e| IndexError::corrupt(&what, e.to_string()))
-    };
-    let needed = footer_len(&bytes)? + 10;
-    if bytes.len() < needed {
-        bytes = tail(needed as u64).await?;
-        if bytes.len() < needed || footer_len(&bytes)? + 10 != needed {
-            return Err(IndexError::corrupt(
-                &what,
-                "its footer does not fit the file",
-            ));
-        }
-    }
-    let footer = root_as_footer(&bytes[bytes.len() - needed..bytes.len() - 10])
-        .map_err(|e| IndexError::corrupt(&what, format!("footer: {e}")))?;
-    let schema = footer
-        .schema()
-        .filter(|s| s.fields().is_some())
-        .ok_or_else(|| IndexError::corrupt(&what, "no schema in the footer"))?;
-    Ok(fb_to_schema(schema))
-}
-
-/// The model file, its footer and schema read; its batch not yet decoded.
-async fn open_model_file(
-    location: &IndexLocation,
-    fp: &str,
-) -> Result<FileReader<std::io::Cursor<bytes::Bytes>>> {
-    let bytes = location
-        .get_opt(&location.model_file(fp))
-        .await?
-        .ok_or_else(|| model_file_missing(location, fp))?;
-    FileReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| IndexError::corrupt(format!("model {fp}"), e.to_string()))
+pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
+    read_model(location, &read_index_manifest(location).await?).await
 }
 
 /// The parameters in the model file's schema metadata, after their format version.
@@ -209,64 +148,72 @@ fn read_params(what: &str, schema: &Schema) -> Result<ModelParams> {
         schema.metadata().get(PARAMS_KEY).cloned().ok_or_else(|| {
             IndexError::corrupt(what, "no model parameters in the schema metadata")
         })?;
-    let version: serde_json::Value = serde_json::from_str(&params_json)?;
-    check_version(what, version["format_version"].as_u64().unwrap_or(0) as u32)?;
     serde_json::from_str(&params_json).map_err(|e| IndexError::corrupt(what, e.to_string()))
 }
 
-/// Parameters no model can have (the tensors are checked against them on a full read).
-fn check_params(what: &str, params: &ModelParams) -> Result<()> {
-    let dim = params.dim;
-    let bad = match params.num_sub_vectors {
-        _ if dim == 0 || params.num_partitions == 0 => true,
-        Some(m) => m == 0 || !dim.is_multiple_of(m),
-        None => params.index_type.quantizer() == super::Quantizer::Pq,
+/// Reads the model `index` names. The file's size and CRC-32 are checked against
+/// `index.json` before a byte of it is decoded, and its decoded contents against its
+/// fingerprint and the parameters in `index.json`.
+async fn read_model(location: &IndexLocation, index: &IndexManifest) -> Result<Model> {
+    let fp = index.model.as_str();
+    let what = format!(
+        "model file {} of index {}",
+        index.model_file.name,
+        location.url()
+    );
+    let damaged = |reason: String| {
+        IndexError::corrupt(
+            &what,
+            format!("{reason}; the model cannot be used (restore the file from a backup)"),
+        )
     };
-    if bad {
-        return Err(IndexError::corrupt(
-            what,
-            format!(
-                "parameters do not describe a model: dim {dim}, {} partitions, num_sub_vectors {:?}",
-                params.num_partitions, params.num_sub_vectors
-            ),
-        ));
+    let bytes = location
+        .get_opt(&location.model_file(fp))
+        .await?
+        .ok_or_else(|| IndexError::NotFound(what.clone()))?;
+    let crc = crc32fast::hash(&bytes);
+    if bytes.len() as u64 != index.model_file.size || crc != index.model_file.crc32 {
+        return Err(damaged(format!(
+            "{} bytes with crc32 {crc}, index.json says {} bytes with crc32 {}",
+            bytes.len(),
+            index.model_file.size,
+            index.model_file.crc32
+        )));
     }
-    Ok(())
-}
-
-pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Model> {
-    let what = format!("model {fp}");
-    let reader = open_model_file(location, fp).await?;
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| damaged(e.to_string()))?;
     let params = read_params(&what, &reader.schema())?;
-    check_params(&what, &params)?;
+    if params != index.params {
+        return Err(damaged("its parameters differ from index.json's".into()));
+    }
     let mut found: HashMap<String, Vec<f32>> = HashMap::new();
     for batch in reader {
-        let batch = batch.map_err(|e| IndexError::corrupt(&what, e.to_string()))?;
+        let batch = batch.map_err(|e| damaged(e.to_string()))?;
         let names = batch
             .column(0)
             .as_string_opt::<i32>()
-            .ok_or_else(|| IndexError::corrupt(&what, "tensor names"))?;
+            .ok_or_else(|| damaged("tensor names".into()))?;
         let lists = batch
             .column(1)
             .as_list_opt::<i32>()
-            .ok_or_else(|| IndexError::corrupt(&what, "tensor values"))?;
+            .ok_or_else(|| damaged("tensor values".into()))?;
         for i in 0..batch.num_rows() {
             let v = lists.value(i);
             let v = v
                 .as_primitive_opt::<Float32Type>()
-                .ok_or_else(|| IndexError::corrupt(&what, "tensor type"))?;
+                .ok_or_else(|| damaged("tensor type".into()))?;
             found.insert(names.value(i).to_string(), v.values().to_vec());
         }
     }
     let mut take = |name: &str| {
         found
             .remove(name)
-            .ok_or_else(|| IndexError::corrupt(&what, format!("missing tensor {name}")))
+            .ok_or_else(|| damaged(format!("missing tensor {name}")))
     };
     let dim = params.dim as usize;
     let centroids = take("centroids")?;
     if centroids.len() != dim * params.num_partitions as usize {
-        return Err(IndexError::corrupt(&what, "centroids have the wrong size"));
+        return Err(damaged("centroids have the wrong size".into()));
     }
     let pq = match params.num_sub_vectors {
         Some(m) => Some(ProductQuantizer {
@@ -285,28 +232,23 @@ pub(super) async fn read_model(location: &IndexLocation, fp: &str) -> Result<Mod
         None
     };
     if let Some(pq) = &pq {
-        let m = pq.num_sub_vectors;
-        if m == 0
-            || !dim.is_multiple_of(m)
-            || pq.codebook.len() != m * crate::model::pq::PQ_CODES * pq.sub_dim
-        {
-            return Err(IndexError::corrupt(
-                &what,
-                "PQ codebook does not match num_sub_vectors and dim",
+        if pq.codebook.len() != pq.num_sub_vectors * crate::model::pq::PQ_CODES * pq.sub_dim {
+            return Err(damaged(
+                "PQ codebook does not match num_sub_vectors and dim".into(),
             ));
         }
     }
     if let Some(sq) = &sq {
         if sq.lower.len() != dim || sq.upper.len() != dim {
-            return Err(IndexError::corrupt(&what, "SQ bounds do not match dim"));
+            return Err(damaged("SQ bounds do not match dim".into()));
         }
     }
     let model = Model::new(params, centroids, pq, sq);
     if model.fingerprint() != fp {
-        return Err(IndexError::corrupt(
-            &what,
-            format!("contents hash to {}, not to its name", model.fingerprint()),
-        ));
+        return Err(damaged(format!(
+            "contents hash to {}, not to its name",
+            model.fingerprint()
+        )));
     }
     Ok(model)
 }
@@ -318,7 +260,7 @@ mod tests {
 
     fn params(index_type: IndexType, num_sub_vectors: Option<u32>) -> ModelParams {
         ModelParams {
-            format_version: 1,
+            format_version: crate::format::FORMAT_VERSION,
             index_type,
             metric: Metric::L2,
             dim: 4,
@@ -339,8 +281,13 @@ mod tests {
     /// they must never change for the same model (FORMAT.md).
     #[test]
     fn fingerprints_are_stable() {
+        // Format version 1's parameters: the hashes pinned below predate version 2.
+        let v1 = |p| ModelParams {
+            format_version: 1,
+            ..p
+        };
         let pq = Model::new(
-            params(IndexType::IvfPq, Some(2)),
+            v1(params(IndexType::IvfPq, Some(2))),
             values(12, 0.25),
             Some(ProductQuantizer {
                 num_sub_vectors: 2,
@@ -350,7 +297,7 @@ mod tests {
             None,
         );
         let sq = Model::new(
-            params(IndexType::IvfSq, None),
+            v1(params(IndexType::IvfSq, None)),
             values(12, -1.5),
             None,
             Some(ScalarQuantizer {
@@ -375,7 +322,7 @@ mod tests {
             params(IndexType::IvfFlat, None),
         ];
         for p in &ok {
-            check_params("model m", p).unwrap();
+            p.check("model m").unwrap();
         }
         let bad = [
             params(IndexType::IvfPq, Some(3)),
@@ -391,7 +338,7 @@ mod tests {
             },
         ];
         for p in &bad {
-            let err = check_params("model m", p).unwrap_err().to_string();
+            let err = p.check("model m").unwrap_err().to_string();
             assert!(
                 err.contains("model m") && err.contains("do not describe a model"),
                 "{err}"
@@ -407,57 +354,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn parameters_are_read_from_the_footer_alone() {
-        // 128 KiB of centroids: more than the first read of the file's end.
+    async fn a_damaged_model_file_is_refused_before_it_is_decoded() {
         let model = Model::new(
-            ModelParams {
-                dim: 64,
-                num_partitions: 512,
-                ..params(IndexType::IvfFlat, None)
-            },
-            values(512 * 64, 0.5),
+            params(IndexType::IvfSq, None),
+            values(12, -1.5),
             None,
-            None,
+            Some(ScalarQuantizer {
+                lower: values(4, 1.0),
+                upper: values(4, 2.0),
+            }),
         );
         let location = memory_location();
         model.write(&location).await.unwrap();
-        let fp = model.fingerprint();
-        // Reads shorter than the footer take a second read; longer ones get the file.
-        for first_read in [1, 16, 1 << 10, MODEL_TAIL_BYTES, 1 << 30] {
-            let schema = read_model_schema(&location, fp, first_read).await.unwrap();
-            assert_eq!(&read_params("m", &schema).unwrap(), model.params());
-        }
+        assert_eq!(&read_current_model(&location).await.unwrap(), &model);
         assert_eq!(
             &read_current_model_info(&location).await.unwrap(),
             model.info()
         );
-    }
-
-    #[tokio::test]
-    async fn a_model_file_without_a_footer_is_refused() {
-        let location = memory_location();
-        let mut too_long = vec![0xff, 0xff, 0xff, 0x0f];
-        too_long.extend_from_slice(b"ARROW1");
-        let cases: [(&[u8], &str); 3] = [
-            (b"ARROW1", "too short to be an Arrow IPC file"),
-            (b"these bytes are not an Arrow file", "footer"),
-            (&too_long, "its footer does not fit the file"),
-        ];
-        for (bytes, why) in cases {
-            location
-                .put(&location.model_file("bad"), bytes.to_vec())
-                .await
-                .unwrap();
-            let err = read_model_schema(&location, "bad", MODEL_TAIL_BYTES)
-                .await
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("model bad") && err.contains(why), "{err}");
+        let path = location.model_file(model.fingerprint());
+        let good = location.get(&path).await.unwrap().to_vec();
+        for at in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            location.put(&path, bad).await.unwrap();
+            let err = read_current_model(&location).await.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("models/{}.arrow", model.fingerprint()))
+                    && err.contains("index.json says"),
+                "{err}"
+            );
         }
-        let err = read_model_schema(&location, "absent", MODEL_TAIL_BYTES)
+        location
+            .put(&path, good[..good.len() - 3].to_vec())
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("models/absent.arrow"), "{err}");
+            .unwrap();
+        let err = read_current_model(&location).await.unwrap_err().to_string();
+        assert!(err.contains("index.json says"), "{err}");
     }
 }

@@ -208,6 +208,32 @@ pub struct ModelParams {
     pub max_iterations: u32,
 }
 
+impl ModelParams {
+    /// Rejects parameters no model can have (the tensors are checked against them on
+    /// a full read).
+    pub fn check(&self, what: &str) -> crate::error::Result<()> {
+        crate::format::check_version(what, self.format_version)?;
+        let dim = self.dim;
+        let bad = match self.num_sub_vectors {
+            _ if dim == 0 || self.num_partitions == 0 => true,
+            Some(m) => {
+                m == 0 || !dim.is_multiple_of(m) || self.index_type.quantizer() != Quantizer::Pq
+            }
+            None => self.index_type.quantizer() == Quantizer::Pq,
+        };
+        if bad {
+            return Err(IndexError::corrupt(
+                what,
+                format!(
+                    "parameters do not describe a model: dim {dim}, {} partitions, num_sub_vectors {:?}",
+                    self.num_partitions, self.num_sub_vectors
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A model's identity and parameters without its tensors: all that finalize needs,
 /// since it copies stored rows and never decodes them (but for the HNSW types).
 #[derive(Debug, Clone, PartialEq)]
@@ -260,10 +286,9 @@ impl ModelInfo {
         encode::storage_schema(self)
     }
 
-    /// The parameters of the model named by the index's `index.json`, read from the
-    /// schema in the model file's IPC footer (a ranged read of the file's end), so
-    /// the cost does not grow with the tensors, which are neither read nor
-    /// fingerprinted ([`Model::read_current`] does both).
+    /// The fingerprint and parameters of the model named by the index's `index.json`,
+    /// read from `index.json` alone: the model file is neither read nor fingerprinted
+    /// ([`Model::read_current`] does both).
     pub async fn read_current(
         location: &crate::format::IndexLocation,
     ) -> crate::error::Result<Self> {
@@ -368,13 +393,6 @@ impl Model {
 
     pub async fn write(&self, location: &crate::format::IndexLocation) -> crate::error::Result<()> {
         io::write_model(self, location).await
-    }
-
-    pub async fn read(
-        location: &crate::format::IndexLocation,
-        fingerprint: &str,
-    ) -> crate::error::Result<Self> {
-        io::read_model(location, fingerprint).await
     }
 
     /// The model named by the index's `index.json`.

@@ -16,7 +16,6 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 
 use super::distance::{Scorer, StoredRows};
 use super::topk::{tops_to_batch, Scored, TopK};
@@ -143,11 +142,11 @@ async fn read_block(target: &SearchTarget, s: u32, p: u32) -> crate::error::Resu
     let (file, block) = seg
         .block(p)
         .ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
-    let dir = target.location.segment_dir(&seg.segment_id);
-    let store = target.location.store();
+    let location = &target.location;
+    let dir = location.segment_dir(&seg.segment_id);
     let schema = target.model.storage_schema();
     let data_path = dir.clone().join(file.name.as_str());
-    let data = store.get_range(&data_path, block.range());
+    let data = location.get_described_range(&data_path, block.range(), &what);
     let graph = async {
         if !target.model.index_type().is_hnsw() {
             return Ok(None);
@@ -155,16 +154,16 @@ async fn read_block(target: &SearchTarget, s: u32, p: u32) -> crate::error::Resu
         let Some((file, block)) = seg.graph_block(p) else {
             return Ok(None);
         };
-        let bytes = store
-            .get_range(&dir.clone().join(file.name.as_str()), block.range())
-            .await?;
         let what = format!("{what}, graph");
+        let bytes = location
+            .get_described_range(&dir.clone().join(file.name.as_str()), block.range(), &what)
+            .await?;
         Ok::<_, IndexError>(Some((
             what.clone(),
             decode_block(&what, &graph_schema(), block, bytes)?,
         )))
     };
-    let (data, graph) = futures::try_join!(async { Ok::<_, IndexError>(data.await?) }, graph)?;
+    let (data, graph) = futures::try_join!(data, graph)?;
     let rows = decode_block(&what, &schema, block, data)?;
     let graph = match graph {
         Some((what, batch)) => Some(HnswGraph::from_batch(&what, &batch, rows.num_rows())?),

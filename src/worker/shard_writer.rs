@@ -184,10 +184,7 @@ impl ShardWriter {
             partitions: blocks,
         };
         self.location
-            .put(
-                &dir.clone().join("shard.json"),
-                serde_json::to_vec_pretty(&manifest)?,
-            )
+            .put(&dir.clone().join("shard.json"), manifest.to_json()?)
             .await?;
         Ok(manifest)
     }

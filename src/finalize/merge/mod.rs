@@ -43,7 +43,18 @@ impl MergeState {
         if let Some(m) = &self.graph_model {
             return Ok(Arc::clone(m));
         }
-        let m = Arc::new(Model::read(location, model.fingerprint()).await?);
+        let m = Model::read_current(location).await?;
+        if m.fingerprint() != model.fingerprint() {
+            return Err(IndexError::corrupt(
+                "index.json",
+                format!(
+                    "names model {} while this finalize was planned with model {}",
+                    m.fingerprint(),
+                    model.fingerprint()
+                ),
+            ));
+        }
+        let m = Arc::new(m);
         self.graph_model = Some(Arc::clone(&m));
         Ok(m)
     }
@@ -71,7 +82,7 @@ pub async fn merge_unit(
         (file, scratch)
     })
     .await
-    .map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))?;
+    .map_err(|e| IndexError::task_failed("the merge of a work unit", e))?;
     state.scratch = scratch;
     file
 }

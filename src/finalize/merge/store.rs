@@ -8,16 +8,13 @@ use arrow::array::RecordBatch;
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
-use tokio::io::AsyncWriteExt;
 
 use super::{described, merge_runs, Run};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
-    arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile,
+    arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile, Upload,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
 use crate::model::{
@@ -44,7 +41,7 @@ pub(super) async fn merge_unit(
 ) -> Result<SegmentFile> {
     let dir = location.segment_dir(&unit.segment.segment_id);
     let writer = |name: &str| {
-        BufWriter::with_capacity(
+        Upload::new(
             Arc::clone(location.store()),
             dir.clone().join(name),
             WRITE_PART_BYTES,
@@ -68,9 +65,9 @@ pub(super) async fn merge_unit(
     match write_file(location, model, unit, &mut out, graphs.as_mut()).await {
         Ok(file) => Ok(file),
         Err(e) => {
-            out.abort().await.ok();
+            out.abort().await;
             if let Some(g) = graphs.as_mut() {
-                g.out.abort().await.ok();
+                g.out.abort().await;
             }
             Err(e)
         }
@@ -89,7 +86,7 @@ struct GraphSink {
     model: Arc<Model>,
     params: HnswParams,
     name: String,
-    out: BufWriter,
+    out: Upload,
     /// Taken by [`GraphSink::finish`].
     sink: Option<IpcFileSink>,
 }
@@ -97,7 +94,7 @@ struct GraphSink {
 impl GraphSink {
     async fn write(&mut self, graph: &RecordBatch) -> Result<()> {
         let sink = self.sink.as_mut().ok_or_else(|| {
-            IndexError::InvalidInput(format!("graph file {} already finished", self.name))
+            IndexError::Internal(format!("graph file {} already finished", self.name))
         })?;
         for piece in sink.write(graph)? {
             self.out.put(piece).await?;
@@ -107,11 +104,11 @@ impl GraphSink {
 
     async fn finish(&mut self) -> Result<GraphFile> {
         let sink = self.sink.take().ok_or_else(|| {
-            IndexError::InvalidInput(format!("graph file {} already finished", self.name))
+            IndexError::Internal(format!("graph file {} already finished", self.name))
         })?;
         let (tail, blocks, size, _) = sink.finish()?;
         self.out.put(tail).await?;
-        self.out.shutdown().await?;
+        self.out.finish().await?;
         Ok(GraphFile {
             name: self.name.clone(),
             size,
@@ -136,16 +133,14 @@ async fn partition_graph(
         build_graph(&vectors, model.dim(), ids, model.metric(), params, seed).to_batch()
     })
     .await
-    .map_err(|e| {
-        IndexError::InvalidInput(format!("graph build of partition {partition} failed: {e}"))
-    })?
+    .map_err(|e| IndexError::task_failed(&format!("the graph build of partition {partition}"), e))?
 }
 
 async fn write_file(
     location: &IndexLocation,
     model: &ModelInfo,
     unit: &WorkUnit,
-    out: &mut BufWriter,
+    out: &mut Upload,
     mut graphs: Option<&mut GraphSink>,
 ) -> Result<SegmentFile> {
     let schema = &model.storage_schema();
@@ -163,8 +158,7 @@ async fn write_file(
     let mut sink = IpcFileSink::try_new(schema)?;
     let mut partition = unit.partition_start as usize;
     while let Some(joined) = chunks.next().await {
-        let chunk =
-            joined.map_err(|e| IndexError::InvalidInput(format!("merge task failed: {e}")))??;
+        let chunk = joined.map_err(|e| IndexError::task_failed("a staged-block read", e))??;
         for batches in chunk {
             let columns = batches
                 .iter()
@@ -185,7 +179,7 @@ async fn write_file(
     }
     let (tail, blocks, size, _) = sink.finish()?;
     out.put(tail).await?;
-    out.shutdown().await?;
+    out.finish().await?;
     let graph = match graphs {
         Some(g) => Some(g.finish().await?),
         None => None,
@@ -230,22 +224,14 @@ async fn fetch_chunk(
         let base = unit.partition_start as usize;
         let what = format!("shard {}: data.arrow", s.shard_id);
         let path = Path::from(s.dir.as_str()).join("data.arrow");
-        let store = Arc::clone(location.store());
+        let location = location.clone();
         let schema = Arc::clone(&schema);
         let unit = Arc::clone(&unit);
         reads.push(async move {
-            let bytes = match store.get_range(&path, span.clone()).await {
-                Ok(b) => b,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(IndexError::corrupt(what, "is missing"))
-                }
-                Err(e) => {
-                    return Err(IndexError::corrupt(
-                        what,
-                        format!("partition {}: {e}", base + first),
-                    ))
-                }
-            };
+            let range_what = format!("{what}, partitions {}..{}", base + first, base + last + 1);
+            let bytes = location
+                .get_described_range(&path, span.clone(), &range_what)
+                .await?;
             wanted
                 .iter()
                 .map(|&i| {

@@ -16,6 +16,7 @@ pub mod finalize;
 pub mod format;
 pub mod hnsw;
 mod index;
+pub mod limits;
 pub mod model;
 pub mod search;
 pub mod sql;

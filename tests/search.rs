@@ -8,6 +8,7 @@ use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::model::distance::{dot, l2_sq, normalize};
 use datafusion_vector_index::model::{IndexType, Metric};
 use datafusion_vector_index::search::SearchOptions;
+use datafusion_vector_index::IndexError;
 
 const ROWS: usize = 3000;
 const FRAGMENTS: u64 = 16;
@@ -181,16 +182,71 @@ async fn search_arguments_are_checked() {
         .search_error(&data[..DIM - 1], SearchOptions::default())
         .await;
     assert!(err.contains("dimension 16"), "{err}");
-    let k0 = SearchOptions {
-        k: 0,
-        ..Default::default()
-    };
-    let err = t.search_error(&data[..DIM], k0).await;
-    assert!(err.contains("`k`"), "{err}");
-    let ef0 = SearchOptions {
-        ef: Some(0),
-        ..Default::default()
-    };
-    let err = t.search_error(&data[..DIM], ef0).await;
-    assert!(err.contains("`ef`") && err.contains("at least 1"), "{err}");
+    // Every count is bounded before anything is allocated from it; the error is
+    // the argument's own variant, naming it and the bound.
+    let bad = [
+        (
+            "k",
+            SearchOptions {
+                k: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "k",
+            SearchOptions {
+                k: 1 << 40,
+                ..Default::default()
+            },
+        ),
+        (
+            "k",
+            SearchOptions {
+                k: usize::MAX,
+                ..Default::default()
+            },
+        ),
+        (
+            "ef",
+            SearchOptions {
+                ef: Some(0),
+                ..Default::default()
+            },
+        ),
+        (
+            "ef",
+            SearchOptions {
+                ef: Some(1 << 40),
+                ..Default::default()
+            },
+        ),
+        (
+            "nprobes",
+            SearchOptions {
+                nprobes: 0,
+                ..Default::default()
+            },
+        ),
+        (
+            "nprobes",
+            SearchOptions {
+                nprobes: usize::MAX,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (arg, options) in bad {
+        let err = t
+            .index
+            .search(&t.ctx, &data[..DIM], options)
+            .await
+            .unwrap_err();
+        match &err {
+            IndexError::InvalidArgument { name, reason } => {
+                assert_eq!(name, arg);
+                assert!(reason.contains("must be between 1 and"), "{err}");
+            }
+            other => panic!("{arg}: {other:?}"),
+        }
+    }
 }

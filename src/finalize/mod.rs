@@ -105,6 +105,32 @@ pub struct FinalizeOptions {
     pub merge_partitions: Option<usize>,
 }
 
+impl FinalizeOptions {
+    /// Refuses counts outside [`crate::limits`].
+    pub fn check(&self) -> Result<()> {
+        use crate::limits::*;
+        if let SegmentGrouping::TargetRows(rows) = self.grouping {
+            check_at_least("target_segment_rows", rows, 1)?;
+        }
+        check_count(
+            "target_file_bytes",
+            self.target_file_bytes,
+            1,
+            MAX_TARGET_FILE_BYTES,
+        )?;
+        check_count(
+            "max_commit_attempts",
+            self.max_commit_attempts,
+            1,
+            MAX_COMMIT_ATTEMPTS,
+        )?;
+        if let Some(n) = self.merge_partitions {
+            check_count("merge_partitions", n, 1, MAX_MERGE_PARTITIONS)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for FinalizeOptions {
     fn default() -> Self {
         Self {
@@ -163,6 +189,7 @@ pub async fn finalize_plan(
     location: &IndexLocation,
     options: &FinalizeOptions,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    options.check()?;
     let scanned = ScannedShards::default();
     let staging = ShardsTable::new(location.clone()).keeping_shards_in(scanned.clone());
     // Reading the model and listing the staging area are independent round trips.
@@ -182,7 +209,7 @@ pub async fn finalize_plan(
     let partitions = options
         .merge_partitions
         .unwrap_or(state.config().target_partitions())
-        .max(1);
+        .clamp(1, crate::limits::MAX_MERGE_PARTITIONS);
     let spread = Arc::new(RepartitionExec::try_new(
         plan,
         Partitioning::RoundRobinBatch(partitions),

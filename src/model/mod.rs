@@ -169,13 +169,12 @@ impl HnswParams {
                 format!("must be between 2 and {}, got {}", Self::MAX_M, self.m),
             ));
         }
-        if self.ef_construction == 0 {
-            return Err(IndexError::invalid_argument(
-                "hnsw_ef_construction",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        crate::limits::check_count(
+            "hnsw_ef_construction",
+            self.ef_construction,
+            1,
+            crate::limits::MAX_EF_CONSTRUCTION,
+        )
     }
 }
 

@@ -44,6 +44,24 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    /// Refuses counts outside [`crate::limits`] and graph parameters no graph can
+    /// have; the checks that need the data (rows, dimension) come with training.
+    pub fn check(&self) -> Result<()> {
+        use crate::limits::*;
+        check_count("num_partitions", self.num_partitions, 1, MAX_PARTITIONS)?;
+        if let Some(rows) = self.sample_rows {
+            check_count("sample_rows", rows, 1, MAX_SAMPLE_ROWS)?;
+        }
+        check_count("max_iterations", self.max_iterations, 1, MAX_ITERATIONS)?;
+        if let Some(m) = self.num_sub_vectors {
+            check_count("num_sub_vectors", m, 1, u32::MAX as usize)?;
+        }
+        if self.index_type.is_hnsw() {
+            self.hnsw.check()?;
+        }
+        Ok(())
+    }
+
     pub fn sample_rows(&self) -> usize {
         self.sample_rows
             .unwrap_or((256 * self.num_partitions).max(16_384))
@@ -139,13 +157,8 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
     if dim == 0 {
         return Err(IndexError::InvalidInput("vectors have dimension 0".into()));
     }
+    opts.check()?;
     let n = sample.len() / dim;
-    if opts.num_partitions == 0 {
-        return Err(IndexError::invalid_argument(
-            "num_partitions",
-            "must be at least 1",
-        ));
-    }
     if n < opts.num_partitions {
         return Err(IndexError::invalid_argument(
             "num_partitions",
@@ -154,9 +167,6 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
                 opts.num_partitions
             ),
         ));
-    }
-    if opts.index_type.is_hnsw() {
-        opts.hnsw.check()?;
     }
     let quantizer = opts.index_type.quantizer();
     let num_sub_vectors = match quantizer {

@@ -49,6 +49,17 @@ pub struct SearchOptions {
 }
 
 impl SearchOptions {
+    /// Refuses counts outside [`crate::limits`].
+    pub fn check(&self) -> Result<()> {
+        use crate::limits::*;
+        check_count("k", self.k, 1, MAX_K)?;
+        check_count("nprobes", self.nprobes, 1, MAX_PARTITIONS)?;
+        if let Some(ef) = self.ef {
+            check_count("ef", ef, 1, MAX_EF)?;
+        }
+        Ok(())
+    }
+
     /// The breadth HNSW searches use.
     pub fn effective_ef(&self) -> usize {
         self.ef.unwrap_or(crate::hnsw::DEFAULT_EF).max(self.k)
@@ -135,18 +146,7 @@ pub fn search_plan(
     options: SearchOptions,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let dim = target.model.dim();
-    if options.k == 0 {
-        return Err(IndexError::invalid_argument("k", "must be at least 1"));
-    }
-    if options.nprobes == 0 {
-        return Err(IndexError::invalid_argument(
-            "nprobes",
-            "must be at least 1",
-        ));
-    }
-    if options.ef == Some(0) {
-        return Err(IndexError::invalid_argument("ef", "must be at least 1"));
-    }
+    options.check()?;
     if queries.is_empty() || !queries.len().is_multiple_of(dim) {
         return Err(IndexError::invalid_argument(
             "query",

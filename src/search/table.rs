@@ -13,6 +13,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::{search_plan, SearchOptions, SearchTarget};
+use crate::error::IndexError;
 use crate::format::IndexLocation;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -58,6 +59,20 @@ impl TableProvider for VectorSearchTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let target = SearchTarget::load(&self.location).await?;
+        // One query: exactly one vector of the index's dimension (the Rust API takes
+        // several queries in one slice; SQL does not).
+        let dim = target.model.dim();
+        if self.query.len() != dim {
+            return Err(IndexError::invalid_argument(
+                "query",
+                format!(
+                    "has {} values, but the vectors of index {} have dimension {dim}",
+                    self.query.len(),
+                    self.location.url()
+                ),
+            )
+            .into());
+        }
         let plan = search_plan(state, target, self.query.clone(), self.options)?;
         let all = vec![0, 1];
         let exprs = projection.unwrap_or(&all).iter().map(|&i| {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl};
-use datafusion::common::{plan_err, Result};
+use datafusion::common::{plan_datafusion_err, plan_err, Result};
 use datafusion::datasource::TableProvider;
 
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
@@ -98,21 +98,23 @@ impl TableFunctionImpl for SearchFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let (values, location) = evaluate(&SEARCH, &args)?;
         let defaults = SearchOptions::default();
-        let options = SearchOptions {
-            k: values.uint("k").unwrap_or(0) as usize,
-            nprobes: values
-                .uint("nprobes")
-                .map_or(defaults.nprobes, |n| n as usize),
-            ef: values.uint("ef").map(|e| e as usize),
+        let count = |name: &str| {
+            values
+                .uint(name)
+                .map(|v| {
+                    usize::try_from(v).map_err(|_| {
+                        plan_datafusion_err!("vector_search: argument '{name}' is out of range")
+                    })
+                })
+                .transpose()
         };
-        if options.k == 0 {
-            return plan_err!("vector_search: argument 'k' must be at least 1");
-        }
-        if options.nprobes == 0 {
-            return plan_err!("vector_search: argument 'nprobes' must be at least 1");
-        }
-        if options.ef == Some(0) {
-            return plan_err!("vector_search: argument 'ef' must be at least 1");
+        let options = SearchOptions {
+            k: count("k")?.unwrap_or(defaults.k),
+            nprobes: count("nprobes")?.unwrap_or(defaults.nprobes),
+            ef: count("ef")?,
+        };
+        if let Err(e) = options.check() {
+            return plan_err!("vector_search: {e}");
         }
         let query = values.vector("query").unwrap_or_default().to_vec();
         Ok(Arc::new(VectorSearchTable::new(location, query, options)))

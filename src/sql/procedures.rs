@@ -156,36 +156,51 @@ fn index_arg(args: &Args) -> Result<&str> {
         .ok_or_else(|| plan_datafusion_err!("missing argument 'index'"))
 }
 
+/// A count argument narrowed to the type its option has; a value that does not fit
+/// is refused as out of range rather than clamped.
+fn narrow<T: TryFrom<u64>>(name: &str, value: u64) -> crate::error::Result<T> {
+    T::try_from(value).map_err(|_| {
+        crate::error::IndexError::invalid_argument(name, format!("{value} is out of range"))
+    })
+}
+
 fn train_options(args: &Args) -> Result<TrainOptions> {
-    let mut o = TrainOptions {
-        index_type: args.str("type").unwrap_or("IVF_FLAT").parse()?,
-        num_partitions: args.uint("num_partitions").unwrap_or(256) as usize,
-        ..Default::default()
+    let build = || -> crate::error::Result<TrainOptions> {
+        let defaults = TrainOptions::default();
+        let hnsw = HnswParams::default();
+        let o = TrainOptions {
+            index_type: args.str("type").unwrap_or("IVF_FLAT").parse()?,
+            metric: args.str("metric").map_or(Ok(defaults.metric), str::parse)?,
+            num_partitions: args
+                .uint("num_partitions")
+                .map_or(Ok(defaults.num_partitions), |v| narrow("num_partitions", v))?,
+            num_sub_vectors: args
+                .uint("num_sub_vectors")
+                .map(|v| narrow("num_sub_vectors", v))
+                .transpose()?,
+            sample_rows: args
+                .uint("sample_rows")
+                .map(|v| narrow("sample_rows", v))
+                .transpose()?,
+            max_iterations: args
+                .uint("max_iterations")
+                .map_or(Ok(defaults.max_iterations), |v| narrow("max_iterations", v))?,
+            seed: args.uint("seed").unwrap_or(defaults.seed),
+            hnsw: HnswParams {
+                m: args
+                    .uint("hnsw_m")
+                    .map_or(Ok(hnsw.m), |v| narrow("hnsw_m", v))?,
+                ef_construction: args
+                    .uint("hnsw_ef_construction")
+                    .map_or(Ok(hnsw.ef_construction), |v| {
+                        narrow("hnsw_ef_construction", v)
+                    })?,
+            },
+        };
+        o.check()?;
+        Ok(o)
     };
-    if let Some(m) = args.str("metric") {
-        o.metric = m.parse()?;
-    }
-    o.num_sub_vectors = args.uint("num_sub_vectors").map(|v| v as usize);
-    o.sample_rows = args.uint("sample_rows").map(|v| v as usize);
-    if let Some(v) = args.uint("max_iterations") {
-        o.max_iterations = v as usize;
-    }
-    if let Some(v) = args.uint("seed") {
-        o.seed = v;
-    }
-    let defaults = HnswParams::default();
-    o.hnsw = HnswParams {
-        m: args
-            .uint("hnsw_m")
-            .map_or(defaults.m, |v| v.min(u32::MAX as u64) as u32),
-        ef_construction: args
-            .uint("hnsw_ef_construction")
-            .map_or(defaults.ef_construction, |v| v.min(u32::MAX as u64) as u32),
-    };
-    if let Err(e) = o.hnsw.check() {
-        return plan_err!("create_vector_index: {e}");
-    }
-    Ok(o)
+    build().or_else(|e| plan_err!("create_vector_index: {e}"))
 }
 
 fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
@@ -193,11 +208,6 @@ fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
         (Some(_), Some(_)) => {
             return plan_err!(
                 "finalize_vector_index: give either 'target_segment_rows' or 'segments', not both"
-            )
-        }
-        (Some(0), _) => {
-            return plan_err!(
-                "finalize_vector_index: argument 'target_segment_rows' must be at least 1"
             )
         }
         (Some(n), None) => SegmentGrouping::TargetRows(n),
@@ -210,26 +220,26 @@ fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
         }
         (None, None) => SegmentGrouping::Single,
     };
-    let mut o = FinalizeOptions {
-        grouping,
-        ..Default::default()
+    let build = || -> crate::error::Result<FinalizeOptions> {
+        let defaults = FinalizeOptions::default();
+        let o = FinalizeOptions {
+            grouping,
+            mode: args.str("mode").map_or(Ok(defaults.mode), str::parse)?,
+            skip_incomplete: args.bool("skip_incomplete").unwrap_or(false),
+            target_file_bytes: args
+                .uint("target_file_bytes")
+                .unwrap_or(defaults.target_file_bytes),
+            max_commit_attempts: args
+                .uint("max_commit_attempts")
+                .map_or(Ok(defaults.max_commit_attempts), |v| {
+                    narrow("max_commit_attempts", v)
+                })?,
+            merge_partitions: None,
+        };
+        o.check()?;
+        Ok(o)
     };
-    if let Some(m) = args.str("mode") {
-        o.mode = m.parse()?;
-    }
-    o.skip_incomplete = args.bool("skip_incomplete").unwrap_or(false);
-    if let Some(b) = args.uint("target_file_bytes") {
-        if b == 0 {
-            return plan_err!(
-                "finalize_vector_index: argument 'target_file_bytes' must be at least 1"
-            );
-        }
-        o.target_file_bytes = b;
-    }
-    if let Some(a) = args.uint("max_commit_attempts") {
-        o.max_commit_attempts = a.max(1) as usize;
-    }
-    Ok(o)
+    build().or_else(|e| plan_err!("finalize_vector_index: {e}"))
 }
 
 fn one_row(fields: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {

@@ -2,6 +2,8 @@
 //! locations in temporary folders, and shards written with arbitrary splits.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;

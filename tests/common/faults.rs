@@ -1,0 +1,224 @@
+//! An object store that fails on purpose: it counts every operation sent to the
+//! store it wraps (parts of multipart uploads included) and fails the k-th, once
+//! or, as a crashed process would, from the k-th on.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+
+/// How an armed fault behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Only operation k fails.
+    Once,
+    /// Operation k and every later one fail.
+    Crash,
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    ops: AtomicU64,
+    /// Operation that fails first, plus one; 0 when disarmed.
+    fail_at: AtomicU64,
+    crash: std::sync::atomic::AtomicBool,
+}
+
+impl Counter {
+    /// Counts one operation and says whether it fails.
+    fn fails(&self) -> bool {
+        let op = self.ops.fetch_add(1, Ordering::SeqCst);
+        let at = self.fail_at.load(Ordering::SeqCst);
+        at != 0 && (op + 1 == at || (self.crash.load(Ordering::SeqCst) && op + 1 > at))
+    }
+
+    fn error(&self, what: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "faulty",
+            source: format!("injected fault in {what}").into(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    counter: Arc<Counter>,
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            counter: Arc::default(),
+        }
+    }
+
+    /// Operations counted since the last `arm` or `disarm`.
+    pub fn ops(&self) -> u64 {
+        self.counter.ops.load(Ordering::SeqCst)
+    }
+
+    /// Resets the count and fails operation `k` (0-based) as `fault` says.
+    pub fn arm(&self, k: u64, fault: Fault) {
+        self.counter.ops.store(0, Ordering::SeqCst);
+        self.counter
+            .crash
+            .store(fault == Fault::Crash, Ordering::SeqCst);
+        self.counter.fail_at.store(k + 1, Ordering::SeqCst);
+    }
+
+    /// Resets the count and fails nothing.
+    pub fn disarm(&self) {
+        self.counter.fail_at.store(0, Ordering::SeqCst);
+        self.counter.ops.store(0, Ordering::SeqCst);
+    }
+
+    fn check(&self, what: &str) -> object_store::Result<()> {
+        if self.counter.fails() {
+            Err(self.counter.error(what))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check("put")?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check("put_multipart")?;
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner,
+            counter: Arc::clone(&self.counter),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.check("get")?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.check("get_ranges")?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let this = self.clone();
+        let inner = Arc::clone(&self.inner);
+        locations
+            .then(move |path| {
+                let fails = this.check("delete");
+                let inner = Arc::clone(&inner);
+                async move {
+                    fails?;
+                    let path = path?;
+                    let one = futures::stream::once(async move { Ok(path) }).boxed();
+                    let mut done = inner.delete_stream(one);
+                    done.next().await.unwrap_or_else(|| {
+                        Err(object_store::Error::Generic {
+                            store: "faulty",
+                            source: "the inner store deleted nothing".into(),
+                        })
+                    })
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.check("list") {
+            Ok(()) => self.inner.list(prefix),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.check("list_with_delimiter")?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.check("copy")?;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    counter: Arc<Counter>,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        if self.counter.fails() {
+            let e = self.counter.error("put_part");
+            return async move { Err(e) }.boxed();
+        }
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if self.counter.fails() {
+            return Err(self.counter.error("complete"));
+        }
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        if self.counter.fails() {
+            return Err(self.counter.error("abort"));
+        }
+        self.inner.abort().await
+    }
+}

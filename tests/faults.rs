@@ -1,0 +1,205 @@
+//! Fault injection: a store failure at every operation of a finalize, once and as a
+//! crash (every later operation fails too), for every index type. Each run must end
+//! with an error (never a panic) that is the store's, the old or the new version
+//! committed and nothing lost; after the fault, the index recovers (a re-run, or
+//! vacuum after a commit) and searches exactly as a clean build does.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::faults::{Fault, FaultyStore};
+use common::*;
+use datafusion_vector_index::catalog::list_versions;
+use datafusion_vector_index::finalize::{FinalizeOptions, VacuumOptions};
+use datafusion_vector_index::model::{IndexType, Metric, Model};
+use datafusion_vector_index::search::SearchOptions;
+use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::{IndexError, SearchHit, VectorIndex, VectorIndexSession};
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+const ROWS: usize = 480;
+const FRAGMENTS: u64 = 6;
+
+/// Several work units per segment (small files) and two segments.
+fn options() -> FinalizeOptions {
+    FinalizeOptions {
+        grouping: datafusion_vector_index::finalize::SegmentGrouping::TargetRows(250),
+        target_file_bytes: 2 << 10,
+        merge_partitions: Some(2),
+        ..Default::default()
+    }
+}
+
+/// An index whose store is `store`, in a session of its own.
+fn open(store: Arc<dyn ObjectStore>) -> (datafusion::prelude::SessionContext, VectorIndex) {
+    let ctx = VectorIndexSession::new().context().clone();
+    ctx.register_object_store(&url::Url::parse("faulty://t").unwrap(), store);
+    let index = VectorIndex::open(&ctx, "faulty://t/idx").unwrap();
+    (ctx, index)
+}
+
+/// Every object below `prefix`, as (path, bytes), sorted.
+async fn objects(store: &dyn ObjectStore, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let metas: Vec<_> = store
+        .list(Some(&Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        out.push((m.location.to_string(), bytes.to_vec()));
+    }
+    out.sort();
+    out
+}
+
+/// The model, the data, and a store holding the model and three staged shards.
+async fn staged_template(ty: IndexType) -> (Model, Vec<f32>, Arc<InMemory>) {
+    let data = clustered(ROWS, 5, 71);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, ty, Metric::L2, 4);
+    let template = Arc::new(InMemory::new());
+    let (_, index) = open(Arc::clone(&template) as Arc<dyn ObjectStore>);
+    model.write(index.location()).await.unwrap();
+    let owners = [0usize, 1, 2, 0, 1, 2];
+    for w in 0..3 {
+        let mut writer = ShardWriter::new(index.location().clone(), Arc::new(model.clone()));
+        let mine: Vec<usize> = (0..ROWS)
+            .filter(|&i| owners[(ids[i] >> 32) as usize] == w)
+            .collect();
+        let vals: Vec<f32> = mine
+            .iter()
+            .flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied())
+            .collect();
+        let mine_ids: Vec<u64> = mine.iter().map(|&i| ids[i]).collect();
+        writer
+            .write(&mine_ids, &vector_array(&vals), "vec")
+            .unwrap();
+        writer.finish().await.unwrap();
+    }
+    (model, data, template)
+}
+
+async fn search(
+    ctx: &datafusion::prelude::SessionContext,
+    index: &VectorIndex,
+    data: &[f32],
+) -> Vec<Vec<SearchHit>> {
+    let queries: Vec<f32> = data[..20 * DIM].to_vec();
+    let options = SearchOptions {
+        k: 10,
+        nprobes: 4,
+        ef: None,
+    };
+    index.search(ctx, &queries, options).await.unwrap()
+}
+
+async fn every_fault_of_a_finalize(ty: IndexType) {
+    let (_, data, template) = staged_template(ty).await;
+    let staging_before = objects(template.as_ref(), "idx/_staging").await;
+
+    // A clean build: the answers every recovered index must give, and the number
+    // of store operations a finalize makes.
+    let clean = FaultyStore::new(Arc::new(template.fork()));
+    let (ctx, index) = open(Arc::new(clean.clone()));
+    clean.disarm();
+    index.finalize(&ctx, &options()).await.unwrap();
+    let operations = clean.ops();
+    let expected = search(&ctx, &index, &data).await;
+    assert!(operations > 10, "{ty}: {operations} operations");
+
+    for fault in [Fault::Once, Fault::Crash] {
+        for k in 0..operations {
+            let store = FaultyStore::new(Arc::new(template.fork()));
+            let (ctx, index) = open(Arc::new(store.clone()));
+            store.arm(k, fault);
+            let run = {
+                let (ctx, index) = (ctx.clone(), index.clone());
+                tokio::spawn(async move { index.finalize(&ctx, &options()).await })
+            };
+            let outcome = match run.await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    panic!("{ty}, {fault:?} fault at operation {k}: the finalize panicked: {e}")
+                }
+            };
+            store.disarm();
+            let at = format!("{ty}, {fault:?} fault at operation {k}");
+            if let Err(e) = &outcome {
+                assert!(
+                    !matches!(e, IndexError::Internal(_))
+                        && e.to_string().contains("injected fault"),
+                    "{at}: the store's error should be reported, got {e:?}"
+                );
+            }
+            let versions = list_versions(index.location()).await.unwrap();
+            match versions.as_slice() {
+                [] => {
+                    // The old state: nothing staged may be lost, and a re-run commits.
+                    assert!(outcome.is_err(), "{at}: succeeded without a version");
+                    assert_eq!(
+                        objects(index.location().store().as_ref(), "idx/_staging").await,
+                        staging_before,
+                        "{at}: the staging area changed"
+                    );
+                    index
+                        .finalize(&ctx, &options())
+                        .await
+                        .unwrap_or_else(|e| panic!("{at}: the re-run failed: {e}"));
+                }
+                [1] => {
+                    // The new state: vacuum removes what cleanup did not.
+                    index.vacuum(&VacuumOptions::default()).await.unwrap();
+                    assert!(
+                        objects(index.location().store().as_ref(), "idx/_staging")
+                            .await
+                            .is_empty(),
+                        "{at}: consumed shards left after vacuum"
+                    );
+                }
+                other => panic!("{at}: versions {other:?}"),
+            }
+            assert_eq!(
+                list_versions(index.location()).await.unwrap(),
+                vec![1],
+                "{at}"
+            );
+            assert_eq!(search(&ctx, &index, &data).await, expected, "{at}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_flat_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfFlat).await;
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_pq_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfPq).await;
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_sq_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfSq).await;
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_hnsw_flat_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfHnswFlat).await;
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_hnsw_pq_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfHnswPq).await;
+}
+
+#[tokio::test]
+async fn every_fault_of_an_ivf_hnsw_sq_finalize() {
+    every_fault_of_a_finalize(IndexType::IvfHnswSq).await;
+}

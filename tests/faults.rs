@@ -203,3 +203,32 @@ async fn every_fault_of_an_ivf_hnsw_pq_finalize() {
 async fn every_fault_of_an_ivf_hnsw_sq_finalize() {
     every_fault_of_a_finalize(IndexType::IvfHnswSq).await;
 }
+
+/// A commit that loses its race to another writer and runs out of attempts reaches
+/// the Rust caller as `IndexError::Conflict`, not as text.
+#[tokio::test]
+async fn a_lost_commit_race_is_a_conflict() {
+    let (model, _, template) = staged_template(IndexType::IvfFlat).await;
+    let store = FaultyStore::new(Arc::new(template.fork()));
+    let competitor = datafusion_vector_index::format::VersionManifest {
+        format_version: datafusion_vector_index::format::FORMAT_VERSION,
+        version: 1,
+        model: model.fingerprint().to_string(),
+        segments: vec![],
+        replaced_segments: vec![],
+    };
+    store.race_create("_versions/1.json", competitor.to_json().unwrap().into());
+    let (ctx, index) = open(Arc::new(store.clone()));
+    let options = FinalizeOptions {
+        max_commit_attempts: 1,
+        ..options()
+    };
+    let err = index.finalize(&ctx, &options).await.unwrap_err();
+    assert!(matches!(err, IndexError::Conflict(_)), "{err:?}");
+    // Nothing of this run was committed, and its shards are still staged.
+    assert_eq!(list_versions(index.location()).await.unwrap(), vec![1]);
+    assert_eq!(
+        objects(index.location().store().as_ref(), "idx/_staging").await,
+        objects(template.as_ref(), "idx/_staging").await
+    );
+}

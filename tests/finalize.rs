@@ -3,6 +3,8 @@
 
 mod common;
 
+use datafusion_vector_index::IndexError;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -527,19 +529,19 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
         "exactly one commits: {a:?} / {b:?}"
     );
     let err = match (a, b) {
-        (Err(e), _) | (_, Err(e)) => e.to_string(),
+        (Err(e), _) | (_, Err(e)) => IndexError::from(e),
         _ => unreachable!("one of the two failed"),
     };
     // Which check the loser trips depends on how far the winner got: its commit
-    // (conflict), its removal of the shards (missing), or, when the winner committed
-    // before the loser planned, the committed version naming the shards as consumed.
+    // (a conflict), its removal of the shards (a staged file gone), or, when the
+    // winner committed before the loser planned, the committed version naming the
+    // shards as consumed.
     assert!(
-        err.contains("conflict")
-            || err.contains("concurrent")
-            || err.contains("not found")
-            || err.contains("missing")
-            || err.contains("already consumed by committed segments"),
-        "{err}"
+        matches!(
+            err,
+            IndexError::Conflict(_) | IndexError::Corrupt { .. } | IndexError::Finalize(_)
+        ),
+        "{err:?}"
     );
     let v = latest_version(t.location()).await.unwrap().unwrap();
     assert_eq!(v.version, 1);

@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
 /// How an armed fault behaves.
@@ -55,6 +55,9 @@ impl Counter {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     counter: Arc<Counter>,
+    /// A competing writer: the first create-if-absent of a path ending so finds
+    /// these bytes written there first.
+    competitor: Arc<std::sync::Mutex<Option<(String, Bytes)>>>,
 }
 
 impl fmt::Display for FaultyStore {
@@ -68,6 +71,7 @@ impl FaultyStore {
         Self {
             inner,
             counter: Arc::default(),
+            competitor: Arc::default(),
         }
     }
 
@@ -83,6 +87,12 @@ impl FaultyStore {
             .crash
             .store(fault == Fault::Crash, Ordering::SeqCst);
         self.counter.fail_at.store(k + 1, Ordering::SeqCst);
+    }
+
+    /// Has a competitor write `bytes` to the path ending in `suffix` just before this
+    /// store's first create-if-absent of it, as a racing process would.
+    pub fn race_create(&self, suffix: &str, bytes: Bytes) {
+        *self.competitor.lock().unwrap() = Some((suffix.to_string(), bytes));
     }
 
     /// Resets the count and fails nothing.
@@ -109,6 +119,20 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.check("put")?;
+        if opts.mode == object_store::PutMode::Create {
+            let racer = {
+                let mut competitor = self.competitor.lock().unwrap();
+                match competitor.as_ref() {
+                    Some((suffix, _)) if location.as_ref().ends_with(suffix.as_str()) => {
+                        competitor.take()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((_, bytes)) = racer {
+                self.inner.put(location, bytes.into()).await?;
+            }
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 

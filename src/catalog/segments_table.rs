@@ -51,6 +51,8 @@ impl SegmentsTable {
     pub async fn read_batch(&self) -> crate::Result<RecordBatch> {
         let loc = &self.location;
         let Some(version) = latest_version(loc).await? else {
+            // No rows before the first commit, but an error where there is no index.
+            crate::model::ModelInfo::read_current(loc).await?;
             return Ok(RecordBatch::new_empty(segments_schema()));
         };
         let ids: Vec<String> = version

@@ -62,6 +62,8 @@ async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<Durat
 }
 
 pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result<VacuumReport> {
+    // Only below a readable index: a mistyped location must not lose anything.
+    crate::model::ModelInfo::read_current(location).await?;
     let mut referenced = HashSet::new();
     let mut consumed = HashSet::new();
     for v in list_versions(location).await? {

@@ -51,10 +51,13 @@ impl IndexLocation {
         })?;
         let store_url = ObjectStoreUrl::parse(&parsed[..url::Position::BeforePath])
             .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
-        let store = runtime.object_store(&store_url).map_err(|e| {
+        let store = runtime.object_store(&store_url).map_err(|_| {
             IndexError::invalid_argument(
                 "index",
-                format!("no object store for '{url}': {}", e.strip_backtrace()),
+                format!(
+                    "no object store for '{url}': none is registered for {}; register one with the session (SessionContext::register_object_store)",
+                    store_url.as_str()
+                ),
             )
         })?;
         let root = Path::from_url_path(parsed.path())

@@ -212,8 +212,13 @@ pub fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Opt
             _ => return Err(wrong(&value)),
         },
         Kind::UInt => {
-            let v = value.cast_to(&DataType::Int64).map_err(|_| wrong(&value))?;
-            match (value.data_type().is_integer(), v) {
+            let ty = value.data_type();
+            let v = match ty.is_unsigned_integer() {
+                true => value.cast_to(&DataType::UInt64),
+                false => value.cast_to(&DataType::Int64),
+            };
+            match (ty.is_integer(), v.map_err(|_| wrong(&value))?) {
+                (true, ScalarValue::UInt64(Some(u))) => Value::UInt(u),
                 (true, ScalarValue::Int64(Some(i))) if i >= 0 => Value::UInt(i as u64),
                 _ => return Err(wrong(&value)),
             }

@@ -16,7 +16,7 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, UInt32Type, UInt64Type};
-use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::common::{exec_datafusion_err, internal_err, Result};
 use roaring::RoaringBitmap;
 
 use super::{SegmentPlan, ShardInput, WorkUnit};
@@ -228,6 +228,7 @@ pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
                 rows: rows[i],
                 shards: shard_inputs(&structs(shards, i, "shards")?)?,
             };
+            check_unit(&unit)?;
             Ok(UnitRow {
                 unit,
                 segment_json: segment.value(i).to_string(),
@@ -235,6 +236,29 @@ pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
             })
         })
         .collect()
+}
+
+/// The merge indexes blocks by partition and reads their byte ranges: a unit whose
+/// blocks do not match its partition range cannot have come from the plan operator.
+fn check_unit(unit: &WorkUnit) -> Result<()> {
+    let partitions = unit.partition_end.checked_sub(unit.partition_start);
+    for s in &unit.shards {
+        let fits = s
+            .blocks
+            .iter()
+            .all(|b| b.offset.checked_add(b.length).is_some() && u64::from(b.meta_len) <= b.length);
+        if partitions != Some(s.blocks.len() as u32) || !fits {
+            return internal_err!(
+                "work unit {} (partitions {}..{}): shard {} has {} blocks or a block out of range",
+                unit.file_name,
+                unit.partition_start,
+                unit.partition_end,
+                s.shard_id,
+                s.blocks.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn shard_inputs(shards: &StructArray) -> Result<Vec<ShardInput>> {

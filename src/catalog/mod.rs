@@ -1,7 +1,13 @@
-//! Committed state: versions, segments and the `vector_index_segments` table.
+//! Committed state: versions, segments, the commit protocol that adds them, vacuum
+//! that removes what nothing references, and the `vector_index_segments` table.
 
+mod commit;
 mod segments_table;
+mod vacuum;
 mod versions;
+
+pub use commit::{remove_consumed, CommitMode, Committed, NewSegment, Transaction};
+pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
 
 pub use segments_table::{segments_schema, SegmentsTable};
 pub use versions::{

@@ -3,10 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
@@ -17,23 +16,11 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::merge::{merge_unit, MergeState};
+use super::merged_files::{merged_file_schema, to_batch, MergedFile};
 use super::work_units::{units_of, UnitRow};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
-
-/// Schema of the merged files emitted by [`VectorIndexMergeExec`].
-pub fn merged_file_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
-        Field::new("file_index", DataType::UInt32, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("file", DataType::Utf8, false),
-        Field::new("segment", DataType::Utf8, false),
-        Field::new("fragments", DataType::Binary, true),
-    ]))
-}
 
 /// Merges work units (rows of [`super::work_unit_schema`]) into segment
 /// data files under `segments/<segment_id>/`, which no committed version references yet.
@@ -170,8 +157,7 @@ async fn merge_batch(
     batch: &RecordBatch,
     state: &mut MergeState,
 ) -> Result<RecordBatch> {
-    let (mut seg_ids, mut idx, mut rows, mut bytes, mut files, mut segs, mut frags) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut merged = Vec::new();
     for UnitRow {
         unit,
         segment_json,
@@ -179,26 +165,14 @@ async fn merge_batch(
     } in units_of(batch)?
     {
         let file = merge_unit(location, model, &unit, state).await?;
-        seg_ids.push(unit.segment.segment_id.clone());
-        idx.push(unit.file_index);
-        rows.push(unit.rows);
-        bytes.push(file.size);
-        files.push(serde_json::to_string(&file).map_err(|e| exec_datafusion_err!("{e}"))?);
-        segs.push(segment_json);
-        frags.push(segment_fragments);
+        merged.push(MergedFile {
+            segment_id: unit.segment.segment_id.clone(),
+            file_index: unit.file_index,
+            rows: unit.rows,
+            file,
+            segment: segment_json,
+            fragments: segment_fragments,
+        });
     }
-    Ok(RecordBatch::try_new(
-        merged_file_schema(),
-        vec![
-            Arc::new(StringArray::from(seg_ids)),
-            Arc::new(UInt32Array::from(idx)),
-            Arc::new(UInt64Array::from(rows)),
-            Arc::new(UInt64Array::from(bytes)),
-            Arc::new(StringArray::from(files)),
-            Arc::new(StringArray::from(segs)),
-            Arc::new(BinaryArray::from(
-                frags.iter().map(|f| f.as_deref()).collect::<Vec<_>>(),
-            )),
-        ],
-    )?)
+    to_batch(&merged)
 }

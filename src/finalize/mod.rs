@@ -17,9 +17,9 @@
 mod commit_exec;
 mod merge;
 mod merge_exec;
+mod merged_files;
 mod plan_exec;
 mod planning;
-mod vacuum;
 mod work_units;
 
 use std::sync::Arc;
@@ -32,14 +32,15 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+pub use crate::catalog::{vacuum, CommitMode, VacuumOptions, VacuumReport};
 pub use commit_exec::{commit_output_schema, VectorIndexCommitExec};
-pub use merge_exec::{merged_file_schema, VectorIndexMergeExec};
+pub use merge_exec::VectorIndexMergeExec;
+pub use merged_files::merged_file_schema;
 pub use plan_exec::VectorIndexPlanExec;
 pub use planning::{plan_segments, PlannedShard};
-pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
 pub use work_units::work_unit_schema;
 
-use crate::error::{IndexError, Result};
+use crate::error::Result;
 use crate::format::{BlockInfo, IndexLocation};
 use crate::model::ModelInfo;
 use crate::staging::{ScannedShards, ShardsTable};
@@ -54,39 +55,6 @@ pub enum SegmentGrouping {
     TargetRows(u64),
     /// One segment per shard.
     PerShard,
-}
-
-/// What happens to committed segments that the new shards overlap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CommitMode {
-    /// Overlap with a committed segment is an error.
-    #[default]
-    Append,
-    /// The committed segments whose fragments the new shards overlap are replaced.
-    Replace,
-}
-
-impl std::str::FromStr for CommitMode {
-    type Err = IndexError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "append" => Ok(Self::Append),
-            "replace" => Ok(Self::Replace),
-            _ => Err(IndexError::invalid_argument(
-                "mode",
-                format!("'{s}' is not one of append, replace"),
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for CommitMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Append => "append",
-            Self::Replace => "replace",
-        })
-    }
 }
 
 /// Options of a finalize.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::path::Path;
 
-use crate::catalog::{list_versions, read_version};
+use super::{list_versions, read_version};
 use crate::error::Result;
 use crate::format::IndexLocation;
 use crate::staging::list_staged_shards;

@@ -1,0 +1,581 @@
+//! The commit protocol: new segments become part of the index in one new version.
+//!
+//! A [`Transaction`] collects the segments a finalize merged, checks that each is
+//! whole (its files cover every IVF partition, with graphs for the HNSW types),
+//! writes each segment's `fragments.roaring` and `segment.json` (both create-only:
+//! segment ids are fresh), then `_versions/<N+1>.json` with put-if-absent. When
+//! another writer committed first, it re-reads the latest version, re-checks that no
+//! shard it consumed was consumed meanwhile and that its fragments stay disjoint
+//! from the committed segments' (or, in `replace` mode, replaces those it
+//! overlaps), and retries up to its attempt budget. Nothing that a committed
+//! version references is written or removed here; consumed shards are removed only
+//! after the commit, by [`remove_consumed`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+
+use super::{latest_version, read_segment, read_segment_fragments};
+use crate::error::{IndexError, Result};
+use crate::format::{
+    FileInfo, IndexLocation, SegmentFile, SegmentManifest, SegmentRef, VersionManifest,
+    FORMAT_VERSION,
+};
+use crate::model::ModelInfo;
+
+/// What happens to committed segments that new segments overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Overlap with a committed segment is an error.
+    #[default]
+    Append,
+    /// The committed segments whose fragments the new segments overlap are replaced.
+    Replace,
+}
+
+impl std::str::FromStr for CommitMode {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "replace" => Ok(Self::Replace),
+            _ => Err(IndexError::invalid_argument(
+                "mode",
+                format!("'{s}' is not one of append, replace"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CommitMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append => "append",
+            Self::Replace => "replace",
+        })
+    }
+}
+
+/// A merged segment, not yet committed: what its manifest will say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSegment {
+    pub segment_id: String,
+    /// The staged shards merged into it.
+    pub consumed_shards: Vec<String>,
+    pub rows: u64,
+    pub num_fragments: u64,
+    pub min_fragment: Option<u32>,
+    pub max_fragment: Option<u32>,
+    /// Its data files, in partition order.
+    pub files: Vec<SegmentFile>,
+    /// The fragments it covers, as portable Roaring bytes.
+    pub fragments: Vec<u8>,
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub version: u64,
+    /// The new segments, as the version lists them.
+    pub segments: Vec<SegmentRef>,
+    /// Segments of the previous version the new one dropped (`replace` mode).
+    pub replaced: Vec<String>,
+}
+
+/// New segments on their way into one new version; see the module docs.
+#[derive(Debug)]
+pub struct Transaction {
+    location: IndexLocation,
+    model: Arc<ModelInfo>,
+    mode: CommitMode,
+    max_attempts: usize,
+    segments: Vec<NewSegment>,
+}
+
+impl Transaction {
+    pub fn new(
+        location: IndexLocation,
+        model: Arc<ModelInfo>,
+        mode: CommitMode,
+        max_attempts: usize,
+    ) -> Self {
+        Self {
+            location,
+            model,
+            mode,
+            max_attempts: max_attempts.max(1),
+            segments: Vec::new(),
+        }
+    }
+
+    /// Adds a segment whose `files` (in any order) must cover partitions
+    /// `0..num_partitions` of the model exactly, each with its graphs for the HNSW
+    /// types, in `expected_files` files.
+    pub fn add(&mut self, mut segment: NewSegment, expected_files: usize) -> Result<()> {
+        let id = segment.segment_id.clone();
+        let incomplete =
+            |why: String| IndexError::Internal(format!("segment {id}: the merged files {why}"));
+        segment.files.sort_by_key(|f| f.partition_start);
+        let mut next = 0;
+        for f in &segment.files {
+            if f.partition_start != next {
+                return Err(incomplete(format!("do not cover partition {next}")));
+            }
+            let graphs = f.graph.as_ref().map(|g| g.partitions.len());
+            if self.model.index_type().is_hnsw() && graphs != Some(f.partitions.len()) {
+                return Err(incomplete(format!(
+                    "lack the HNSW graphs of their partitions ({})",
+                    f.name
+                )));
+            }
+            next = f.partition_end;
+        }
+        if next as usize != self.model.num_partitions() || segment.files.len() != expected_files {
+            return Err(incomplete(format!(
+                "are {} of {expected_files}, covering partitions 0..{next} of {}",
+                segment.files.len(),
+                self.model.num_partitions()
+            )));
+        }
+        if self.segments.iter().any(|s| s.segment_id == id) {
+            return Err(IndexError::Internal(format!("segment {id} added twice")));
+        }
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Writes the segments' manifests and commits a version listing them.
+    pub async fn commit(mut self) -> Result<Committed> {
+        let segments = std::mem::take(&mut self.segments);
+        let location = &self.location;
+        let mut refs = Vec::new();
+        let mut new_fragments: Vec<(String, RoaringBitmap)> = Vec::new();
+        for s in segments {
+            let bitmap = RoaringBitmap::deserialize_from(&s.fragments[..]).map_err(|e| {
+                IndexError::Internal(format!("segment {}: fragment set: {e}", s.segment_id))
+            })?;
+            let manifest = self.manifest_of(&s);
+            let dir = location.segment_dir(&s.segment_id);
+            location
+                .put_if_absent(&dir.clone().join("fragments.roaring"), s.fragments)
+                .await?;
+            if !location
+                .put_if_absent(&dir.join("segment.json"), manifest.to_json()?)
+                .await?
+            {
+                return Err(IndexError::Conflict(format!(
+                    "segment {} already exists",
+                    s.segment_id
+                )));
+            }
+            refs.push(SegmentRef {
+                segment_id: manifest.segment_id.clone(),
+                rows: manifest.rows,
+                num_fragments: manifest.num_fragments,
+                min_fragment: manifest.min_fragment,
+                max_fragment: manifest.max_fragment,
+                bytes: manifest.bytes(),
+                consumed_shards: manifest.consumed_shards,
+            });
+            new_fragments.push((manifest.segment_id, bitmap));
+        }
+
+        let mut committed_fragments: HashMap<String, RoaringBitmap> = HashMap::new();
+        for _ in 0..self.max_attempts {
+            let latest = latest_version(location).await?;
+            let base = latest
+                .as_ref()
+                .map(|v| v.segments.clone())
+                .unwrap_or_default();
+            let mut replaced = Vec::new();
+            for seg in &base {
+                if let Some(shard) = refs
+                    .iter()
+                    .flat_map(|r| &r.consumed_shards)
+                    .find(|s| seg.consumed_shards.contains(s))
+                {
+                    return Err(IndexError::Conflict(format!(
+                        "shard {shard} was merged into segment {} by a concurrent finalize (version {}); \
+                         nothing was committed here, and vacuum_vector_index removes this run's segment files",
+                        seg.segment_id,
+                        latest.as_ref().map_or(0, |v| v.version)
+                    )));
+                }
+                if !committed_fragments.contains_key(&seg.segment_id) {
+                    let manifest = read_segment(location, &seg.segment_id).await?;
+                    committed_fragments.insert(
+                        seg.segment_id.clone(),
+                        read_segment_fragments(location, &manifest).await?,
+                    );
+                }
+                let theirs = &committed_fragments[&seg.segment_id];
+                if let Some((id, _)) = new_fragments.iter().find(|(_, f)| !f.is_disjoint(theirs)) {
+                    match self.mode {
+                        CommitMode::Append => {
+                            return Err(IndexError::Conflict(format!(
+                                "new segment {id} overlaps committed segment {} (committed concurrently); nothing was committed",
+                                seg.segment_id
+                            )))
+                        }
+                        CommitMode::Replace => replaced.push(seg.segment_id.clone()),
+                    }
+                }
+            }
+            let version = latest.as_ref().map_or(1, |v| v.version + 1);
+            let mut segments: Vec<SegmentRef> = base
+                .into_iter()
+                .filter(|s| !replaced.contains(&s.segment_id))
+                .collect();
+            segments.extend(refs.iter().cloned());
+            let manifest = VersionManifest {
+                format_version: FORMAT_VERSION,
+                version,
+                model: self.model.fingerprint().to_string(),
+                segments,
+                replaced_segments: replaced.clone(),
+            };
+            if location
+                .put_if_absent(&location.version_file(version), manifest.to_json()?)
+                .await?
+            {
+                return Ok(Committed {
+                    version,
+                    segments: refs,
+                    replaced,
+                });
+            }
+        }
+        Err(IndexError::Conflict(format!(
+            "version could not be committed after {} attempts: other writers kept committing first",
+            self.max_attempts
+        )))
+    }
+
+    fn manifest_of(&self, s: &NewSegment) -> SegmentManifest {
+        let model = &self.model;
+        SegmentManifest {
+            format_version: FORMAT_VERSION,
+            segment_id: s.segment_id.clone(),
+            model: model.fingerprint().to_string(),
+            index_type: model.index_type(),
+            metric: model.metric(),
+            dim: model.dim() as u32,
+            num_partitions: model.num_partitions() as u32,
+            rows: s.rows,
+            num_fragments: s.num_fragments,
+            min_fragment: s.min_fragment,
+            max_fragment: s.max_fragment,
+            files: s.files.clone(),
+            fragments_file: FileInfo {
+                name: "fragments.roaring".into(),
+                size: s.fragments.len() as u64,
+                crc32: crc32fast::hash(&s.fragments),
+            },
+            consumed_shards: s.consumed_shards.clone(),
+        }
+    }
+}
+
+/// Shard folders removed at once after a commit.
+const CLEANUP_CONCURRENCY: usize = 8;
+
+/// Removes the shards a commit consumed, best effort: what fails here is left for
+/// `vacuum_vector_index`, and a re-run of finalize skips it because the committed
+/// segments name it as consumed.
+pub async fn remove_consumed(location: &IndexLocation, committed: &Committed) {
+    use futures::StreamExt;
+    // Concurrently: unlinking large files is slow, and the finalize waits for it.
+    futures::stream::iter(committed.segments.iter().flat_map(|r| &r.consumed_shards))
+        .for_each_concurrent(CLEANUP_CONCURRENCY, |shard| async move {
+            let _ = location.delete_dir(&location.shard_dir(shard)).await;
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+    use crate::format::BlockInfo;
+    use crate::model::{HnswParams, IndexType, Metric, Model, ModelParams};
+
+    /// The objects a competitor writes, and the path suffix whose create they precede.
+    type Race = Option<(String, Vec<(Path, Bytes)>)>;
+
+    /// A store where another writer gets in first: before the first create-only
+    /// put of a path ending in `trigger`, the competitor's objects are written.
+    #[derive(Debug)]
+    struct Racing {
+        inner: InMemory,
+        competitor: Mutex<Race>,
+    }
+
+    impl fmt::Display for Racing {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Racing")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Racing {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let racer = match &mut *self.competitor.lock().unwrap() {
+                slot @ Some(_)
+                    if opts.mode == PutMode::Create
+                        && slot
+                            .as_ref()
+                            .is_some_and(|(t, _)| location.as_ref().ends_with(t.as_str())) =>
+                {
+                    slot.take()
+                }
+                _ => None,
+            };
+            for (path, bytes) in racer.map(|(_, o)| o).unwrap_or_default() {
+                self.inner.put(&path, bytes.into()).await?;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    const PARTITIONS: u32 = 2;
+
+    fn model(index_type: IndexType) -> Arc<ModelInfo> {
+        let params = ModelParams {
+            format_version: FORMAT_VERSION,
+            index_type,
+            metric: Metric::L2,
+            dim: 2,
+            num_partitions: PARTITIONS,
+            num_sub_vectors: None,
+            hnsw: index_type.is_hnsw().then(HnswParams::default),
+            seed: 1,
+            sample_rows: 10,
+            max_iterations: 1,
+        };
+        let centroids = vec![0.0; 2 * PARTITIONS as usize];
+        let sq = (index_type.quantizer() == crate::model::Quantizer::Sq).then(|| {
+            crate::model::ScalarQuantizer {
+                lower: vec![0.0; 2],
+                upper: vec![1.0; 2],
+            }
+        });
+        Arc::new(Model::new(params, centroids, None, sq).info().clone())
+    }
+
+    fn location(store: Arc<dyn ObjectStore>) -> IndexLocation {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        runtime.register_object_store(&url::Url::parse("race://t").unwrap(), store);
+        IndexLocation::from_url("race://t/idx", &runtime).unwrap()
+    }
+
+    /// A segment of one row per partition in one file, over `fragments`, from `shard`.
+    fn segment(id: &str, shard: &str, fragments: &[u32]) -> NewSegment {
+        let block = |i: u64| BlockInfo {
+            rows: 1,
+            offset: 8 + 16 * i,
+            meta_len: 8,
+            length: 16,
+            crc32: 0,
+        };
+        let set: RoaringBitmap = fragments.iter().copied().collect();
+        let mut bytes = Vec::new();
+        set.serialize_into(&mut bytes).unwrap();
+        NewSegment {
+            segment_id: id.into(),
+            consumed_shards: vec![shard.into()],
+            rows: u64::from(PARTITIONS),
+            num_fragments: set.len(),
+            min_fragment: set.min(),
+            max_fragment: set.max(),
+            files: vec![SegmentFile {
+                name: "part-0.arrow".into(),
+                size: 8 + 16 * u64::from(PARTITIONS),
+                partition_start: 0,
+                partition_end: PARTITIONS,
+                partitions: (0..u64::from(PARTITIONS)).map(block).collect(),
+                graph: None,
+            }],
+            fragments: bytes,
+        }
+    }
+
+    async fn commit_one(
+        location: &IndexLocation,
+        seg: NewSegment,
+        mode: CommitMode,
+        attempts: usize,
+    ) -> Result<Committed> {
+        let mut t = Transaction::new(location.clone(), model(IndexType::IvfFlat), mode, attempts);
+        t.add(seg, 1)?;
+        t.commit().await
+    }
+
+    /// The objects a competing finalize would write to commit `seg` as version 1.
+    async fn competitor(seg: NewSegment) -> Vec<(Path, Bytes)> {
+        let elsewhere = Arc::new(InMemory::new());
+        let other = location(Arc::clone(&elsewhere) as Arc<dyn ObjectStore>);
+        commit_one(&other, seg, CommitMode::Append, 1)
+            .await
+            .unwrap();
+        let mut objects = Vec::new();
+        for m in elsewhere.list(None).collect::<Vec<_>>().await {
+            let path = m.unwrap().location;
+            let bytes = elsewhere.get(&path).await.unwrap().bytes().await.unwrap();
+            objects.push((path, bytes));
+        }
+        objects
+    }
+
+    /// A location whose first commit of `_versions/1.json` loses to `objects`.
+    fn racing(objects: Vec<(Path, Bytes)>) -> IndexLocation {
+        location(Arc::new(Racing {
+            inner: InMemory::new(),
+            competitor: Mutex::new(Some(("_versions/1.json".into(), objects))),
+        }))
+    }
+
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_lost_race_is_retried_on_the_new_version() {
+        let loc = racing(competitor(segment("theirs", "s1", &[0, 1])).await);
+        let ours = commit_one(&loc, segment("ours", "s2", &[2]), CommitMode::Append, 2)
+            .await
+            .unwrap();
+        assert_eq!(ours.version, 2);
+        let v2 = latest_version(&loc).await.unwrap().unwrap();
+        let ids: Vec<_> = v2.segments.iter().map(|s| s.segment_id.as_str()).collect();
+        assert_eq!(ids, ["theirs", "ours"]);
+    }
+
+    #[tokio::test]
+    async fn attempts_run_out_as_a_conflict() {
+        let loc = racing(competitor(segment("theirs", "s1", &[0, 1])).await);
+        let err = commit_one(&loc, segment("ours", "s2", &[2]), CommitMode::Append, 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Conflict(m) if m.contains("after 1 attempts")),
+            "{err:?}"
+        );
+        assert_eq!(crate::catalog::list_versions(&loc).await.unwrap(), [1]);
+    }
+
+    #[tokio::test]
+    async fn an_overlap_found_while_racing_fails_or_replaces() {
+        let theirs = || segment("theirs", "s1", &[0, 1]);
+        let loc = racing(competitor(theirs()).await);
+        let err = commit_one(&loc, segment("ours", "s2", &[1, 2]), CommitMode::Append, 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Conflict(m) if m.contains("overlaps committed segment theirs")),
+            "{err:?}"
+        );
+        let loc = racing(competitor(theirs()).await);
+        let ours = commit_one(&loc, segment("ours", "s2", &[1, 2]), CommitMode::Replace, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            (ours.version, ours.replaced),
+            (2, vec!["theirs".to_string()])
+        );
+        let v2 = latest_version(&loc).await.unwrap().unwrap();
+        assert_eq!(v2.segments.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_shard_merged_by_a_racing_finalize_is_a_conflict() {
+        let loc = racing(competitor(segment("theirs", "s1", &[0])).await);
+        let err = commit_one(&loc, segment("ours", "s1", &[0]), CommitMode::Replace, 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Conflict(m) if m.contains("shard s1 was merged into segment theirs")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn incomplete_merged_files_are_refused() {
+        let loc = location(Arc::new(InMemory::new()));
+        let mut t = Transaction::new(
+            loc.clone(),
+            model(IndexType::IvfFlat),
+            CommitMode::Append,
+            1,
+        );
+        let mut half = segment("a", "s", &[0]);
+        half.files[0].partition_end = 1;
+        half.files[0].partitions.truncate(1);
+        let err = t.add(half, 1).unwrap_err().to_string();
+        assert!(err.contains("covering partitions 0..1 of 2"), "{err}");
+        let err = t.add(segment("b", "s", &[0]), 2).unwrap_err().to_string();
+        assert!(err.contains("are 1 of 2"), "{err}");
+
+        let mut hnsw = Transaction::new(loc, model(IndexType::IvfHnswSq), CommitMode::Append, 1);
+        let err = hnsw
+            .add(segment("c", "s", &[0]), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lack the HNSW graphs"), "{err}");
+    }
+}

@@ -303,8 +303,8 @@ async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
 }
 
 /// The staging table checks each shard's data file length against its manifest, so
-/// a truncated shard shows as incomplete with the reason, and the others stay
-/// complete.
+/// a truncated shard shows as invalid (not complete) with the reason, and the
+/// others stay complete.
 #[tokio::test]
 async fn the_staging_table_names_a_truncated_data_file() {
     let data = clustered(ROWS, 6, 19);
@@ -321,11 +321,13 @@ async fn the_staging_table_names_a_truncated_data_file() {
     for b in &batches {
         let id = b.column_by_name("shard_id").unwrap().as_string::<i32>();
         let complete = b.column_by_name("complete").unwrap().as_boolean();
+        let status = b.column_by_name("status").unwrap().as_string::<i32>();
         let problem = b.column_by_name("problem").unwrap().as_string::<i32>();
         for i in 0..b.num_rows() {
             seen += 1;
             if id.value(i) == shards[1] {
                 assert!(!complete.value(i));
+                assert_eq!(status.value(i), "invalid");
                 let problem = problem.value(i);
                 assert!(
                     problem.contains("data.arrow is") && problem.contains("truncated"),
@@ -333,6 +335,7 @@ async fn the_staging_table_names_a_truncated_data_file() {
                 );
             } else {
                 assert!(complete.value(i) && problem.is_null(i));
+                assert_eq!(status.value(i), "complete");
             }
         }
     }

@@ -24,7 +24,7 @@ use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::ModelInfo;
-use crate::staging::{read_shard_row, ScannedShards};
+use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
 
 /// Checks the staged shards and groups them into segments, then splits each
 /// segment into work units (contiguous ranges of IVF partitions).
@@ -168,26 +168,34 @@ impl ExecutionPlan for VectorIndexPlanExec {
 /// One staged shard as the staging table listed it.
 struct ListedShard {
     shard_id: String,
-    complete: bool,
+    status: ShardStatus,
     problem: Option<String>,
     path: String,
 }
 
+/// The staging table's rows, columns found by name.
 fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
     let mut out = Vec::new();
     for b in batches {
-        let col = |name: &str| {
+        let strings = |name: &str| {
             b.column_by_name(name)
-                .ok_or_else(|| exec_datafusion_err!("staging scan lacks column {name}"))
+                .ok_or_else(|| exec_datafusion_err!("staging scan lacks column {name}"))?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| exec_datafusion_err!("staging scan: column {name} is not Utf8"))
         };
-        let ids = col("shard_id")?.as_string::<i32>().clone();
-        let complete = col("complete")?.as_boolean().clone();
-        let problem = col("problem")?.as_string::<i32>().clone();
-        let path = col("path")?.as_string::<i32>().clone();
+        let (ids, status, problem, path) = (
+            strings("shard_id")?,
+            strings("status")?,
+            strings("problem")?,
+            strings("path")?,
+        );
         for i in 0..b.num_rows() {
+            let status = ShardStatus::parse(status.value(i)).ok_or_else(|| {
+                exec_datafusion_err!("staging scan: unknown shard status '{}'", status.value(i))
+            })?;
             out.push(ListedShard {
                 shard_id: ids.value(i).to_string(),
-                complete: complete.value(i),
+                status,
                 problem: problem.is_valid(i).then(|| problem.value(i).to_string()),
                 path: path.value(i).to_string(),
             });
@@ -220,12 +228,16 @@ async fn plan(
         .into_iter()
         .filter(|s| !consumed.contains(&s.shard_id))
     {
-        match (&s.problem, s.complete) {
-            (Some(p), false) if p.starts_with("incomplete") => incomplete.push(s.shard_id),
-            (Some(p), _) => {
-                return Err(IndexError::Finalize(format!("shard {}: {p}", s.shard_id)).into())
+        match s.status {
+            ShardStatus::Complete => candidates.push(s),
+            ShardStatus::Incomplete => incomplete.push(s.shard_id),
+            status @ (ShardStatus::Invalid | ShardStatus::Unreadable) => {
+                let problem = Problem {
+                    status,
+                    reason: s.problem.unwrap_or_default(),
+                };
+                return Err(problem.into_error(&s.shard_id).into());
             }
-            (None, _) => candidates.push(s),
         }
     }
     if !incomplete.is_empty() && !options.skip_incomplete {
@@ -300,9 +312,9 @@ async fn load_shard(
         None => {
             let file = Path::from(shard.path.as_str()).join("shard.json");
             let row = read_shard_row(location.store().as_ref(), Some(location), &file).await;
-            let checked = row.complete().map_err(|problem| {
-                IndexError::Finalize(format!("shard {}: {problem}", shard.shard_id))
-            })?;
+            let checked = row
+                .complete()
+                .map_err(|problem| problem.into_error(&shard.shard_id))?;
             (checked.manifest, checked.fragments)
         }
     };

@@ -7,6 +7,6 @@
 mod source;
 mod table;
 
-pub(crate) use source::read_shard_row;
-pub use source::{ScannedShard, ScannedShards, ShardManifestSource};
+pub(crate) use source::{read_shard_row, Problem};
+pub use source::{ScannedShard, ScannedShards, ShardManifestSource, ShardStatus};
 pub use table::{list_staged_shards, shards_schema, ShardsTable, StagedShard};

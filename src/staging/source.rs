@@ -171,6 +171,73 @@ impl FileOpener for ShardOpener {
     }
 }
 
+/// Whether a staged shard can be finalized, and if not, whose move it is: the
+/// `status` column of the staging table, which the plan operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardStatus {
+    /// Its files are all there and agree with `shard.json`.
+    Complete,
+    /// No `shard.json` (yet): its worker has not finished, or died.
+    Incomplete,
+    /// Its files contradict each other or the format: the shard is damaged.
+    Invalid,
+    /// The store failed to read one of its files: it may be fine on a retry.
+    Unreadable,
+}
+
+impl ShardStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Incomplete => "incomplete",
+            Self::Invalid => "invalid",
+            Self::Unreadable => "unreadable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Complete,
+            Self::Incomplete,
+            Self::Invalid,
+            Self::Unreadable,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// Why a shard is not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub status: ShardStatus,
+    pub reason: String,
+}
+
+impl Problem {
+    fn new(status: ShardStatus, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The error a finalize reports for a shard with this problem.
+    pub(crate) fn into_error(self, shard_id: &str) -> crate::error::IndexError {
+        use crate::error::IndexError;
+        match self.status {
+            ShardStatus::Unreadable => IndexError::store(
+                format!("reading shard {shard_id}"),
+                object_store::Error::Generic {
+                    store: "staging",
+                    source: self.reason.into(),
+                },
+            ),
+            _ => IndexError::Finalize(format!("shard {shard_id}: {}", self.reason)),
+        }
+    }
+}
+
 /// What the table shows of one shard.
 #[derive(Debug, Default)]
 pub(crate) struct ShardRow {
@@ -179,13 +246,22 @@ pub(crate) struct ShardRow {
     pub manifest: Option<ShardManifest>,
     /// The shard's fragment set, when the shard is complete.
     pub fragments: Option<RoaringBitmap>,
-    pub problem: Option<String>,
+    pub problem: Option<Problem>,
 }
 
 impl ShardRow {
+    fn status(&self) -> ShardStatus {
+        match (&self.problem, &self.manifest) {
+            (Some(p), _) => p.status,
+            (None, Some(_)) => ShardStatus::Complete,
+            (None, None) => ShardStatus::Incomplete,
+        }
+    }
+
     fn to_batch(&self) -> Result<RecordBatch> {
         let m = self.manifest.as_ref();
-        let complete = m.is_some() && self.problem.is_none();
+        let status = self.status();
+        let complete = status == ShardStatus::Complete;
         let bytes = m.map(|m| m.data_file.size + m.fragments_file.size);
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![Some(self.shard_id.as_str())])),
@@ -199,20 +275,25 @@ impl ShardRow {
             Arc::new(UInt32Array::from(vec![m.and_then(|m| m.min_fragment)])),
             Arc::new(UInt32Array::from(vec![m.and_then(|m| m.max_fragment)])),
             Arc::new(BooleanArray::from(vec![complete])),
-            Arc::new(StringArray::from(vec![self.problem.as_deref()])),
+            Arc::new(StringArray::from(vec![status.as_str()])),
+            Arc::new(StringArray::from(vec![self
+                .problem
+                .as_ref()
+                .map(|p| p.reason.as_str())])),
             Arc::new(StringArray::from(vec![Some(self.path.as_str())])),
         ];
         Ok(RecordBatch::try_new(shards_schema(), cols)?)
     }
 
     /// The checked shard when it is complete, else what is wrong with it.
-    pub(crate) fn complete(self) -> std::result::Result<ScannedShard, String> {
+    pub(crate) fn complete(self) -> std::result::Result<ScannedShard, Problem> {
         match (self.problem, self.manifest, self.fragments) {
             (None, Some(manifest), Some(fragments)) => Ok(ScannedShard {
                 manifest,
                 fragments,
             }),
-            (problem, _, _) => Err(problem.unwrap_or_else(|| "incomplete".into())),
+            (Some(problem), _, _) => Err(problem),
+            (None, _, _) => Err(Problem::new(ShardStatus::Incomplete, "incomplete")),
         }
     }
 }
@@ -245,7 +326,10 @@ pub(crate) async fn read_shard_row(
         ..Default::default()
     };
     if file.filename() != Some("shard.json") {
-        row.problem = Some("incomplete: shard.json is missing (the worker did not finish)".into());
+        row.problem = Some(Problem::new(
+            ShardStatus::Incomplete,
+            "incomplete: shard.json is missing (the worker did not finish)",
+        ));
         return row;
     }
     let local_dir = index.and_then(|l| l.local_file(&dir));
@@ -254,7 +338,10 @@ pub(crate) async fn read_shard_row(
             match tokio::task::spawn_blocking(move || ShardFiles::read_local(&dir)).await {
                 Ok(files) => files,
                 Err(e) => {
-                    row.problem = Some(format!("reading the shard failed: {e}"));
+                    row.problem = Some(Problem::new(
+                        ShardStatus::Unreadable,
+                        format!("reading the shard failed: {e}"),
+                    ));
                     return row;
                 }
             }
@@ -262,11 +349,16 @@ pub(crate) async fn read_shard_row(
         None => ShardFiles::read(store, &dir).await,
     };
     let manifest = match files.manifest {
-        Fetched::Got(bytes) => {
-            ShardManifest::from_json(&shard_id, &bytes).map_err(|e| e.to_string())
-        }
-        Fetched::Missing => Err("shard.json is missing".to_string()),
-        Fetched::Failed(e) => Err(format!("shard.json unreadable: {e}")),
+        Fetched::Got(bytes) => ShardManifest::from_json(&shard_id, &bytes)
+            .map_err(|e| Problem::new(ShardStatus::Invalid, e.to_string())),
+        Fetched::Missing => Err(Problem::new(
+            ShardStatus::Incomplete,
+            "incomplete: shard.json is missing",
+        )),
+        Fetched::Failed(e) => Err(Problem::new(
+            ShardStatus::Unreadable,
+            format!("shard.json unreadable: {e}"),
+        )),
     };
     let manifest = match manifest {
         Ok(m) => m,
@@ -366,50 +458,52 @@ fn check_shard(
     manifest: &ShardManifest,
     sidecar: Fetched<Bytes>,
     data_len: Fetched<u64>,
-) -> std::result::Result<RoaringBitmap, String> {
+) -> std::result::Result<RoaringBitmap, Problem> {
+    let invalid = |reason: String| Problem::new(ShardStatus::Invalid, reason);
+    let unreadable = |reason: String| Problem::new(ShardStatus::Unreadable, reason);
     if manifest.shard_id != shard_id {
-        return Err(format!(
+        return Err(invalid(format!(
             "shard.json names shard {}, but its folder is {dir_name}",
             manifest.shard_id
-        ));
+        )));
     }
     if manifest.data_file.name != DATA_FILE || manifest.fragments_file.name != SIDECAR {
-        return Err(format!(
+        return Err(invalid(format!(
             "shard.json lists files {} and {}; a shard's files are {DATA_FILE} and {SIDECAR}",
             manifest.data_file.name, manifest.fragments_file.name
-        ));
+        )));
     }
     match data_len {
         Fetched::Got(len) if len == manifest.data_file.size => {}
         Fetched::Got(len) => {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{DATA_FILE} is {len} bytes, shard.json says {} (truncated or rewritten)",
                 manifest.data_file.size
-            ))
+            )))
         }
-        Fetched::Missing => return Err(format!("{DATA_FILE} is missing")),
-        Fetched::Failed(e) => return Err(format!("{DATA_FILE} unreadable: {e}")),
+        Fetched::Missing => return Err(invalid(format!("{DATA_FILE} is missing"))),
+        Fetched::Failed(e) => return Err(unreadable(format!("{DATA_FILE} unreadable: {e}"))),
     }
     let sidecar = match sidecar {
         Fetched::Got(b) => b,
-        Fetched::Missing => return Err(format!("{SIDECAR} is missing")),
-        Fetched::Failed(e) => return Err(format!("{SIDECAR} unreadable: {e}")),
+        Fetched::Missing => return Err(invalid(format!("{SIDECAR} is missing"))),
+        Fetched::Failed(e) => return Err(unreadable(format!("{SIDECAR} unreadable: {e}"))),
     };
     if sidecar.len() as u64 != manifest.fragments_file.size
         || crc32fast::hash(&sidecar) != manifest.fragments_file.crc32
     {
-        return Err(format!(
+        return Err(invalid(format!(
             "{SIDECAR} does not match the size and checksum in shard.json"
-        ));
+        )));
     }
     let fragments = RoaringBitmap::deserialize_from(&sidecar[..])
-        .map_err(|e| format!("{SIDECAR} is not a roaring bitmap: {e}"))?;
+        .map_err(|e| invalid(format!("{SIDECAR} is not a roaring bitmap: {e}")))?;
     if fragments.len() != manifest.num_fragments {
-        return Err(format!(
+        return Err(invalid(format!(
             "{SIDECAR} holds {} fragments, shard.json says {}",
             fragments.len(),
             manifest.num_fragments
-        ));
+        )));
     }
     Ok(fragments)
 }

@@ -32,13 +32,16 @@ static SHARDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("min_fragment", DataType::UInt32, true),
         Field::new("max_fragment", DataType::UInt32, true),
         Field::new("complete", DataType::Boolean, false),
+        Field::new("status", DataType::Utf8, false),
         Field::new("problem", DataType::Utf8, true),
         Field::new("path", DataType::Utf8, false),
     ]))
 });
 
 /// Schema of `vector_index_shards(…)`. `complete` is true when `shard.json` exists
-/// and is consistent with its sidecar; otherwise `problem` says why not.
+/// and is consistent with its sidecar; otherwise `status` says whose move it is
+/// (`incomplete`: the worker's; `invalid`: the shard is damaged; `unreadable`: the
+/// store failed, retry) and `problem` says why.
 pub fn shards_schema() -> SchemaRef {
     Arc::clone(&SHARDS_SCHEMA)
 }

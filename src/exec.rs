@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
-use datafusion::common::Result;
+use arrow::array::{AsArray, FixedSizeListArray, PrimitiveArray, RecordBatch};
+use arrow::datatypes::{ArrowPrimitiveType, SchemaRef};
+use datafusion::common::{internal_datafusion_err, Result};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
@@ -35,4 +36,27 @@ pub(crate) fn single_child(
         );
     }
     Ok(children.remove(0))
+}
+
+/// Column `name` of `batch` as a primitive array of `T`: a contract between two of
+/// our operators broken is an internal error, never a panicking downcast.
+pub(crate) fn primitive<'a, T: ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a PrimitiveArray<T>> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| internal_datafusion_err!("batch lacks column '{name}'"))?
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| internal_datafusion_err!("column '{name}' is not {}", T::DATA_TYPE))
+}
+
+/// Column `name` of `batch` as vectors of `Float32`.
+pub(crate) fn vectors<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a FixedSizeListArray> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| internal_datafusion_err!("batch lacks column '{name}'"))?
+        .as_fixed_size_list_opt()
+        .filter(|l| l.value_type() == arrow::datatypes::DataType::Float32)
+        .ok_or_else(|| internal_datafusion_err!("column '{name}' is not a list of Float32"))
 }

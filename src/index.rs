@@ -12,6 +12,7 @@ use futures::StreamExt;
 
 use crate::catalog::SegmentsTable;
 use crate::error::{IndexError, Result};
+use crate::exec::primitive;
 use crate::finalize::{finalize_plan, vacuum, FinalizeOptions, VacuumOptions, VacuumReport};
 use crate::format::{IndexLocation, ShardManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
@@ -219,11 +220,14 @@ impl VectorIndex {
         let batches = collect(plan, ctx.task_ctx()).await?;
         let mut hits = vec![Vec::new(); n];
         for b in batches {
-            let q = b.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
-            let r = b.column(1).as_primitive::<UInt64Type>();
-            let d = b.column(2).as_primitive::<arrow::datatypes::Float32Type>();
+            let q = primitive::<arrow::datatypes::UInt32Type>(&b, "query_id")?;
+            let r = primitive::<UInt64Type>(&b, "row_id")?;
+            let d = primitive::<arrow::datatypes::Float32Type>(&b, "distance")?;
             for i in 0..b.num_rows() {
-                hits[q.value(i) as usize].push(SearchHit {
+                let query = hits.get_mut(q.value(i) as usize).ok_or_else(|| {
+                    IndexError::Internal(format!("a hit of query {}, of {n}", q.value(i)))
+                })?;
+                query.push(SearchHit {
                     row_id: r.value(i),
                     distance: d.value(i),
                 });

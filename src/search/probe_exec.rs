@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -17,7 +17,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use super::{SearchOptions, SearchTarget};
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{compute_properties, primitive, single_child, vectors};
 use crate::model::distance::normalize;
 use crate::model::Metric;
 
@@ -164,8 +164,8 @@ fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Resu
     let dim = model.dim();
     let mut tasks = Vec::new();
     for b in batches {
-        let ids = b.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
-        let list = b.column(1).as_fixed_size_list();
+        let ids = primitive::<UInt32Type>(b, "query_id")?;
+        let list = vectors(b, "query")?;
         let values = list.values().as_primitive::<Float32Type>();
         for i in 0..b.num_rows() {
             let start = (list.offset() + i) * dim;

@@ -22,7 +22,7 @@ use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{compute_properties, primitive, single_child, vectors};
 use crate::format::decode_block;
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 
@@ -179,10 +179,10 @@ async fn scan_tasks(
     tops: &mut BTreeMap<u32, TopK>,
     visited: &mut Visited,
 ) -> Result<()> {
-    let query_ids = batch.column(0).as_primitive::<UInt32Type>();
-    let segments = batch.column(1).as_primitive::<UInt32Type>();
-    let partitions = batch.column(2).as_primitive::<UInt32Type>();
-    let queries = batch.column(3).as_fixed_size_list();
+    let query_ids = primitive::<UInt32Type>(batch, "query_id")?;
+    let segments = primitive::<UInt32Type>(batch, "segment")?;
+    let partitions = primitive::<UInt32Type>(batch, "partition")?;
+    let queries = vectors(batch, "query")?;
     let dim = target.model.dim();
     let mut wanted: Vec<(u32, u32)> = (0..batch.num_rows())
         .map(|i| (segments.value(i), partitions.value(i)))

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
@@ -18,7 +17,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::topk::{tops_to_batch, Scored, TopK};
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{compute_properties, primitive, single_child};
 
 static OUTPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -110,9 +109,9 @@ impl ExecutionPlan for VectorIndexTopKExec {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
             while let Some(batch) = input.next().await {
                 let batch = batch?;
-                let q = batch.column(0).as_primitive::<UInt32Type>();
-                let r = batch.column(1).as_primitive::<UInt64Type>();
-                let d = batch.column(2).as_primitive::<Float32Type>();
+                let q = primitive::<UInt32Type>(&batch, "query_id")?;
+                let r = primitive::<UInt64Type>(&batch, "row_id")?;
+                let d = primitive::<Float32Type>(&batch, "distance")?;
                 for i in 0..batch.num_rows() {
                     tops.entry(q.value(i))
                         .or_insert_with(|| TopK::new(k))

@@ -3,8 +3,6 @@
 
 mod common;
 
-use datafusion_vector_index::IndexError;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +11,12 @@ use arrow::datatypes::UInt64Type;
 use common::*;
 use datafusion_vector_index::catalog::{latest_version, list_versions};
 use datafusion_vector_index::finalize::{
-    CommitMode, FinalizeOptions, SegmentGrouping, VacuumOptions,
+    plan_segments, CommitMode, FinalizeOptions, PlannedShard, SegmentGrouping, VacuumOptions,
 };
+use datafusion_vector_index::format::ShardManifest;
 use datafusion_vector_index::model::{IndexType, Metric, Model};
 use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::IndexError;
 use proptest::prelude::*;
 
 const ROWS: usize = 1200;
@@ -691,7 +691,7 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
 }
 
 #[tokio::test]
-async fn a_shard_staged_twice_is_refused() {
+async fn a_shard_copied_into_another_folder_is_refused() {
     let data = clustered(ROWS, 6, 17);
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
@@ -718,4 +718,48 @@ async fn a_shard_staged_twice_is_refused() {
         "{err}"
     );
     assert!(!t.path().join("_versions").exists());
+}
+
+/// Planning refuses one shard id listed from two folders (what an operator fed by
+/// another input than the staging scan could hand it), naming both.
+#[tokio::test]
+async fn a_shard_id_planned_twice_is_refused() {
+    let data = clustered(ROWS, 6, 18);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
+    let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
+    let dir = std::fs::read_dir(t.path().join("_staging"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let manifest =
+        ShardManifest::from_json("s", &std::fs::read(dir.join("shard.json")).unwrap()).unwrap();
+    let fragments: roaring::RoaringBitmap = [0u32].into_iter().collect();
+    let shard = |dir: &str, fragments: roaring::RoaringBitmap| PlannedShard {
+        manifest: manifest.clone(),
+        dir: dir.to_string(),
+        fragments,
+    };
+    let mut fresh = || "new".to_string();
+    let err = plan_segments(
+        vec![
+            shard("a", fragments.clone()),
+            shard("b", [1u32].into_iter().collect()),
+        ],
+        &[],
+        model.info(),
+        &FinalizeOptions::default(),
+        &mut fresh,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!(
+            "shard id {} is staged twice (a and b)",
+            manifest.shard_id
+        )),
+        "{err}"
+    );
 }

@@ -195,3 +195,38 @@ fn training_is_deterministic_per_seed() {
         assert_eq!(a, b);
     }
 }
+
+/// A batch the writer refuses leaves it as it was: none of its rows are staged, and
+/// its row ids may be written again.
+#[tokio::test]
+async fn a_refused_batch_leaves_the_writer_as_it_was() {
+    let data = clustered(40, 3, 6);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 2);
+    let t = TestIndex::new(&model).await;
+    let mut writer = ShardWriter::new(t.location().clone(), Arc::new(model.clone()));
+    let rows =
+        |range: std::ops::Range<usize>| vector_array(&data[range.start * DIM..range.end * DIM]);
+
+    // A row id twice in one batch, after rows that would have been accepted.
+    let err = writer
+        .write(&[1, 2, 3, 2], &rows(0..4), "vec")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("row id 2 appears twice in one batch"), "{err}");
+    // A bad vector after good ones.
+    let mut bad = data[..4 * DIM].to_vec();
+    bad[3 * DIM] = f32::INFINITY;
+    assert!(writer
+        .write(&[1, 2, 3, 4], &vector_array(&bad), "vec")
+        .is_err());
+
+    // The same row ids are still free, and only this batch is staged.
+    writer.write(&[1, 2, 3, 4], &rows(0..4), "vec").unwrap();
+    let err = writer
+        .write(&[4, 5], &rows(4..6), "vec")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("row id 4 was written twice"), "{err}");
+    let manifest = writer.finish().await.unwrap();
+    assert_eq!(manifest.rows, 4);
+}

@@ -5,13 +5,11 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::buffer::MutableBuffer;
 use bytes::Bytes;
-use object_store::buffered::BufWriter;
 use roaring::{RoaringBitmap, RoaringTreemap};
-use tokio::io::AsyncWriteExt;
 
 use super::fragment_of;
 use crate::error::{IndexError, Result};
-use crate::format::{FileInfo, IndexLocation, IpcFileSink, ShardManifest, FORMAT_VERSION};
+use crate::format::{FileInfo, IndexLocation, IpcFileSink, ShardManifest, Upload, FORMAT_VERSION};
 use crate::model::input::append_vectors;
 use crate::model::{Encoder, Model};
 
@@ -85,6 +83,15 @@ impl ShardWriter {
                 self.shard_id
             )));
         }
+        // Every check of the batch comes before the writer changes, so that an error
+        // leaves it as it was.
+        let mut batch_ids = RoaringTreemap::new();
+        if let Some(dup) = row_ids.iter().find(|&&id| !batch_ids.insert(id)) {
+            return Err(IndexError::InvalidInput(format!(
+                "shard {}: row id {dup} appears twice in one batch",
+                self.shard_id
+            )));
+        }
         let model = Arc::clone(self.encoder.model());
         let dim = model.dim();
         self.scratch.clear();
@@ -102,17 +109,12 @@ impl ShardWriter {
         let width = model.code_width();
         for (i, (&row_id, &p)) in row_ids.iter().zip(&self.assigned).enumerate() {
             let part = &mut self.partitions[p as usize];
-            if !self.seen_row_ids.insert(row_id) {
-                return Err(IndexError::InvalidInput(format!(
-                    "shard {}: row id {row_id} appears twice in one batch",
-                    self.shard_id
-                )));
-            }
             part.row_ids.push(row_id);
             part.codes
                 .extend_from_slice(&self.codes[i * width..(i + 1) * width]);
             self.fragments.insert(fragment_of(row_id));
         }
+        self.seen_row_ids |= batch_ids;
         self.rows += row_ids.len() as u64;
         Ok(())
     }
@@ -126,7 +128,7 @@ impl ShardWriter {
         let dir = self.location.shard_dir(&self.shard_id);
 
         let mut sink = IpcFileSink::try_new(&schema)?;
-        let mut out = BufWriter::with_capacity(
+        let mut out = Upload::new(
             Arc::clone(self.location.store()),
             dir.clone().join("data.arrow"),
             8 << 20,
@@ -150,7 +152,7 @@ impl ShardWriter {
         }
         let (tail, blocks, data_size, data_crc) = sink.finish()?;
         out.put(tail).await?;
-        out.shutdown().await?;
+        out.finish().await?;
 
         let mut fragments_bytes = Vec::with_capacity(self.fragments.serialized_size());
         self.fragments.serialize_into(&mut fragments_bytes)?;

@@ -70,7 +70,7 @@ async fn shard_round_trips_and_assigns_nearest_centroid() {
                 "vectors stored exactly"
             );
             assert_eq!(
-                nearest_l2(original, &model.centroids, DIM).0,
+                nearest_l2(original, model.centroids(), DIM).0,
                 partition,
                 "row {rid}"
             );

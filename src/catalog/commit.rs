@@ -411,13 +411,19 @@ mod tests {
             max_iterations: 1,
         };
         let centroids = vec![0.0; 2 * PARTITIONS as usize];
-        let sq = (index_type.quantizer() == crate::model::Quantizer::Sq).then(|| {
-            crate::model::ScalarQuantizer {
+        let codec = match index_type.quantizer() {
+            crate::model::Quantizer::Sq => crate::model::Codec::Sq(crate::model::ScalarQuantizer {
                 lower: vec![0.0; 2],
                 upper: vec![1.0; 2],
-            }
-        });
-        Arc::new(Model::new(params, centroids, None, sq).info().clone())
+            }),
+            _ => crate::model::Codec::Flat,
+        };
+        Arc::new(
+            Model::try_new(params, centroids, codec)
+                .unwrap()
+                .info()
+                .clone(),
+        )
     }
 
     fn location(store: Arc<dyn ObjectStore>) -> IndexLocation {

@@ -73,22 +73,9 @@ impl Encoder {
             .for_each_init(
                 || vec![0f32; dim],
                 |residual, ((v, out), part)| {
-                    let (p, _) = nearest_l2(v, &m.centroids, dim);
+                    let (p, _) = nearest_l2(v, m.centroids(), dim);
                     *part = p as u32;
-                    match (m.index_type().quantizer(), &m.pq, &m.sq) {
-                        (Quantizer::Pq, Some(pq), _) => {
-                            for ((r, x), c) in residual.iter_mut().zip(v).zip(m.centroid(p)) {
-                                *r = x - c;
-                            }
-                            pq.encode(residual, out);
-                        }
-                        (Quantizer::Sq, _, Some(sq)) => sq.encode(v, out),
-                        _ => {
-                            for (o, x) in out.chunks_exact_mut(4).zip(v) {
-                                o.copy_from_slice(&x.to_le_bytes());
-                            }
-                        }
-                    }
+                    m.codec().encode(v, m.centroid(p), residual, out);
                 },
             );
         partitions.extend(parts);
@@ -211,28 +198,9 @@ pub fn decode_rows(model: &Model, partition: usize, codes: &[u8]) -> Result<Vec<
     }
     let n = codes.len() / width;
     let mut out = vec![0f32; n * dim];
-    match (model.index_type().quantizer(), &model.pq, &model.sq) {
-        (Quantizer::Flat, _, _) => {
-            for (o, b) in out.iter_mut().zip(codes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        (Quantizer::Sq, _, Some(sq)) => {
-            for (o, c) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(width)) {
-                sq.decode(c, o);
-            }
-        }
-        (Quantizer::Pq, Some(pq), _) => {
-            let centroid = model.centroid(partition);
-            for (o, c) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(width)) {
-                for (m, &code) in c.iter().enumerate() {
-                    let sub = &pq.codebook[(m * 256 + code as usize) * pq.sub_dim..][..pq.sub_dim];
-                    o[m * pq.sub_dim..(m + 1) * pq.sub_dim].copy_from_slice(sub);
-                }
-                o.iter_mut().zip(centroid).for_each(|(x, c)| *x += c);
-            }
-        }
-        _ => return Err(IndexError::corrupt("model", "quantizer parameters missing")),
+    let centroid = model.centroid(partition);
+    for (o, c) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(width)) {
+        model.codec().decode(c, centroid, o);
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use arrow::ipc::reader::FileReader;
 use sha2::{Digest, Sha256};
 
-use super::{Model, ModelInfo, ModelParams, ProductQuantizer, ScalarQuantizer};
+use super::{Codec, Model, ModelInfo, ModelParams, ProductQuantizer, Quantizer, ScalarQuantizer};
 use crate::error::{IndexError, Result};
 use crate::format::{encode_partitions, FileInfo, IndexLocation, IndexManifest};
 
@@ -17,13 +17,14 @@ const PARAMS_KEY: &str = "vector_index.model";
 
 /// Tensors in canonical order: the fingerprint and the file both follow it.
 fn tensors(model: &Model) -> Vec<(&'static str, &[f32])> {
-    let mut t = vec![("centroids", model.centroids.as_slice())];
-    if let Some(pq) = &model.pq {
-        t.push(("pq_codebook", pq.codebook.as_slice()));
-    }
-    if let Some(sq) = &model.sq {
-        t.push(("sq_lower", sq.lower.as_slice()));
-        t.push(("sq_upper", sq.upper.as_slice()));
+    let mut t = vec![("centroids", model.centroids())];
+    match model.codec() {
+        Codec::Flat => {}
+        Codec::Pq(pq) => t.push(("pq_codebook", pq.codebook.as_slice())),
+        Codec::Sq(sq) => {
+            t.push(("sq_lower", sq.lower.as_slice()));
+            t.push(("sq_upper", sq.upper.as_slice()));
+        }
     }
     t
 }
@@ -212,38 +213,22 @@ async fn read_model(location: &IndexLocation, index: &IndexManifest) -> Result<M
     };
     let dim = params.dim as usize;
     let centroids = take("centroids")?;
-    if centroids.len() != dim * params.num_partitions as usize {
-        return Err(damaged("centroids have the wrong size".into()));
-    }
-    let pq = match params.num_sub_vectors {
-        Some(m) => Some(ProductQuantizer {
-            num_sub_vectors: m as usize,
-            sub_dim: dim / m.max(1) as usize,
-            codebook: take("pq_codebook")?,
-        }),
-        None => None,
-    };
-    let sq = if params.index_type.quantizer() == super::Quantizer::Sq {
-        Some(ScalarQuantizer {
+    let codec = match params.index_type.quantizer() {
+        Quantizer::Flat => Codec::Flat,
+        Quantizer::Pq => {
+            let m = params.num_sub_vectors.unwrap_or(0).max(1) as usize;
+            Codec::Pq(ProductQuantizer {
+                num_sub_vectors: m,
+                sub_dim: dim / m,
+                codebook: take("pq_codebook")?,
+            })
+        }
+        Quantizer::Sq => Codec::Sq(ScalarQuantizer {
             lower: take("sq_lower")?,
             upper: take("sq_upper")?,
-        })
-    } else {
-        None
+        }),
     };
-    if let Some(pq) = &pq {
-        if pq.codebook.len() != pq.num_sub_vectors * crate::model::pq::PQ_CODES * pq.sub_dim {
-            return Err(damaged(
-                "PQ codebook does not match num_sub_vectors and dim".into(),
-            ));
-        }
-    }
-    if let Some(sq) = &sq {
-        if sq.lower.len() != dim || sq.upper.len() != dim {
-            return Err(damaged("SQ bounds do not match dim".into()));
-        }
-    }
-    let model = Model::new(params, centroids, pq, sq);
+    let model = Model::try_new(params, centroids, codec).map_err(|e| damaged(e.to_string()))?;
     if model.fingerprint() != fp {
         return Err(damaged(format!(
             "contents hash to {}, not to its name",
@@ -286,25 +271,25 @@ mod tests {
             format_version: 1,
             ..p
         };
-        let pq = Model::new(
+        let pq = Model::try_new(
             v1(params(IndexType::IvfPq, Some(2))),
             values(12, 0.25),
-            Some(ProductQuantizer {
+            Codec::Pq(ProductQuantizer {
                 num_sub_vectors: 2,
                 sub_dim: 2,
                 codebook: values(2 * 256 * 2, 0.01),
             }),
-            None,
-        );
-        let sq = Model::new(
+        )
+        .unwrap();
+        let sq = Model::try_new(
             v1(params(IndexType::IvfSq, None)),
             values(12, -1.5),
-            None,
-            Some(ScalarQuantizer {
+            Codec::Sq(ScalarQuantizer {
                 lower: values(4, 1.0),
                 upper: values(4, 2.0),
             }),
-        );
+        )
+        .unwrap();
         assert_eq!(
             (pq.fingerprint(), sq.fingerprint()),
             (
@@ -346,6 +331,42 @@ mod tests {
         }
     }
 
+    /// A model whose codec is not its type's, or whose tensors do not fit its
+    /// parameters, cannot be built.
+    #[test]
+    fn a_model_is_consistent_with_its_parameters() {
+        let sq = || {
+            Codec::Sq(ScalarQuantizer {
+                lower: values(4, 1.0),
+                upper: values(4, 2.0),
+            })
+        };
+        Model::try_new(params(IndexType::IvfSq, None), values(12, 1.0), sq()).unwrap();
+        let bad = [
+            (
+                params(IndexType::IvfPq, Some(2)),
+                values(12, 1.0),
+                Codec::Flat,
+            ),
+            (params(IndexType::IvfSq, None), values(12, 1.0), Codec::Flat),
+            (params(IndexType::IvfFlat, None), values(12, 1.0), sq()),
+            (params(IndexType::IvfSq, None), values(11, 1.0), sq()),
+            (
+                params(IndexType::IvfPq, Some(2)),
+                values(12, 1.0),
+                Codec::Pq(ProductQuantizer {
+                    num_sub_vectors: 2,
+                    sub_dim: 2,
+                    codebook: values(10, 1.0),
+                }),
+            ),
+        ];
+        for (p, centroids, codec) in bad {
+            let err = Model::try_new(p, centroids, codec).unwrap_err();
+            assert!(matches!(err, IndexError::InvalidArgument { .. }), "{err:?}");
+        }
+    }
+
     fn memory_location() -> IndexLocation {
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
         let memory = url::Url::parse("memory://").unwrap();
@@ -355,15 +376,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_model_file_is_refused_before_it_is_decoded() {
-        let model = Model::new(
+        let model = Model::try_new(
             params(IndexType::IvfSq, None),
             values(12, -1.5),
-            None,
-            Some(ScalarQuantizer {
+            Codec::Sq(ScalarQuantizer {
                 lower: values(4, 1.0),
                 upper: values(4, 2.0),
             }),
-        );
+        )
+        .unwrap();
         let location = memory_location();
         model.write(&location).await.unwrap();
         assert_eq!(&read_current_model(&location).await.unwrap(), &model);

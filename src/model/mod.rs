@@ -300,29 +300,136 @@ impl ModelInfo {
 pub struct Model {
     info: ModelInfo,
     /// `num_partitions × dim`, row-major.
-    pub centroids: Vec<f32>,
-    pub pq: Option<ProductQuantizer>,
-    pub sq: Option<ScalarQuantizer>,
+    centroids: Vec<f32>,
+    codec: Codec,
+}
+
+/// A model's quantizer with the data it was trained to: how a vector becomes the
+/// stored bytes of a row, and back. One variant per [`Quantizer`], so a PQ or SQ
+/// model without its codebook or bounds cannot be represented.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Codec {
+    /// The vector itself, as little-endian `f32`.
+    Flat,
+    /// One 8-bit code per sub-vector of the residual (vector minus its centroid).
+    Pq(ProductQuantizer),
+    /// One 8-bit code per dimension, between per-dimension bounds.
+    Sq(ScalarQuantizer),
+}
+
+impl Codec {
+    pub fn quantizer(&self) -> Quantizer {
+        match self {
+            Self::Flat => Quantizer::Flat,
+            Self::Pq(_) => Quantizer::Pq,
+            Self::Sq(_) => Quantizer::Sq,
+        }
+    }
+
+    /// Encodes `v` (of IVF partition with centroid `centroid`) into `out`, one
+    /// stored row; `residual` is scratch of the vector's dimension.
+    #[inline]
+    pub fn encode(&self, v: &[f32], centroid: &[f32], residual: &mut [f32], out: &mut [u8]) {
+        match self {
+            Self::Flat => {
+                for (o, x) in out.chunks_exact_mut(4).zip(v) {
+                    o.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            Self::Pq(pq) => {
+                for ((r, x), c) in residual.iter_mut().zip(v).zip(centroid) {
+                    *r = x - c;
+                }
+                pq.encode(residual, out);
+            }
+            Self::Sq(sq) => sq.encode(v, out),
+        }
+    }
+
+    /// Decodes one stored row of IVF partition with centroid `centroid` into `out`:
+    /// exact for FLAT, the quantizer's reconstruction for PQ and SQ.
+    #[inline]
+    pub fn decode(&self, codes: &[u8], centroid: &[f32], out: &mut [f32]) {
+        match self {
+            Self::Flat => {
+                for (o, b) in out.iter_mut().zip(codes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Self::Sq(sq) => sq.decode(codes, out),
+            Self::Pq(pq) => {
+                let d = pq.sub_dim;
+                for (m, &code) in codes.iter().enumerate() {
+                    let sub = &pq.codebook[(m * pq::PQ_CODES + code as usize) * d..][..d];
+                    out[m * d..(m + 1) * d].copy_from_slice(sub);
+                }
+                out.iter_mut().zip(centroid).for_each(|(x, c)| *x += c);
+            }
+        }
+    }
 }
 
 impl Model {
-    pub fn new(
+    /// A model from its parameters and tensors, checked against each other: the
+    /// codec is the index type's, and every tensor has the size the parameters say.
+    pub fn try_new(
         params: ModelParams,
         centroids: Vec<f32>,
-        pq: Option<ProductQuantizer>,
-        sq: Option<ScalarQuantizer>,
-    ) -> Self {
+        codec: Codec,
+    ) -> crate::error::Result<Self> {
+        let dim = params.dim as usize;
+        let bad = |why: String| IndexError::invalid_argument("model", why);
+        if codec.quantizer() != params.index_type.quantizer() {
+            return Err(bad(format!(
+                "a {:?} codec for index type {}",
+                codec.quantizer(),
+                params.index_type
+            )));
+        }
+        if centroids.len() != dim * params.num_partitions as usize {
+            return Err(bad(format!(
+                "{} centroid values for {} partitions of dimension {dim}",
+                centroids.len(),
+                params.num_partitions
+            )));
+        }
+        match &codec {
+            Codec::Pq(pq) => {
+                let m = pq.num_sub_vectors;
+                if params.num_sub_vectors != Some(m as u32)
+                    || m == 0
+                    || m * pq.sub_dim != dim
+                    || pq.codebook.len() != m * pq::PQ_CODES * pq.sub_dim
+                {
+                    return Err(bad(
+                        "PQ codebook does not match num_sub_vectors and dim".into()
+                    ));
+                }
+            }
+            Codec::Sq(sq) if sq.lower.len() != dim || sq.upper.len() != dim => {
+                return Err(bad("SQ bounds do not match dim".into()));
+            }
+            _ => {}
+        }
         let mut model = Self {
             info: ModelInfo {
                 params,
                 fingerprint: String::new(),
             },
             centroids,
-            pq,
-            sq,
+            codec,
         };
         model.info.fingerprint = io::fingerprint(&model);
-        model
+        Ok(model)
+    }
+
+    /// `num_partitions × dim` centroids, row-major.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+
+    pub fn codec(&self) -> &Codec {
+        &self.codec
     }
 
     /// The model's identity and parameters.

@@ -8,7 +8,8 @@ use super::distance::{nearest_l2, normalize};
 use super::kmeans::{kmeans, KMeansParams};
 use super::pq::PQ_CODES;
 use super::{
-    HnswParams, IndexType, Metric, Model, ModelParams, ProductQuantizer, Quantizer, ScalarQuantizer,
+    Codec, HnswParams, IndexType, Metric, Model, ModelParams, ProductQuantizer, Quantizer,
+    ScalarQuantizer,
 };
 use crate::error::{IndexError, Result};
 use crate::format::FORMAT_VERSION;
@@ -203,7 +204,11 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
             .collect();
         ProductQuantizer::train(&residuals, dim, m, opts.max_iterations, opts.seed)
     });
-    let sq = (quantizer == Quantizer::Sq).then(|| ScalarQuantizer::train(&sample, dim));
+    let codec = match (quantizer, pq) {
+        (Quantizer::Pq, Some(pq)) => Codec::Pq(pq),
+        (Quantizer::Sq, _) => Codec::Sq(ScalarQuantizer::train(&sample, dim)),
+        _ => Codec::Flat,
+    };
     let params = ModelParams {
         format_version: FORMAT_VERSION,
         index_type: opts.index_type,
@@ -216,7 +221,7 @@ pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Res
         sample_rows: n as u64,
         max_iterations: opts.max_iterations as u32,
     };
-    Ok(Model::new(params, centroids, pq, sq))
+    Model::try_new(params, centroids, codec)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::error::{IndexError, Result};
 use crate::model::distance::{dot, l2_sq};
 use crate::model::pq::table_lookup;
 use crate::model::sq::{sq_dot, sq_l2};
-use crate::model::{Metric, Model, Quantizer};
+use crate::model::{Codec, Metric, Model};
 
 /// A query prepared for one IVF partition.
 pub enum Scorer {
@@ -39,16 +39,12 @@ impl Scorer {
     pub fn new(model: &Model, query: &[f32], partition: usize) -> Result<Self> {
         let metric = model.metric();
         let base = if metric == Metric::Cosine { 1.0 } else { 0.0 };
-        Ok(match model.index_type().quantizer() {
-            Quantizer::Flat => Self::Flat {
+        Ok(match model.codec() {
+            Codec::Flat => Self::Flat {
                 query: query.to_vec(),
                 metric,
             },
-            Quantizer::Pq => {
-                let pq = model
-                    .pq
-                    .as_ref()
-                    .ok_or_else(|| IndexError::corrupt("model", "PQ codebook missing"))?;
+            Codec::Pq(pq) => {
                 let c = model.centroid(partition);
                 if metric == Metric::L2 {
                     let residual: Vec<f32> = query.iter().zip(c).map(|(q, c)| q - c).collect();
@@ -65,11 +61,7 @@ impl Scorer {
                     }
                 }
             }
-            Quantizer::Sq => {
-                let sq = model
-                    .sq
-                    .as_ref()
-                    .ok_or_else(|| IndexError::corrupt("model", "SQ bounds missing"))?;
+            Codec::Sq(sq) => {
                 if metric == Metric::L2 {
                     let (scaled, weights) = sq.query_l2(query);
                     Self::SqL2 { scaled, weights }

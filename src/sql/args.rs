@@ -255,6 +255,19 @@ impl Args {
         Self { values }
     }
 
+    /// A required string argument: present once bound (a missing or NULL one was
+    /// refused by then), so this is never a silent default.
+    pub fn required_str(&self, name: &str) -> Result<&str> {
+        self.str(name)
+            .ok_or_else(|| plan_datafusion_err!("missing required argument '{name}'"))
+    }
+
+    /// A required count argument; see [`Args::required_str`].
+    pub fn required_uint(&self, name: &str) -> Result<u64> {
+        self.uint(name)
+            .ok_or_else(|| plan_datafusion_err!("missing required argument '{name}'"))
+    }
+
     pub fn str(&self, name: &str) -> Option<&str> {
         match self.values.get(name) {
             Some(Value::Str(s)) => Some(s),

@@ -66,8 +66,8 @@ fn evaluate(sig: &'static Signature, args: &TableFunctionArgs) -> Result<(Args, 
         }
     }
     let args_out = Args::new(values);
-    let url = args_out.str("index").unwrap_or_default().to_string();
-    let location = IndexLocation::from_url(&url, args.session().runtime_env())?;
+    let url = args_out.required_str("index")?;
+    let location = IndexLocation::from_url(url, args.session().runtime_env())?;
     Ok((args_out, location))
 }
 
@@ -109,14 +109,20 @@ impl TableFunctionImpl for SearchFunction {
                 .transpose()
         };
         let options = SearchOptions {
-            k: count("k")?.unwrap_or(defaults.k),
+            k: usize::try_from(values.required_uint("k")?)
+                .map_err(|_| plan_datafusion_err!("vector_search: argument 'k' is out of range"))?,
             nprobes: count("nprobes")?.unwrap_or(defaults.nprobes),
             ef: count("ef")?,
         };
         if let Err(e) = options.check() {
             return plan_err!("vector_search: {e}");
         }
-        let query = values.vector("query").unwrap_or_default().to_vec();
+        let query = values
+            .vector("query")
+            .ok_or_else(|| {
+                plan_datafusion_err!("vector_search: missing required argument 'query'")
+            })?
+            .to_vec();
         Ok(Arc::new(VectorSearchTable::new(location, query, options)))
     }
 }

@@ -67,23 +67,102 @@ const VACUUM: Signature = Signature {
     ],
 };
 
-const PROCEDURES: [&Signature; 4] = [&CREATE, &BUILD_SHARD, &FINALIZE, &VACUUM];
+/// The procedures `CALL` runs; every match over them is exhaustive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Procedure {
+    CreateVectorIndex,
+    BuildVectorIndexShard,
+    FinalizeVectorIndex,
+    VacuumVectorIndex,
+}
 
-fn signature(name: &str) -> Result<&'static Signature> {
-    PROCEDURES
-        .iter()
-        .copied()
-        .find(|s| s.name.eq_ignore_ascii_case(name))
-        .ok_or_else(|| {
-            plan_datafusion_err!(
-                "unknown procedure '{name}'; available procedures: {}",
-                PROCEDURES
-                    .iter()
-                    .map(|s| s.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
+impl Procedure {
+    const ALL: [Self; 4] = [
+        Self::CreateVectorIndex,
+        Self::BuildVectorIndexShard,
+        Self::FinalizeVectorIndex,
+        Self::VacuumVectorIndex,
+    ];
+
+    fn signature(self) -> &'static Signature {
+        match self {
+            Self::CreateVectorIndex => &CREATE,
+            Self::BuildVectorIndexShard => &BUILD_SHARD,
+            Self::FinalizeVectorIndex => &FINALIZE,
+            Self::VacuumVectorIndex => &VACUUM,
+        }
+    }
+
+    fn named(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.signature().name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                plan_datafusion_err!(
+                    "unknown procedure '{name}'; available procedures: {}",
+                    Self::ALL
+                        .iter()
+                        .map(|p| p.signature().name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// A `CALL` with its arguments bound, once, into the typed options it runs with.
+enum Call {
+    Create {
+        table: String,
+        column: String,
+        options: TrainOptions,
+    },
+    BuildShard {
+        table: String,
+        column: String,
+        row_id: String,
+        predicate: Option<String>,
+    },
+    Finalize(FinalizeOptions),
+    Vacuum(VacuumOptions),
+}
+
+/// A bound call and the index it works on.
+struct Bound {
+    index: VectorIndex,
+    call: Call,
+}
+
+impl Bound {
+    fn new(ctx: &SessionContext, call: &ast::Function) -> Result<Self> {
+        let procedure = Procedure::named(&procedure_name(call))?;
+        let args = bind_args(ctx, procedure.signature(), call)?;
+        let index = VectorIndex::open(ctx, args.required_str("index")?)?;
+        let call = match procedure {
+            Procedure::CreateVectorIndex => Call::Create {
+                table: args.required_str("table")?.to_string(),
+                column: args.required_str("column")?.to_string(),
+                options: train_options(&args)?,
+            },
+            Procedure::BuildVectorIndexShard => Call::BuildShard {
+                table: args.required_str("table")?.to_string(),
+                column: args.required_str("column")?.to_string(),
+                row_id: args.str("row_id").unwrap_or("row_id").to_string(),
+                predicate: args.str("where").map(str::to_string),
+            },
+            Procedure::FinalizeVectorIndex => Call::Finalize(finalize_options(&args)?),
+            Procedure::VacuumVectorIndex => {
+                let defaults = VacuumOptions::default();
+                Call::Vacuum(VacuumOptions {
+                    older_than: args
+                        .uint("older_than_seconds")
+                        .map_or(defaults.older_than, Duration::from_secs),
+                    dry_run: args.bool("dry_run").unwrap_or(defaults.dry_run),
+                })
+            }
+        };
+        Ok(Self { index, call })
+    }
 }
 
 /// Binds and evaluates a CALL's arguments.
@@ -151,11 +230,6 @@ fn procedure_name(call: &ast::Function) -> String {
         .join(".")
 }
 
-fn index_arg(args: &Args) -> Result<&str> {
-    args.str("index")
-        .ok_or_else(|| plan_datafusion_err!("missing argument 'index'"))
-}
-
 /// A count argument narrowed to the type its option has; a value that does not fit
 /// is refused as out of range rather than clamped.
 fn narrow<T: TryFrom<u64>>(name: &str, value: u64) -> crate::error::Result<T> {
@@ -165,15 +239,15 @@ fn narrow<T: TryFrom<u64>>(name: &str, value: u64) -> crate::error::Result<T> {
 }
 
 fn train_options(args: &Args) -> Result<TrainOptions> {
+    let index_type = args.required_str("type")?;
+    let num_partitions = args.required_uint("num_partitions")?;
     let build = || -> crate::error::Result<TrainOptions> {
         let defaults = TrainOptions::default();
         let hnsw = HnswParams::default();
         let o = TrainOptions {
-            index_type: args.str("type").unwrap_or("IVF_FLAT").parse()?,
+            index_type: index_type.parse()?,
             metric: args.str("metric").map_or(Ok(defaults.metric), str::parse)?,
-            num_partitions: args
-                .uint("num_partitions")
-                .map_or(Ok(defaults.num_partitions), |v| narrow("num_partitions", v))?,
+            num_partitions: narrow("num_partitions", num_partitions)?,
             num_sub_vectors: args
                 .uint("num_sub_vectors")
                 .map(|v| narrow("num_sub_vectors", v))
@@ -261,18 +335,15 @@ fn str_col(v: &str) -> ArrayRef {
 
 /// Runs `CALL <procedure>(…)`.
 pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
-    let name = procedure_name(call);
-    let sig = signature(&name)?;
-    let args = bind_args(ctx, sig, call)?;
-    let index = VectorIndex::open(ctx, index_arg(&args)?)?;
-    match sig.name {
-        "create_vector_index" => {
-            let options = train_options(&args)?;
-            let table = args.str("table").unwrap_or_default();
-            let df = ctx.table(table).await?;
-            let model = index
-                .create(df, args.str("column").unwrap_or_default(), &options)
-                .await?;
+    let Bound { index, call } = Bound::new(ctx, call)?;
+    match call {
+        Call::Create {
+            table,
+            column,
+            options,
+        } => {
+            let df = ctx.table(table.as_str()).await?;
+            let model = index.create(df, &column, &options).await?;
             Ok(vec![one_row(vec![
                 ("index", str_col(index.location().url())),
                 ("model", str_col(model.fingerprint())),
@@ -285,12 +356,14 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
                 ),
             ])?])
         }
-        "build_vector_index_shard" => {
-            let df = shard_input(ctx, &args).await?;
-            let row_id = args.str("row_id").unwrap_or("row_id");
-            let shard = index
-                .build_shard(df, row_id, args.str("column").unwrap_or_default())
-                .await?;
+        Call::BuildShard {
+            table,
+            column,
+            row_id,
+            predicate,
+        } => {
+            let df = shard_input(ctx, &table, predicate.as_deref()).await?;
+            let shard = index.build_shard(df, &row_id, &column).await?;
             Ok(vec![one_row(vec![
                 ("shard_id", str_col(&shard.shard_id)),
                 ("rows", Arc::new(UInt64Array::from(vec![shard.rows]))),
@@ -300,12 +373,8 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
                 ),
             ])?])
         }
-        "finalize_vector_index" => Ok(index.finalize(ctx, &finalize_options(&args)?).await?),
-        "vacuum_vector_index" => {
-            let options = VacuumOptions {
-                older_than: Duration::from_secs(args.uint("older_than_seconds").unwrap_or(3600)),
-                dry_run: args.bool("dry_run").unwrap_or(false),
-            };
+        Call::Finalize(options) => Ok(index.finalize(ctx, &options).await?),
+        Call::Vacuum(options) => {
             let report = index.vacuum(&options).await?;
             let r = &report.removed;
             let schema = Arc::new(Schema::new(vec![
@@ -326,16 +395,16 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
                 ],
             )?])
         }
-        other => plan_err!("procedure {other} is not implemented"),
     }
 }
 
 async fn shard_input(
     ctx: &SessionContext,
-    args: &Args,
+    table: &str,
+    predicate: Option<&str>,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    let df = ctx.table(args.str("table").unwrap_or_default()).await?;
-    match args.str("where") {
+    let df = ctx.table(table).await?;
+    match predicate {
         Some(predicate) => {
             let expr = df.parse_sql_expr(predicate).map_err(|e| {
                 plan_datafusion_err!(
@@ -351,19 +420,23 @@ async fn shard_input(
 
 /// `EXPLAIN CALL …`: the plan a procedure would run, without running it.
 pub async fn explain(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
-    let name = procedure_name(call);
-    let sig = signature(&name)?;
-    let args = bind_args(ctx, sig, call)?;
-    let index = VectorIndex::open(ctx, index_arg(&args)?)?;
-    let (summary, plan) = match sig.name {
-        "finalize_vector_index" => {
-            let plan = index.finalize_plan(ctx, &finalize_options(&args)?).await?;
-            ("finalize staged shards into segments and commit a version".to_string(), Some(plan))
+    let Bound { index, call } = Bound::new(ctx, call)?;
+    let (name, summary, plan) = match call {
+        Call::Finalize(options) => {
+            let plan = index.finalize_plan(ctx, &options).await?;
+            (
+                &FINALIZE,
+                "finalize staged shards into segments and commit a version".to_string(),
+                Some(plan),
+            )
         }
-        "create_vector_index" => {
-            let options = train_options(&args)?;
-            let df = ctx.table(args.str("table").unwrap_or_default()).await?;
-            let df = df.select_columns(&[args.str("column").unwrap_or_default()])?;
+        Call::Create {
+            table,
+            column,
+            options,
+        } => {
+            let df = ctx.table(table.as_str()).await?;
+            let df = df.select_columns(&[column.as_str()])?;
             let summary = format!(
                 "sample up to {} rows, train {} partitions ({}, {}) and write the model",
                 options.sample_rows(),
@@ -371,18 +444,32 @@ pub async fn explain(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<R
                 options.index_type,
                 options.metric
             );
-            (summary, Some(df.create_physical_plan().await?))
+            (&CREATE, summary, Some(df.create_physical_plan().await?))
         }
-        "build_vector_index_shard" => {
-            let df = shard_input(ctx, &args).await?;
-            let cols = [args.str("row_id").unwrap_or("row_id"), args.str("column").unwrap_or_default()];
-            let df = df.select_columns(&cols)?;
-            ("encode rows with the index's model and stage one partial shard".to_string(), Some(df.create_physical_plan().await?))
+        Call::BuildShard {
+            table,
+            column,
+            row_id,
+            predicate,
+        } => {
+            let df = shard_input(ctx, &table, predicate.as_deref()).await?;
+            let df = df.select_columns(&[row_id.as_str(), column.as_str()])?;
+            (
+                &BUILD_SHARD,
+                "encode rows with the index's model and stage one partial shard".to_string(),
+                Some(df.create_physical_plan().await?),
+            )
         }
-        _ => ("remove consumed shards, and incomplete shards and unreferenced segments past their age".to_string(), None),
+        Call::Vacuum(_) => (
+            &VACUUM,
+            "remove consumed shards, and incomplete shards and unreferenced segments past their age"
+                .to_string(),
+            None,
+        ),
     };
+    let name = name.name;
     let mut types = vec!["procedure".to_string()];
-    let mut plans = vec![format!("{}: {summary}", sig.name)];
+    let mut plans = vec![format!("{name}: {summary}")];
     if let Some(plan) = plan {
         types.push("physical_plan".to_string());
         plans.push(displayable(plan.as_ref()).indent(true).to_string());

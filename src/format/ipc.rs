@@ -411,7 +411,7 @@ mod tests {
         // Through a MutableBuffer: aligned for f32, which a Vec<u8> is not.
         let mut aligned = arrow::buffer::MutableBuffer::with_capacity(values.len());
         aligned.extend_from_slice(&values);
-        crate::model::encode_rows(schema, Buffer::from_vec(ids), aligned.into()).unwrap()
+        crate::format::stored_rows_batch(schema, Buffer::from_vec(ids), aligned.into()).unwrap()
     }
 
     fn concat(pieces: &[Bytes]) -> Vec<u8> {
@@ -436,7 +436,8 @@ mod tests {
             // the coalescing size.
             for (i, rows) in [0usize, 1, 7, 300, 20_000].into_iter().enumerate() {
                 let whole = batch(&schema, rows, width, i as u8);
-                let (ids, values, w) = crate::model::batch_buffers(&whole).unwrap();
+                let stored = crate::format::StoredRows::of(&whole).unwrap();
+                let (ids, values, w) = (stored.ids_buffer, stored.bytes_buffer, stored.width);
                 assert_eq!(w, width);
                 let cut = rows / 3;
                 let ids = vec![
@@ -477,7 +478,8 @@ mod tests {
                     &bytes[..block.meta_len as usize],
                 )
                 .unwrap();
-                let (ids, values, _) = crate::model::batch_buffers(want).unwrap();
+                let stored = crate::format::StoredRows::of(want).unwrap();
+                let (ids, values) = (stored.ids_buffer, stored.bytes_buffer);
                 let range = |r: &std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
                 assert_eq!((layout.rows, layout.width), (want.num_rows(), width));
                 assert_eq!(range(&layout.ids), ids.as_slice());

@@ -13,7 +13,10 @@ pub use manifest::{
     check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
     ShardManifest, VersionManifest,
 };
-pub use stored_rows::{stored_rows_header, StoredRowsLayout};
+pub use stored_rows::{
+    stored_column_name, stored_rows_batch, stored_rows_header, stored_rows_schema, StoredRows,
+    StoredRowsLayout,
+};
 pub use upload::Upload;
 
 /// The format version this crate writes and the only one it reads.

@@ -1,11 +1,17 @@
-//! The framing of one stored-rows batch (`row_id`, then one fixed-width column; see
-//! FORMAT.md, "Stored rows") at the byte level: building the message header of a batch
-//! whose body finalize writes piece by piece, and finding the row ids and stored values
-//! inside a block without decoding it into arrays.
+//! Stored rows (`row_id`, then one fixed-width column; FORMAT.md, "Stored rows"): their
+//! schema, building a batch of them, viewing one without a copy, and, at the byte
+//! level, building the message header of a batch whose body finalize writes piece by
+//! piece and finding the row ids and stored values inside a block without decoding it.
 
 use std::ops::Range;
+use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch,
+    UInt64Array,
+};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt64Type};
 use arrow::ipc::{
     Buffer as IpcBuffer, FieldNode, MessageBuilder, MessageHeader, MetadataVersion,
     RecordBatchBuilder,
@@ -13,8 +19,130 @@ use arrow::ipc::{
 use flatbuffers::FlatBufferBuilder;
 
 use super::ipc::pad_to_8;
-use super::BlockInfo;
+use super::{BlockInfo, ROW_ID_COLUMN};
 use crate::error::{IndexError, Result};
+use crate::model::Quantizer;
+
+/// Name of the stored column: `vector` for FLAT, `codes` for PQ and SQ.
+pub fn stored_column_name(q: Quantizer) -> &'static str {
+    match q {
+        Quantizer::Flat => "vector",
+        Quantizer::Pq | Quantizer::Sq => "codes",
+    }
+}
+
+/// The schema of stored rows: `row_id`, then `vector` (`FixedSizeList<Float32, dim>`)
+/// for FLAT or `codes` (`FixedSizeBinary(code_width)`) for PQ and SQ.
+pub fn stored_rows_schema(q: Quantizer, dim: usize, code_width: usize) -> SchemaRef {
+    let stored = match q {
+        Quantizer::Flat => DataType::FixedSizeList(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            dim as i32,
+        ),
+        Quantizer::Pq | Quantizer::Sq => DataType::FixedSizeBinary(code_width as i32),
+    };
+    Arc::new(Schema::new(vec![
+        Field::new(ROW_ID_COLUMN, DataType::UInt64, false),
+        Field::new(stored_column_name(q), stored, false),
+    ]))
+}
+
+/// A batch of `schema` (a [`stored_rows_schema`]) from row ids and the rows' packed
+/// stored bytes, without a copy. `values` should be 8-byte aligned (a `MutableBuffer`
+/// or a slice of an IPC body).
+pub fn stored_rows_batch(
+    schema: &SchemaRef,
+    row_ids: Buffer,
+    values: Buffer,
+) -> Result<RecordBatch> {
+    let row_ids = UInt64Array::new(row_ids.into(), None);
+    let stored: ArrayRef = match schema.field(1).data_type() {
+        DataType::FixedSizeList(item, dim) => Arc::new(FixedSizeListArray::try_new(
+            Arc::clone(item),
+            *dim,
+            Arc::new(Float32Array::new(values.into(), None)),
+            None,
+        )?),
+        DataType::FixedSizeBinary(w) => Arc::new(FixedSizeBinaryArray::try_new(*w, values, None)?),
+        other => {
+            return Err(IndexError::Internal(format!(
+                "a stored-rows schema with a {other} column"
+            )))
+        }
+    };
+    Ok(RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![Arc::new(row_ids), stored],
+    )?)
+}
+
+/// The rows of a stored-rows batch, viewed without a copy.
+#[derive(Debug)]
+pub struct StoredRows<'a> {
+    /// Row ids, one per row.
+    pub ids: &'a [u64],
+    /// The stored values of every row, `width` bytes each (little-endian `f32` for FLAT).
+    pub bytes: &'a [u8],
+    pub width: usize,
+    /// FLAT: the same values as floats, with the dimension.
+    pub vectors: Option<(&'a [f32], usize)>,
+    /// `ids` and `bytes` as buffers sharing the batch's memory.
+    pub ids_buffer: Buffer,
+    pub bytes_buffer: Buffer,
+}
+
+impl<'a> StoredRows<'a> {
+    /// Views `batch`, which must have a stored-rows schema.
+    pub fn of(batch: &'a RecordBatch) -> Result<Self> {
+        let bad = |why: &str| IndexError::Internal(format!("stored rows: {why}"));
+        if batch.num_columns() != 2 {
+            return Err(bad("expected two columns"));
+        }
+        let ids = batch
+            .column(0)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| bad("row_id is not UInt64"))?
+            .values();
+        let col = batch.column(1);
+        let n = col.len();
+        Ok(match col.data_type() {
+            DataType::FixedSizeList(_, dim) => {
+                let list = col.as_fixed_size_list();
+                let d = *dim as usize;
+                let floats = list
+                    .values()
+                    .as_primitive_opt::<Float32Type>()
+                    .ok_or_else(|| bad("vector items are not Float32"))?
+                    .values();
+                let rows = list.offset() * d..(list.offset() + n) * d;
+                // Arrow's own byte view of the floats, not a cast of ours.
+                let bytes = floats.inner();
+                Self {
+                    ids,
+                    bytes: &bytes.as_slice()[rows.start * 4..rows.end * 4],
+                    width: d * 4,
+                    vectors: Some((&floats[rows.clone()], d)),
+                    ids_buffer: ids.inner().clone(),
+                    bytes_buffer: bytes.slice_with_length(rows.start * 4, rows.len() * 4),
+                }
+            }
+            DataType::FixedSizeBinary(w) => {
+                let codes = col.as_fixed_size_binary();
+                let w = *w as usize;
+                let rows = codes.offset() * w..(codes.offset() + n) * w;
+                Self {
+                    ids,
+                    bytes: &codes.value_data()[rows.clone()],
+                    width: w,
+                    vectors: None,
+                    ids_buffer: ids.inner().clone(),
+                    bytes_buffer: codes.values().slice_with_length(rows.start, rows.len()),
+                }
+            }
+            _ => return Err(bad("unexpected stored column type")),
+        })
+    }
+}
 
 /// What the schema's stored column looks like in an IPC message.
 struct StoredColumn {
@@ -222,5 +350,50 @@ impl StoredRowsLayout {
             ids,
             values,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The view of a batch, and of a slice of it, is its rows: ids, bytes as stored,
+    /// floats for FLAT, and buffers holding exactly those rows.
+    #[test]
+    fn stored_rows_are_viewed_without_a_copy() {
+        let ids: Vec<u64> = (10..16).collect();
+        let flat = stored_rows_schema(Quantizer::Flat, 2, 8);
+        let floats: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let batch = stored_rows_batch(
+            &flat,
+            Buffer::from_vec(ids.clone()),
+            Buffer::from_vec(floats.clone()),
+        )
+        .unwrap();
+        let part = batch.slice(2, 3);
+        let rows = StoredRows::of(&part).unwrap();
+        assert_eq!(rows.ids, &ids[2..5]);
+        assert_eq!(rows.vectors, Some((&floats[4..10], 2)));
+        let bytes: Vec<u8> = floats[4..10].iter().flat_map(|f| f.to_le_bytes()).collect();
+        assert_eq!((rows.bytes, rows.width), (&bytes[..], 8));
+        assert_eq!(rows.bytes_buffer.as_slice(), &bytes[..]);
+        assert_eq!(rows.ids_buffer.len(), 3 * 8);
+
+        let sq = stored_rows_schema(Quantizer::Sq, 3, 3);
+        let codes: Vec<u8> = (0..18).collect();
+        let batch = stored_rows_batch(
+            &sq,
+            Buffer::from_vec(ids.clone()),
+            Buffer::from_vec(codes.clone()),
+        )
+        .unwrap();
+        let part = batch.slice(1, 2);
+        let rows = StoredRows::of(&part).unwrap();
+        assert_eq!(
+            (rows.ids, rows.bytes, rows.width),
+            (&ids[1..3], &codes[3..9], 3)
+        );
+        assert_eq!(rows.bytes_buffer.as_slice(), &codes[3..9]);
+        assert!(rows.vectors.is_none());
     }
 }

@@ -17,9 +17,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IndexError;
-pub use encode::{
-    batch_buffers, batch_rows, decode_rows, rows_to_batch as encode_rows, stored_column, Encoder,
-};
+pub use encode::{decode_rows, Encoder};
 pub use pq::ProductQuantizer;
 pub use sq::ScalarQuantizer;
 pub use train::{train_model, SampleCollector, TrainOptions};

@@ -1,10 +1,10 @@
 //! Scoring stored rows against a query, per quantizer and metric.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type};
+use arrow::array::RecordBatch;
 
 use super::topk::{Scored, TopK};
 use crate::error::{IndexError, Result};
+use crate::format::StoredRows;
 use crate::model::distance::{dot, l2_sq};
 use crate::model::pq::table_lookup;
 use crate::model::sq::{sq_dot, sq_l2};
@@ -99,8 +99,8 @@ impl Scorer {
     /// Distance to row `i` of `rows`; `rows` must have passed [`Scorer::check`].
     #[inline]
     pub fn distance(&self, rows: &StoredRows, i: usize) -> f32 {
-        match (self, rows) {
-            (Self::Flat { query, metric }, StoredRows::Vectors { values, dim }) => {
+        match (self, rows.vectors) {
+            (Self::Flat { query, metric }, Some((values, dim))) => {
                 let v = &values[i * dim..(i + 1) * dim];
                 match metric {
                     Metric::L2 => l2_sq(query, v),
@@ -108,8 +108,8 @@ impl Scorer {
                     Metric::Dot => -dot(query, v),
                 }
             }
-            (_, StoredRows::Codes { bytes, width }) => self
-                .score_codes(&bytes[i * width..(i + 1) * width])
+            (_, None) => self
+                .score_codes(&rows.bytes[i * rows.width..(i + 1) * rows.width])
                 .unwrap_or(f32::INFINITY),
             _ => f32::INFINITY,
         }
@@ -117,9 +117,9 @@ impl Scorer {
 
     /// Fails unless `rows` hold what this scorer reads (vectors for FLAT, codes otherwise).
     pub fn check(&self, rows: &StoredRows) -> Result<()> {
-        let fits = match (self, rows) {
-            (Self::Flat { query, .. }, StoredRows::Vectors { dim, .. }) => query.len() == *dim,
-            (Self::Flat { .. }, _) | (_, StoredRows::Vectors { .. }) => false,
+        let fits = match (self, rows.vectors) {
+            (Self::Flat { query, .. }, Some((_, dim))) => query.len() == dim,
+            (Self::Flat { .. }, None) | (_, Some(_)) => false,
             _ => true,
         };
         if fits {
@@ -134,56 +134,15 @@ impl Scorer {
 
     /// Scores every row of a storage batch into `top`.
     pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
-        let (ids, rows) = StoredRows::of(batch)?;
+        let rows = StoredRows::of(batch)?;
         self.check(&rows)?;
-        for (i, &row_id) in ids.iter().enumerate() {
+        for (i, &row_id) in rows.ids.iter().enumerate() {
             let distance = self.distance(&rows, i);
             if distance <= top.threshold() {
                 top.push(Scored { distance, row_id });
             }
         }
         Ok(())
-    }
-}
-
-/// The stored rows of a storage batch, viewed without copying.
-pub enum StoredRows<'a> {
-    Vectors { values: &'a [f32], dim: usize },
-    Codes { bytes: &'a [u8], width: usize },
-}
-
-impl<'a> StoredRows<'a> {
-    /// The row ids and stored rows of `batch`.
-    pub fn of(batch: &'a RecordBatch) -> Result<(&'a [u64], Self)> {
-        let (ids, _, _) = crate::model::batch_rows(batch)?;
-        let col = batch.column(1);
-        let rows = match col.data_type() {
-            DataType::FixedSizeList(_, d) => {
-                let dim = *d as usize;
-                let list = col.as_fixed_size_list();
-                let values = list.values().as_primitive::<Float32Type>().values();
-                Self::Vectors {
-                    values: &values[list.offset() * dim..(list.offset() + list.len()) * dim],
-                    dim,
-                }
-            }
-            DataType::FixedSizeBinary(w) => {
-                let width = *w as usize;
-                let codes = col.as_fixed_size_binary();
-                Self::Codes {
-                    bytes: &codes.value_data()
-                        [codes.offset() * width..(codes.offset() + codes.len()) * width],
-                    width,
-                }
-            }
-            _ => {
-                return Err(IndexError::corrupt(
-                    "segment",
-                    "stored column does not match the index type",
-                ))
-            }
-        };
-        Ok((ids, rows))
     }
 }
 

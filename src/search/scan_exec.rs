@@ -17,13 +17,13 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::distance::{Scorer, StoredRows};
+use super::distance::Scorer;
 use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, primitive, single_child, vectors};
-use crate::format::decode_block;
+use crate::format::{decode_block, StoredRows};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 
 /// Blocks read at once by one scan partition.
@@ -207,7 +207,7 @@ async fn scan_tasks(
         let block = &blocks[&(s, p)];
         match &block.graph {
             Some(graph) => {
-                let (ids, rows) = StoredRows::of(&block.rows)?;
+                let rows = StoredRows::of(&block.rows)?;
                 scorer.check(&rows)?;
                 let found = graph.search(
                     options.effective_ef(),
@@ -218,7 +218,7 @@ async fn scan_tasks(
                     if c.distance <= top.threshold() {
                         top.push(Scored {
                             distance: c.distance,
-                            row_id: ids[c.node as usize],
+                            row_id: rows.ids[c.node as usize],
                         });
                     }
                 }

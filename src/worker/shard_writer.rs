@@ -144,7 +144,8 @@ impl ShardWriter {
                 codes.extend_from_slice(&part.codes[i as usize * width..(i as usize + 1) * width]);
             }
             drop(part);
-            let batch: RecordBatch = crate::model::encode_rows(&schema, ids.into(), codes.into())?;
+            let batch: RecordBatch =
+                crate::format::stored_rows_batch(&schema, ids.into(), codes.into())?;
             pending.extend(sink.write(&batch)?);
             for b in pending.drain(..) {
                 out.put(b).await?;

@@ -14,12 +14,11 @@ use super::{described, merge_runs, Run};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
-    arrow_bytes, decode_block, GraphFile, IndexLocation, IpcFileSink, SegmentFile, Upload,
+    arrow_bytes, decode_block, stored_rows_batch, GraphFile, IndexLocation, IpcFileSink,
+    SegmentFile, StoredRows, Upload,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
-use crate::model::{
-    batch_buffers, batch_rows, decode_rows, encode_rows, HnswParams, Model, ModelInfo,
-};
+use crate::model::{decode_rows, HnswParams, Model, ModelInfo};
 use futures::StreamExt;
 
 /// Staged bytes read per request batch: one request per shard covers this much.
@@ -127,10 +126,18 @@ async fn partition_graph(
 ) -> Result<RecordBatch> {
     let model = Arc::clone(model);
     tokio::task::spawn_blocking(move || {
-        let (ids, codes, _) = batch_rows(&merged)?;
-        let vectors = decode_rows(&model, partition, codes)?;
+        let rows = StoredRows::of(&merged)?;
+        let vectors = decode_rows(&model, partition, rows.bytes)?;
         let seed = partition_seed(model.params().seed, partition);
-        build_graph(&vectors, model.dim(), ids, model.metric(), params, seed).to_batch()
+        build_graph(
+            &vectors,
+            model.dim(),
+            rows.ids,
+            model.metric(),
+            params,
+            seed,
+        )
+        .to_batch()
     })
     .await
     .map_err(|e| IndexError::task_failed(&format!("the graph build of partition {partition}"), e))?
@@ -271,8 +278,12 @@ struct Columns {
 
 impl Columns {
     fn of(batch: &RecordBatch) -> Result<Self> {
-        let (ids, values, width) = batch_buffers(batch)?;
-        Ok(Self { ids, values, width })
+        let rows = StoredRows::of(batch)?;
+        Ok(Self {
+            ids: rows.ids_buffer,
+            values: rows.bytes_buffer,
+            width: rows.width,
+        })
     }
 
     fn ids(&self) -> &[u64] {
@@ -320,5 +331,5 @@ fn concat_runs(
         out_ids.extend_from_slice(&block.ids()[run.start..run.end]);
         out_values.extend_from_slice(&block.values[run.start * width..run.end * width]);
     }
-    encode_rows(schema, out_ids.into(), out_values.into())
+    stored_rows_batch(schema, out_ids.into(), out_values.into())
 }

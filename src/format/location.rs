@@ -91,10 +91,6 @@ impl IndexLocation {
         &self.store
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn path(&self, relative: &str) -> Path {
         relative
             .split('/')

@@ -16,14 +16,6 @@ pub fn is_vector_type(dt: &DataType) -> bool {
     }
 }
 
-/// The dimension of a FixedSizeList column, if it is one.
-pub fn fixed_dim(dt: &DataType) -> Option<usize> {
-    match dt {
-        DataType::FixedSizeList(_, n) => Some(*n as usize),
-        _ => None,
-    }
-}
-
 /// Appends every row of `array` to `out` as `dim` floats. `column` names the
 /// column and `row_label(i)` the row in errors (for example by its row id).
 pub fn append_vectors(

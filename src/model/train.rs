@@ -92,7 +92,6 @@ pub struct SampleCollector {
     seed: u64,
     heap: BinaryHeap<(u64, usize)>,
     slots: Vec<f32>,
-    seen: u64,
 }
 
 impl SampleCollector {
@@ -103,16 +102,11 @@ impl SampleCollector {
             seed,
             heap: BinaryHeap::new(),
             slots: Vec::new(),
-            seen: 0,
         }
     }
 
     pub fn dim(&self) -> usize {
         self.dim
-    }
-
-    pub fn rows_seen(&self) -> u64 {
-        self.seen
     }
 
     fn key(&self, v: &[f32]) -> u64 {
@@ -125,7 +119,6 @@ impl SampleCollector {
 
     pub fn push_rows(&mut self, rows: &[f32]) {
         for v in rows.chunks_exact(self.dim) {
-            self.seen += 1;
             let key = self.key(v);
             if self.heap.len() < self.capacity {
                 let slot = self.heap.len();

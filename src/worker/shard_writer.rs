@@ -63,10 +63,6 @@ impl ShardWriter {
         &self.shard_id
     }
 
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
     /// Adds rows: `row_ids[i]` identifies `vectors[i]` (FixedSizeList or List of
     /// Float32/Float64). `column` names the vector column in errors.
     pub fn write(&mut self, row_ids: &[u64], vectors: &ArrayRef, column: &str) -> Result<()> {

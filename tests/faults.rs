@@ -233,3 +233,57 @@ async fn a_lost_commit_race_is_a_conflict() {
         objects(template.as_ref(), "idx/_staging").await
     );
 }
+
+/// A worker whose store fails at any operation of writing its shard gets the
+/// store's error, never a panic, and leaves no shard that looks complete.
+#[tokio::test]
+async fn every_fault_of_a_worker_leaves_no_complete_shard() {
+    let data = clustered(ROWS, 5, 72);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfSq, Metric::L2, 4);
+    let base = Arc::new(InMemory::new());
+    let (_, index) = open(Arc::clone(&base) as Arc<dyn ObjectStore>);
+    model.write(index.location()).await.unwrap();
+    let write = |store: FaultyStore| {
+        let (ctx, index) = open(Arc::new(store));
+        let (model, data, ids) = (model.clone(), data.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut writer = ShardWriter::new(index.location().clone(), Arc::new(model));
+            writer.write(&ids, &vector_array(&data), "vec")?;
+            writer.finish().await?;
+            Ok::<_, IndexError>((ctx, index))
+        })
+    };
+    let clean = FaultyStore::new(Arc::new(base.fork()));
+    clean.disarm();
+    write(clean.clone()).await.unwrap().unwrap();
+    let operations = clean.ops();
+    assert!(operations >= 3, "{operations} operations");
+    for fault in [Fault::Once, Fault::Crash] {
+        for k in 0..operations {
+            let store = FaultyStore::new(Arc::new(base.fork()));
+            store.arm(k, fault);
+            let at = format!("{fault:?} fault at operation {k}");
+            let outcome = match write(store.clone()).await {
+                Ok(outcome) => outcome,
+                Err(e) => panic!("{at}: the worker panicked: {e}"),
+            };
+            store.disarm();
+            let err = outcome.err().unwrap_or_else(|| panic!("{at}: succeeded"));
+            assert!(
+                matches!(err, IndexError::Store { .. } | IndexError::ObjectStore(_)),
+                "{at}: {err:?}"
+            );
+            let (ctx, index) = open(Arc::new(store));
+            let complete = index
+                .shards(&ctx)
+                .unwrap()
+                .filter(datafusion::prelude::col("complete"))
+                .unwrap()
+                .count()
+                .await
+                .unwrap();
+            assert_eq!(complete, 0, "{at}");
+        }
+    }
+}

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, FixedSizeListArray, PrimitiveArray, RecordBatch};
+use arrow::array::{
+    ArrayRef, AsArray, BinaryArray, FixedSizeListArray, PrimitiveArray, RecordBatch, StringArray,
+};
 use arrow::datatypes::{ArrowPrimitiveType, SchemaRef};
 use datafusion::common::{internal_datafusion_err, Result};
 use datafusion::physical_expr::EquivalenceProperties;
@@ -38,25 +40,45 @@ pub(crate) fn single_child(
     Ok(children.remove(0))
 }
 
-/// Column `name` of `batch` as a primitive array of `T`: a contract between two of
-/// our operators broken is an internal error, never a panicking downcast.
+/// Column `name` of `batch`, downcast by `cast` to what `what` describes: a broken
+/// contract between two of our operators is an internal error naming the column,
+/// never a panicking downcast.
+fn typed<'a, A: ?Sized>(
+    batch: &'a RecordBatch,
+    name: &str,
+    what: &str,
+    cast: impl FnOnce(&'a ArrayRef) -> Option<&'a A>,
+) -> Result<&'a A> {
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| internal_datafusion_err!("batch lacks column '{name}'"))?;
+    cast(column).ok_or_else(|| internal_datafusion_err!("column '{name}' is not {what}"))
+}
+
+/// Column `name` of `batch` as a primitive array of `T`.
 pub(crate) fn primitive<'a, T: ArrowPrimitiveType>(
     batch: &'a RecordBatch,
     name: &str,
 ) -> Result<&'a PrimitiveArray<T>> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| internal_datafusion_err!("batch lacks column '{name}'"))?
-        .as_primitive_opt::<T>()
-        .ok_or_else(|| internal_datafusion_err!("column '{name}' is not {}", T::DATA_TYPE))
+    typed(batch, name, &T::DATA_TYPE.to_string(), |c| {
+        c.as_primitive_opt::<T>()
+    })
+}
+
+/// Column `name` of `batch` as strings.
+pub(crate) fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    typed(batch, name, "Utf8", |c| c.as_string_opt::<i32>())
+}
+
+/// Column `name` of `batch` as binary values.
+pub(crate) fn binaries<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
+    typed(batch, name, "Binary", |c| c.as_binary_opt::<i32>())
 }
 
 /// Column `name` of `batch` as vectors of `Float32`.
 pub(crate) fn vectors<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a FixedSizeListArray> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| internal_datafusion_err!("batch lacks column '{name}'"))?
-        .as_fixed_size_list_opt()
-        .filter(|l| l.value_type() == arrow::datatypes::DataType::Float32)
-        .ok_or_else(|| internal_datafusion_err!("column '{name}' is not a list of Float32"))
+    typed(batch, name, "a list of Float32", |c| {
+        c.as_fixed_size_list_opt()
+            .filter(|l| l.value_type() == arrow::datatypes::DataType::Float32)
+    })
 }

@@ -155,10 +155,10 @@ impl Transaction {
             let bitmap = RoaringBitmap::deserialize_from(&s.fragments[..]).map_err(|e| {
                 IndexError::Internal(format!("segment {}: fragment set: {e}", s.segment_id))
             })?;
-            let manifest = self.manifest_of(&s);
-            let dir = location.segment_dir(&s.segment_id);
+            let (manifest, fragments) = self.manifest_of(s);
+            let dir = location.segment_dir(&manifest.segment_id);
             location
-                .put_if_absent(&dir.clone().join("fragments.roaring"), s.fragments)
+                .put_if_absent(&dir.clone().join("fragments.roaring"), fragments)
                 .await?;
             if !location
                 .put_if_absent(&dir.join("segment.json"), manifest.to_json()?)
@@ -166,7 +166,7 @@ impl Transaction {
             {
                 return Err(IndexError::Conflict(format!(
                     "segment {} already exists",
-                    s.segment_id
+                    manifest.segment_id
                 )));
             }
             refs.push(SegmentRef {
@@ -252,11 +252,17 @@ impl Transaction {
         )))
     }
 
-    fn manifest_of(&self, s: &NewSegment) -> SegmentManifest {
+    /// The manifest of `s`, and its fragment set's bytes (which the manifest describes).
+    fn manifest_of(&self, s: NewSegment) -> (SegmentManifest, Vec<u8>) {
         let model = &self.model;
-        SegmentManifest {
+        let fragments_file = FileInfo {
+            name: "fragments.roaring".into(),
+            size: s.fragments.len() as u64,
+            crc32: crc32fast::hash(&s.fragments),
+        };
+        let manifest = SegmentManifest {
             format_version: FORMAT_VERSION,
-            segment_id: s.segment_id.clone(),
+            segment_id: s.segment_id,
             model: model.fingerprint().to_string(),
             index_type: model.index_type(),
             metric: model.metric(),
@@ -266,14 +272,11 @@ impl Transaction {
             num_fragments: s.num_fragments,
             min_fragment: s.min_fragment,
             max_fragment: s.max_fragment,
-            files: s.files.clone(),
-            fragments_file: FileInfo {
-                name: "fragments.roaring".into(),
-                size: s.fragments.len() as u64,
-                crc32: crc32fast::hash(&s.fragments),
-            },
-            consumed_shards: s.consumed_shards.clone(),
-        }
+            files: s.files,
+            fragments_file,
+            consumed_shards: s.consumed_shards,
+        };
+        (manifest, s.fragments)
     }
 }
 

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
+use arrow::array::{Array, BinaryArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
-use datafusion::common::{exec_datafusion_err, internal_datafusion_err, Result};
+use datafusion::common::{internal_datafusion_err, Result};
 
 use super::SegmentPlan;
+use crate::exec::{binaries, primitive, strings};
 use crate::format::SegmentFile;
 
 /// Schema of the merged files emitted by [`super::VectorIndexMergeExec`].
@@ -83,32 +82,14 @@ pub(crate) fn to_batch(files: &[MergedFile]) -> Result<RecordBatch> {
 
 /// The merged files of a batch of [`merged_file_schema`], its columns found by name.
 pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Vec<MergedFile>> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| exec_datafusion_err!("merged files: no column '{name}'"))
-    };
-    let wrong =
-        |name: &str| exec_datafusion_err!("merged files: column '{name}' has the wrong type");
-    let strings = |name: &str| {
-        column(name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| wrong(name))
-    };
     let (segment_ids, files, segments) = (
-        strings("segment_id")?,
-        strings("file")?,
-        strings("segment")?,
+        strings(batch, "segment_id")?,
+        strings(batch, "file")?,
+        strings(batch, "segment")?,
     );
-    let file_index = column("file_index")?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or_else(|| wrong("file_index"))?;
-    let rows = column("rows")?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| wrong("rows"))?;
-    let fragments = column("fragments")?
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| wrong("fragments"))?;
+    let file_index = primitive::<UInt32Type>(batch, "file_index")?;
+    let rows = primitive::<UInt64Type>(batch, "rows")?;
+    let fragments = binaries(batch, "fragments")?;
     (0..batch.num_rows())
         .map(|i| {
             let file: SegmentFile = serde_json::from_str(files.value(i))
@@ -162,6 +143,6 @@ mod tests {
         assert_eq!(from_batch(&batch).unwrap(), files);
         let without = batch.project(&[0, 1, 2, 3, 5, 6]).unwrap();
         let err = from_batch(&without).unwrap_err().to_string();
-        assert!(err.contains("no column 'file'"), "{err}");
+        assert!(err.contains("lacks column 'file'"), "{err}");
     }
 }

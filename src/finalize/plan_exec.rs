@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, RecordBatch};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -21,7 +21,7 @@ use super::work_units::{unit_batch, work_unit_schema};
 use super::{FinalizeOptions, SegmentGrouping};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{compute_properties, single_child, strings};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::ModelInfo;
 use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
@@ -177,17 +177,11 @@ struct ListedShard {
 fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
     let mut out = Vec::new();
     for b in batches {
-        let strings = |name: &str| {
-            b.column_by_name(name)
-                .ok_or_else(|| exec_datafusion_err!("staging scan lacks column {name}"))?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| exec_datafusion_err!("staging scan: column {name} is not Utf8"))
-        };
         let (ids, status, problem, path) = (
-            strings("shard_id")?,
-            strings("status")?,
-            strings("problem")?,
-            strings("path")?,
+            strings(b, "shard_id")?,
+            strings(b, "status")?,
+            strings(b, "problem")?,
+            strings(b, "path")?,
         );
         for i in 0..b.num_rows() {
             let status = ShardStatus::parse(status.value(i)).ok_or_else(|| {

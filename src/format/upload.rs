@@ -51,10 +51,6 @@ impl Upload {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends `bytes`. On a store error the upload is aborted and stays failed.
     pub async fn put(&mut self, bytes: Bytes) -> Result<()> {
         match &mut self.state {

@@ -25,15 +25,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, RecordBatch};
 use datafusion::prelude::SessionContext;
 use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
-use datafusion_vector_index::finalize::FinalizeOptions;
-use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::model::{
-    train_model, HnswParams, IndexType, Metric, SampleCollector, TrainOptions,
-};
-use datafusion_vector_index::search::SearchOptions;
+use datafusion_vector_index::FinalizeOptions;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::{HnswParams, IndexType, Metric, TrainOptions};
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
 use common::env_usize;
@@ -186,13 +183,14 @@ async fn bench_type(
             "  graphs: m={}, ef_construction={}; search ef={}",
             options.hnsw.m,
             options.hnsw.ef_construction,
-            datafusion_vector_index::hnsw::DEFAULT_EF
+            SearchOptions::default().effective_ef()
         );
     }
-    let mut sample = SampleCollector::new(DIM, options.sample_rows(), options.seed);
-    sample.push_rows(data);
-    let model = train_model(DIM, sample.finish(), &options).unwrap();
-    model.write(index.location()).await.unwrap();
+    let table = RecordBatch::try_from_iter([("vec", vectors(data))]).unwrap();
+    let model = index
+        .create(ctx.read_batch(table).unwrap(), "vec", &options)
+        .await
+        .unwrap();
     println!(
         "  training ({} sample rows):          {:>8.2} s",
         options.sample_rows(),
@@ -203,10 +201,8 @@ async fn bench_type(
     let model = Arc::new(model);
     let per_worker = FRAGMENTS / WORKERS;
     for w in 0..WORKERS {
-        let mut writer = datafusion_vector_index::worker::ShardWriter::new(
-            index.location().clone(),
-            Arc::clone(&model),
-        );
+        let mut writer =
+            datafusion_vector_index::ShardWriter::new(index.location().clone(), Arc::clone(&model));
         let mine: Vec<usize> = (0..rows)
             .filter(|&i| (row_id(i, rows) >> 32) as usize / per_worker == w)
             .collect();
@@ -387,7 +383,12 @@ fn main() {
         .take(TRUTH_QUERIES)
         .map(|q| {
             let mut d: Vec<(f32, u64)> = (0..rows)
-                .map(|i| (l2_sq(q, &data[i * DIM..(i + 1) * DIM]), row_id(i, rows)))
+                .map(|i| {
+                    (
+                        Metric::L2.distance(q, &data[i * DIM..(i + 1) * DIM]),
+                        row_id(i, rows),
+                    )
+                })
                 .collect();
             d.select_nth_unstable_by(10, |a, b| a.0.total_cmp(&b.0));
             d[..10].iter().map(|x| x.1).collect()

@@ -1,9 +1,9 @@
 //! HNSW graph building on the finalize bench's data, partition by partition.
 //!
 //! ```text
-//! cargo bench --bench hnsw
-//! HNSW_BENCH_ROWS=200000 HNSW_BENCH_PARTITIONS=51 cargo bench --bench hnsw
-//! HNSW_BENCH_M=12 HNSW_BENCH_EF_CONSTRUCTION=64 cargo bench --bench hnsw
+//! cargo bench --bench hnsw --features internals
+//! HNSW_BENCH_ROWS=200000 HNSW_BENCH_PARTITIONS=51 cargo bench --bench hnsw --features internals
+//! HNSW_BENCH_M=12 HNSW_BENCH_EF_CONSTRUCTION=64 cargo bench --bench hnsw --features internals
 //! cargo bench --bench hnsw --features hnsw-crate-comparison   # also the hnsw_rs crate
 //! ```
 //!
@@ -16,6 +16,8 @@
 //! Prints build time, rows/s, recall@10, memory and search time; with the
 //! `hnsw-crate-comparison` feature, the same for the `hnsw_rs` crate with the same
 //! parameters (its own L2 kernel, one graph per partition, serial insertion).
+//!
+//! Graph building is crate-private; the `internals` feature shows it to this bench.
 
 mod common;
 
@@ -23,11 +25,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion_vector_index::datasets::gaussian_mixture;
-use datafusion_vector_index::hnsw::{build_graph, partition_seed, Visited};
-use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::model::{
-    decode_rows, train_model, Encoder, HnswParams, IndexType, Metric, TrainOptions,
+use datafusion_vector_index::internals::{
+    build_graph, code_width, decode_rows, partition_seed, rank_partitions, Encoder, Visited,
 };
+use datafusion_vector_index::{HnswParams, IndexType, Metric, Model, TrainOptions};
 use rayon::prelude::*;
 
 use common::env_usize;
@@ -67,10 +68,10 @@ fn main() {
         ..Default::default()
     };
     let sample = data[..options.sample_rows().min(rows) * DIM].to_vec();
-    let model = Arc::new(train_model(DIM, sample, &options).unwrap());
+    let model = Arc::new(Model::train(DIM, sample, &options).unwrap());
     let (mut parts, mut codes) = (Vec::new(), Vec::new());
     Encoder::new(Arc::clone(&model)).encode(&mut data, &mut parts, &mut codes);
-    let width = model.code_width();
+    let width = code_width(&model);
     let mut by_partition: Vec<Vec<u8>> = vec![Vec::new(); partitions];
     let mut ids: Vec<Vec<u64>> = vec![Vec::new(); partitions];
     for (i, &p) in parts.iter().enumerate() {
@@ -100,7 +101,7 @@ fn main() {
     let queries = gaussian_mixture(QUERIES, DIM, 1024, 0.15, 1, 99);
     let query_partition: Vec<usize> = queries
         .chunks(DIM)
-        .map(|q| model.rank_partitions(q, 1)[0])
+        .map(|q| rank_partitions(&model, q, 1)[0])
         .collect();
 
     let exact: Vec<Vec<u32>> = queries
@@ -108,7 +109,9 @@ fn main() {
         .zip(&query_partition)
         .map(|(q, &p)| {
             let part = &data[p];
-            let dist = |i: u32| l2_sq(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM]);
+            let dist = |i: u32| {
+                Metric::L2.distance(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM])
+            };
             let mut all: Vec<u32> = (0..part.ids.len() as u32).collect();
             all.sort_by(|&a, &b| dist(a).total_cmp(&dist(b)));
             all.truncate(10);
@@ -143,7 +146,9 @@ fn main() {
     let mut search_at = |ef: usize| {
         measure(&queries, &query_partition, &exact, |q, p| {
             let part = &data[p];
-            let dist = |i: u32| l2_sq(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM]);
+            let dist = |i: u32| {
+                Metric::L2.distance(q, &part.vectors[i as usize * DIM..(i as usize + 1) * DIM])
+            };
             let hits = graphs[p].search(ef, dist, &mut visited);
             hits.iter().take(10).map(|c| c.node).collect()
         })

@@ -18,9 +18,8 @@ use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 use datafusion::prelude::SessionContext;
 use datafusion_vector_index::datasets::gaussian_mixture;
-use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::search::SearchOptions;
-use datafusion_vector_index::{VectorIndex, VectorIndexSession};
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::{Metric, VectorIndex, VectorIndexSession};
 
 const DIM: usize = 64;
 const CLUSTERS: usize = 48;
@@ -72,7 +71,7 @@ fn brute_force(vectors: &[f32], rows: usize, query: &[f32]) -> Vec<u64> {
     let mut d: Vec<(f32, u64)> = (0..rows)
         .map(|i| {
             (
-                l2_sq(query, &vectors[i * DIM..(i + 1) * DIM]),
+                Metric::L2.distance(query, &vectors[i * DIM..(i + 1) * DIM]),
                 row_id(i, rows),
             )
         })

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
 use arrow::datatypes::{DataType, Field};
 
-use crate::model::rng::SplitMix64;
+/// The seeded generator these functions draw from: the same numbers for a seed on
+/// every platform (the model's training uses it too).
+pub use crate::model::rng::SplitMix64;
 
 /// `rows` vectors of `dim` floats from a Gaussian mixture: `clusters` centers drawn
 /// uniformly in [-1, 1]^dim from `center_seed`, each row a random center plus

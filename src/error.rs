@@ -61,14 +61,14 @@ pub enum IndexError {
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 
 impl IndexError {
-    pub fn invalid_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
             name: name.into(),
             reason: reason.into(),
         }
     }
 
-    pub fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Corrupt {
             what: what.into(),
             reason: reason.into(),
@@ -76,7 +76,7 @@ impl IndexError {
     }
 
     /// A store failure while working on `what` (a file of the index, or an action on it).
-    pub fn store(what: impl Into<String>, source: object_store::Error) -> Self {
+    pub(crate) fn store(what: impl Into<String>, source: object_store::Error) -> Self {
         Self::Store {
             what: what.into(),
             source,

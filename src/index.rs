@@ -11,10 +11,11 @@ use datafusion::physical_plan::{collect, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::catalog::SegmentsTable;
+use crate::catalog::{vacuum, VacuumOptions, VacuumReport};
 use crate::error::{IndexError, Result};
 use crate::exec::primitive;
-use crate::finalize::{finalize_plan, vacuum, FinalizeOptions, VacuumOptions, VacuumReport};
-use crate::format::{IndexLocation, ShardManifest};
+use crate::finalize::{finalize_plan, FinalizeOptions};
+use crate::format::{IndexLocation, ShardManifest, VersionManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
 use crate::model::{train_model, Model, SampleCollector, TrainOptions};
 use crate::search::{search_plan, SearchOptions, SearchTarget};
@@ -95,6 +96,16 @@ impl VectorIndex {
         .map_err(|e| IndexError::task_failed("training", e))??;
         model.write(&self.location).await?;
         Ok(model)
+    }
+
+    /// The committed versions, oldest first (empty before the first finalize).
+    pub async fn versions(&self) -> Result<Vec<u64>> {
+        crate::catalog::list_versions(&self.location).await
+    }
+
+    /// The manifest of committed version `version`: its segments and what it replaced.
+    pub async fn version(&self, version: u64) -> Result<VersionManifest> {
+        crate::catalog::read_version(&self.location, version).await
     }
 
     /// The index's model.

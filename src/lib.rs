@@ -3,26 +3,60 @@
 //! Build IVF vector indexes in a distributed way and finalize them with Apache
 //! DataFusion. See README.md for the flow and FORMAT.md for the on-disk format.
 //!
-//! - [`model`]: training the shared model (k-means, PQ, SQ) and distances.
-//! - [`worker`]: encoding one worker's rows into a partial shard.
-//! - [`format`](mod@format): the on-disk layout, manifests and block-addressed IPC files.
-//! - [`hnsw`]: the per-partition HNSW graphs of the IVF_HNSW_* types.
+//! The API is small on purpose (its baseline is `public-api.txt`, checked by
+//! `tests/public_api.rs`):
+//!
+//! - [`VectorIndexSession`]: a DataFusion session with the procedures
+//!   (`CALL create_vector_index`, `finalize_vector_index`, …) and table functions.
+//! - [`VectorIndex`]: the same steps from Rust — create (train the model), build
+//!   shards (workers, or a [`ShardWriter`] fed batch by batch), finalize, search,
+//!   vacuum — and their options.
+//! - [`format`](mod@format): the manifests of the on-disk format, for readers of it.
+//! - [`datasets`]: seeded synthetic vectors for examples, benchmarks and tests.
+//! - [`limits`]: the bounds every count argument is checked against.
+//!
+//! The plans' operators, the merge and the HNSW graphs are crate-private.
+#![warn(unreachable_pub)]
 
-pub mod catalog;
+mod catalog;
 pub mod datasets;
-pub mod error;
+mod error;
 mod exec;
-pub mod finalize;
+mod finalize;
 pub mod format;
-pub mod hnsw;
+mod hnsw;
 mod index;
 pub mod limits;
-pub mod model;
-pub mod search;
-pub mod sql;
-pub mod staging;
-pub mod worker;
+mod model;
+mod search;
+mod sql;
+mod staging;
+mod worker;
 
+pub use catalog::{CommitMode, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
 pub use error::{IndexError, Result};
+pub use finalize::{FinalizeOptions, SegmentGrouping};
 pub use index::{SearchHit, VectorIndex};
+pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
+pub use search::SearchOptions;
 pub use sql::VectorIndexSession;
+pub use worker::ShardWriter;
+
+/// Graph building and code decoding for `cargo bench --bench hnsw`, which measures
+/// them apart from finalize. Not part of the API: no documentation, no stability.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::hnsw::{build_graph, partition_seed, HnswGraph, Visited};
+    pub use crate::model::{decode_rows, Encoder};
+
+    /// Bytes of one stored row.
+    pub fn code_width(model: &crate::Model) -> usize {
+        model.code_width()
+    }
+
+    /// The `nprobes` partitions nearest to `query`, nearest first.
+    pub fn rank_partitions(model: &crate::Model, query: &[f32], nprobes: usize) -> Vec<usize> {
+        model.rank_partitions(query, nprobes)
+    }
+}

@@ -25,7 +25,7 @@ pub const MAX_MERGE_PARTITIONS: usize = 1_024;
 pub const MAX_TARGET_FILE_BYTES: u64 = 1 << 40;
 
 /// Refuses `value` outside `min..=max`, naming `name` and the bound.
-pub fn check_count<T>(name: &str, value: T, min: T, max: T) -> Result<()>
+pub(crate) fn check_count<T>(name: &str, value: T, min: T, max: T) -> Result<()>
 where
     T: PartialOrd + std::fmt::Display,
 {
@@ -39,7 +39,7 @@ where
 }
 
 /// Refuses `value` under `min`, for counts that allocate nothing from their size.
-pub fn check_at_least<T>(name: &str, value: T, min: T) -> Result<()>
+pub(crate) fn check_at_least<T>(name: &str, value: T, min: T) -> Result<()>
 where
     T: PartialOrd + std::fmt::Display,
 {

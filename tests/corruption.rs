@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use common::*;
 use datafusion::prelude::SessionContext;
-use datafusion_vector_index::finalize::{FinalizeOptions, SegmentGrouping};
-use datafusion_vector_index::model::{IndexType, Metric};
-use datafusion_vector_index::search::SearchOptions;
-use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::ShardWriter;
+use datafusion_vector_index::{FinalizeOptions, SegmentGrouping};
 use datafusion_vector_index::{IndexError, SearchHit, VectorIndex, VectorIndexSession};
+use datafusion_vector_index::{IndexType, Metric};
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;

@@ -10,12 +10,11 @@ use std::sync::Arc;
 
 use common::faults::{Fault, FaultyStore};
 use common::*;
-use datafusion_vector_index::catalog::list_versions;
-use datafusion_vector_index::finalize::{FinalizeOptions, VacuumOptions};
-use datafusion_vector_index::model::{IndexType, Metric, Model};
-use datafusion_vector_index::search::SearchOptions;
-use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::ShardWriter;
+use datafusion_vector_index::{FinalizeOptions, VacuumOptions};
 use datafusion_vector_index::{IndexError, SearchHit, VectorIndex, VectorIndexSession};
+use datafusion_vector_index::{IndexType, Metric, Model};
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -27,7 +26,7 @@ const FRAGMENTS: u64 = 6;
 /// Several work units per segment (small files) and two segments.
 fn options() -> FinalizeOptions {
     FinalizeOptions {
-        grouping: datafusion_vector_index::finalize::SegmentGrouping::TargetRows(250),
+        grouping: datafusion_vector_index::SegmentGrouping::TargetRows(250),
         target_file_bytes: 2 << 10,
         merge_partitions: Some(2),
         ..Default::default()
@@ -138,7 +137,7 @@ async fn every_fault_of_a_finalize(ty: IndexType) {
                     "{at}: the store's error should be reported, got {e:?}"
                 );
             }
-            let versions = list_versions(index.location()).await.unwrap();
+            let versions = index.versions().await.unwrap();
             match versions.as_slice() {
                 [] => {
                     // The old state: nothing staged may be lost, and a re-run commits.
@@ -165,11 +164,7 @@ async fn every_fault_of_a_finalize(ty: IndexType) {
                 }
                 other => panic!("{at}: versions {other:?}"),
             }
-            assert_eq!(
-                list_versions(index.location()).await.unwrap(),
-                vec![1],
-                "{at}"
-            );
+            assert_eq!(index.versions().await.unwrap(), vec![1], "{at}");
             assert_eq!(search(&ctx, &index, &data).await, expected, "{at}");
         }
     }
@@ -227,7 +222,7 @@ async fn a_lost_commit_race_is_a_conflict() {
     let err = index.finalize(&ctx, &options).await.unwrap_err();
     assert!(matches!(err, IndexError::Conflict(_)), "{err:?}");
     // Nothing of this run was committed, and its shards are still staged.
-    assert_eq!(list_versions(index.location()).await.unwrap(), vec![1]);
+    assert_eq!(index.versions().await.unwrap(), vec![1]);
     assert_eq!(
         objects(index.location().store().as_ref(), "idx/_staging").await,
         objects(template.as_ref(), "idx/_staging").await

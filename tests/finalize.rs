@@ -9,14 +9,10 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt64Type;
 use common::*;
-use datafusion_vector_index::catalog::{latest_version, list_versions};
-use datafusion_vector_index::finalize::{
-    plan_segments, CommitMode, FinalizeOptions, PlannedShard, SegmentGrouping, VacuumOptions,
-};
-use datafusion_vector_index::format::ShardManifest;
-use datafusion_vector_index::model::{IndexType, Metric, Model};
-use datafusion_vector_index::worker::ShardWriter;
 use datafusion_vector_index::IndexError;
+use datafusion_vector_index::ShardWriter;
+use datafusion_vector_index::{CommitMode, FinalizeOptions, SegmentGrouping, VacuumOptions};
+use datafusion_vector_index::{IndexType, Metric, Model};
 use proptest::prelude::*;
 
 const ROWS: usize = 1200;
@@ -210,7 +206,7 @@ async fn local_files_and_the_object_store_api_write_the_same_segments() {
         finalize(&via_store, &options).await.unwrap();
         assert_eq!(segment_data(&local), segment_data(&via_store), "{ty:?}");
         let query = &data[5 * DIM..6 * DIM];
-        let options = datafusion_vector_index::search::SearchOptions::default;
+        let options = datafusion_vector_index::SearchOptions::default;
         let a = local.index.search(&local.ctx, query, options()).await;
         let b = via_store
             .index
@@ -258,50 +254,6 @@ async fn a_merge_through_the_object_store_that_fails_commits_nothing() {
     merge_failure_commits_nothing(&data, &ids, &model, t).await;
 }
 
-/// A shard whose data file shrinks between planning and merging (someone else's
-/// doing: staged files are immutable) fails the merge with an error naming it, and
-/// the local-file merge maps nothing past the file's end.
-#[tokio::test]
-async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
-    use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::physical_plan::collect;
-    use datafusion_vector_index::finalize::VectorIndexMergeExec;
-
-    let data = clustered(ROWS, 6, 17);
-    let ids = row_ids(ROWS, FRAGMENTS);
-    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
-    let t = TestIndex::new(&model).await;
-    let shards = t
-        .stage(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1])
-        .await;
-    let plan = t
-        .index
-        .finalize_plan(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
-    let units = collect(plan_operator(&plan), t.ctx.task_ctx())
-        .await
-        .unwrap();
-    truncate_data_file(&t, &shards[1]);
-
-    let input =
-        MemorySourceConfig::try_new_exec(std::slice::from_ref(&units), units[0].schema(), None)
-            .unwrap();
-    let merge =
-        VectorIndexMergeExec::try_new(input, t.location().clone(), Arc::new(model.info().clone()))
-            .unwrap();
-    let err = collect(Arc::new(merge), t.ctx.task_ctx())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&shards[1]) && err.contains("truncated"),
-        "{err}"
-    );
-    let written = files_below(&t.path().join("segments"));
-    assert!(written.is_empty(), "partial files removed: {written:?}");
-}
-
 /// The staging table checks each shard's data file length against its manifest, so
 /// a truncated shard shows as invalid (not complete) with the reason, and the
 /// others stay complete.
@@ -342,16 +294,6 @@ async fn the_staging_table_names_a_truncated_data_file() {
     assert_eq!(seen, 2);
 }
 
-/// The `VectorIndexPlanExec` of a finalize plan.
-fn plan_operator(
-    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-) -> Arc<dyn datafusion::physical_plan::ExecutionPlan> {
-    // commit <- coalesce <- merge <- repartition <- plan
-    let planner = Arc::clone(plan.children()[0].children()[0].children()[0].children()[0]);
-    assert_eq!(planner.name(), "VectorIndexPlanExec");
-    planner
-}
-
 /// Cuts a staged shard's data file in half.
 fn truncate_data_file(t: &TestIndex, shard: &str) {
     let data_file = t
@@ -361,86 +303,6 @@ fn truncate_data_file(t: &TestIndex, shard: &str) {
         .join("data.arrow");
     let bytes = std::fs::read(&data_file).unwrap();
     std::fs::write(&data_file, &bytes[..bytes.len() / 2]).unwrap();
-}
-
-/// `VectorIndexPlanExec` fed by something other than a staging scan that kept the
-/// shards it read (here: rows collected earlier) reads and checks every shard itself:
-/// the same work units, and a shard truncated since the rows were read is refused.
-#[tokio::test]
-async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
-    use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-    use datafusion::physical_plan::{collect, ExecutionPlan};
-    use datafusion_vector_index::finalize::VectorIndexPlanExec;
-
-    let data = clustered(ROWS, 6, 23);
-    let ids = row_ids(ROWS, FRAGMENTS);
-    let model = train(&data, IndexType::IvfPq, Metric::L2, 8);
-    let t = TestIndex::new(&model).await;
-    let shards = t
-        .stage(&model, &data, &ids, &[0, 1, 2, 0, 1, 2, 0, 1])
-        .await;
-    let options = FinalizeOptions {
-        target_file_bytes: 2048,
-        ..Default::default()
-    };
-    let plan = t.index.finalize_plan(&t.ctx, &options).await.unwrap();
-    let kept = plan_operator(&plan);
-    let staging_rows = t.index.shards(&t.ctx).unwrap().collect().await.unwrap();
-    let unkept = |rows: &[arrow::array::RecordBatch]| -> Arc<dyn ExecutionPlan> {
-        let input =
-            MemorySourceConfig::try_new_exec(&[rows.to_vec()], rows[0].schema(), None).unwrap();
-        Arc::new(
-            VectorIndexPlanExec::try_new(
-                Arc::new(CoalescePartitionsExec::new(input)),
-                t.location().clone(),
-                Arc::new(model.info().clone()),
-                options.clone(),
-            )
-            .unwrap(),
-        )
-    };
-    // Units without their segment (its id is new each time), in partition order.
-    let shape = |batches: &[arrow::array::RecordBatch]| -> Vec<arrow::array::RecordBatch> {
-        let mut units: Vec<arrow::array::RecordBatch> = batches
-            .iter()
-            .flat_map(|b| (0..b.num_rows()).map(|i| b.slice(i, 1)))
-            .map(|unit| {
-                let schema = unit.schema();
-                let kept: Vec<usize> = (0..schema.fields().len())
-                    .filter(|&i| {
-                        !["segment_id", "segment"].contains(&schema.field(i).name().as_str())
-                    })
-                    .collect();
-                unit.project(&kept).unwrap()
-            })
-            .collect();
-        units.sort_by_key(|u| {
-            u.column_by_name("partition_start")
-                .unwrap()
-                .as_primitive::<arrow::datatypes::UInt32Type>()
-                .value(0)
-        });
-        units
-    };
-    let from_kept = shape(&collect(kept, t.ctx.task_ctx()).await.unwrap());
-    let from_read = shape(
-        &collect(unkept(&staging_rows), t.ctx.task_ctx())
-            .await
-            .unwrap(),
-    );
-    assert!(from_kept.len() > 1);
-    assert_eq!(from_kept, from_read);
-
-    truncate_data_file(&t, &shards[2]);
-    let err = collect(unkept(&staging_rows), t.ctx.task_ctx())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&shards[2]) && err.contains("truncated"),
-        "{err}"
-    );
 }
 
 async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model, t: TestIndex) {
@@ -498,7 +360,7 @@ async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model,
         .search(
             &t.ctx,
             &data[..DIM],
-            datafusion_vector_index::search::SearchOptions::default(),
+            datafusion_vector_index::SearchOptions::default(),
         )
         .await
         .unwrap();
@@ -546,7 +408,7 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
         ),
         "{err:?}"
     );
-    let v = latest_version(t.location()).await.unwrap().unwrap();
+    let v = latest_version(&t).await;
     assert_eq!(v.version, 1);
     assert_eq!(v.segments.iter().map(|s| s.rows).sum::<u64>(), ROWS as u64);
 
@@ -563,7 +425,7 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
         .search(
             &t.ctx,
             &data[..DIM],
-            datafusion_vector_index::search::SearchOptions::default(),
+            datafusion_vector_index::SearchOptions::default(),
         )
         .await
         .unwrap();
@@ -588,7 +450,7 @@ async fn commit_overlap_append_fails_replace_replaces() {
     };
     let out = finalize(&t, &per_shard).await.unwrap();
     assert_eq!(out[0].num_rows(), 2);
-    let first = latest_version(t.location()).await.unwrap().unwrap();
+    let first = latest_version(&t).await;
 
     // Re-index fragments 0..4 (owned by the first segment).
     let subset: Vec<u64> = ids.iter().copied().filter(|i| (i >> 32) < 4).collect();
@@ -619,14 +481,14 @@ async fn commit_overlap_append_fails_replace_replaces() {
         .as_string::<i32>()
         .value(0)
         .to_string();
-    let v2 = latest_version(t.location()).await.unwrap().unwrap();
+    let v2 = latest_version(&t).await;
     assert_eq!(v2.version, 2);
     assert_eq!(v2.segments.len(), 2);
     assert_eq!(v2.replaced_segments, vec![replaced.clone()]);
     assert!(first.segments.iter().any(|s| s.segment_id == replaced));
     assert_eq!(v2.segments.iter().map(|s| s.rows).sum::<u64>(), ROWS as u64);
     assert_eq!(
-        list_versions(t.location()).await.unwrap(),
+        t.index.versions().await.unwrap(),
         vec![1, 2],
         "version 1 kept as written"
     );
@@ -660,14 +522,14 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("already consumed"), "{err}");
-    assert_eq!(list_versions(t.location()).await.unwrap(), vec![1]);
+    assert_eq!(t.index.versions().await.unwrap(), vec![1]);
 
     let report = t.index.vacuum(&VacuumOptions::default()).await.unwrap();
     assert_eq!(
         report
             .removed
             .iter()
-            .filter(|r| r.kind == "consumed_shard")
+            .filter(|r| r.kind == datafusion_vector_index::VacuumedKind::ConsumedShard)
             .count(),
         2
     );
@@ -720,46 +582,8 @@ async fn a_shard_copied_into_another_folder_is_refused() {
     assert!(!t.path().join("_versions").exists());
 }
 
-/// Planning refuses one shard id listed from two folders (what an operator fed by
-/// another input than the staging scan could hand it), naming both.
-#[tokio::test]
-async fn a_shard_id_planned_twice_is_refused() {
-    let data = clustered(ROWS, 6, 18);
-    let ids = row_ids(ROWS, FRAGMENTS);
-    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
-    let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
-    let dir = std::fs::read_dir(t.path().join("_staging"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
-    let manifest =
-        ShardManifest::from_json("s", &std::fs::read(dir.join("shard.json")).unwrap()).unwrap();
-    let fragments: roaring::RoaringBitmap = [0u32].into_iter().collect();
-    let shard = |dir: &str, fragments: roaring::RoaringBitmap| PlannedShard {
-        manifest: manifest.clone(),
-        dir: dir.to_string(),
-        fragments,
-    };
-    let mut fresh = || "new".to_string();
-    let err = plan_segments(
-        vec![
-            shard("a", fragments.clone()),
-            shard("b", [1u32].into_iter().collect()),
-        ],
-        &[],
-        model.info(),
-        &FinalizeOptions::default(),
-        &mut fresh,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains(&format!(
-            "shard id {} is staged twice (a and b)",
-            manifest.shard_id
-        )),
-        "{err}"
-    );
+/// The manifest of the index's latest version.
+async fn latest_version(t: &TestIndex) -> datafusion_vector_index::format::VersionManifest {
+    let latest = *t.index.versions().await.unwrap().last().unwrap();
+    t.index.version(latest).await.unwrap()
 }

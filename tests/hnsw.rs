@@ -4,11 +4,10 @@
 mod common;
 
 use common::*;
-use datafusion_vector_index::finalize::FinalizeOptions;
 use datafusion_vector_index::format::SegmentManifest;
-use datafusion_vector_index::model::distance::l2_sq;
-use datafusion_vector_index::model::{IndexType, Metric};
-use datafusion_vector_index::search::SearchOptions;
+use datafusion_vector_index::FinalizeOptions;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::{IndexType, Metric};
 
 const ROWS: usize = 16_000;
 const FRAGMENTS: u64 = 16;
@@ -18,7 +17,7 @@ fn truth(data: &[f32], ids: &[u64], q: &[f32], k: usize) -> Vec<u64> {
     let mut all: Vec<(f32, u64)> = data
         .chunks(DIM)
         .zip(ids)
-        .map(|(v, &id)| (l2_sq(q, v), id))
+        .map(|(v, &id)| (Metric::L2.distance(q, v), id))
         .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     all[..k].iter().map(|x| x.1).collect()
@@ -145,7 +144,7 @@ async fn graphs_are_stored_per_partition_and_checked_when_read() {
 
 #[test]
 fn graph_parameters_are_checked_when_training() {
-    use datafusion_vector_index::model::{train_model, HnswParams, TrainOptions};
+    use datafusion_vector_index::{HnswParams, Model, TrainOptions};
     let data = clustered(500, 4, 34);
     for (hnsw, name) in [
         (
@@ -176,7 +175,7 @@ fn graph_parameters_are_checked_when_training() {
             hnsw,
             ..Default::default()
         };
-        let err = train_model(DIM, data.clone(), &options)
+        let err = Model::train(DIM, data.clone(), &options)
             .unwrap_err()
             .to_string();
         assert!(err.contains(name), "{err}");

@@ -4,11 +4,10 @@
 mod common;
 
 use common::*;
-use datafusion_vector_index::finalize::FinalizeOptions;
-use datafusion_vector_index::model::distance::{dot, l2_sq, normalize};
-use datafusion_vector_index::model::{IndexType, Metric};
-use datafusion_vector_index::search::SearchOptions;
+use datafusion_vector_index::FinalizeOptions;
 use datafusion_vector_index::IndexError;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::{IndexType, Metric};
 
 const ROWS: usize = 3000;
 const FRAGMENTS: u64 = 16;
@@ -55,23 +54,14 @@ async fn eight_workers_equal_one_worker_for_every_type() {
 
 fn brute_force(data: &[f32], ids: &[u64], q: &[f32], metric: Metric, k: usize) -> Vec<(u64, f32)> {
     let mut q = q.to_vec();
-    if metric == Metric::Cosine {
-        normalize(&mut q);
-    }
+    metric.prepare(&mut q);
     let mut all: Vec<(f32, u64)> = data
         .chunks(DIM)
         .zip(ids)
         .map(|(v, &id)| {
             let mut v = v.to_vec();
-            if metric == Metric::Cosine {
-                normalize(&mut v);
-            }
-            let d = match metric {
-                Metric::L2 => l2_sq(&q, &v),
-                Metric::Cosine => 1.0 - dot(&q, &v),
-                Metric::Dot => -dot(&q, &v),
-            };
-            (d, id)
+            metric.prepare(&mut v);
+            (metric.distance(&q, &v), id)
         })
         .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

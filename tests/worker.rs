@@ -10,9 +10,8 @@ use arrow::datatypes::{Float32Type, Float64Type, UInt64Type};
 use arrow::ipc::reader::FileReader;
 use common::*;
 use datafusion_vector_index::format::ShardManifest;
-use datafusion_vector_index::model::distance::nearest_l2;
-use datafusion_vector_index::model::{IndexType, Metric, ModelInfo};
-use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::ShardWriter;
+use datafusion_vector_index::{IndexType, Metric, ModelInfo};
 use roaring::RoaringBitmap;
 
 #[tokio::test]
@@ -70,7 +69,7 @@ async fn shard_round_trips_and_assigns_nearest_centroid() {
                 "vectors stored exactly"
             );
             assert_eq!(
-                nearest_l2(original, model.centroids(), DIM).0,
+                nearest_centroid(original, model.centroids()),
                 partition,
                 "row {rid}"
             );
@@ -165,7 +164,7 @@ async fn model_files_round_trip_and_are_content_addressed() {
     for ty in IndexType::ALL {
         let model = train(&data, ty, Metric::Dot, 8);
         let t = TestIndex::new(&model).await;
-        let back = datafusion_vector_index::model::Model::read_current(t.location())
+        let back = datafusion_vector_index::Model::read_current(t.location())
             .await
             .unwrap();
         assert_eq!(back, model, "{ty}");
@@ -229,4 +228,18 @@ async fn a_refused_batch_leaves_the_writer_as_it_was() {
     assert!(err.contains("row id 4 was written twice"), "{err}");
     let manifest = writer.finish().await.unwrap();
     assert_eq!(manifest.rows, 4);
+}
+
+/// The partition whose centroid is nearest in L2 (the first of equals).
+fn nearest_centroid(v: &[f32], centroids: &[f32]) -> usize {
+    centroids
+        .chunks_exact(DIM)
+        .enumerate()
+        .min_by(|a, b| {
+            Metric::L2
+                .distance(v, a.1)
+                .total_cmp(&Metric::L2.distance(v, b.1))
+        })
+        .map(|(p, _)| p)
+        .unwrap()
 }

@@ -59,7 +59,7 @@ impl std::fmt::Display for CommitMode {
 
 /// A merged segment, not yet committed: what its manifest will say.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewSegment {
+pub(crate) struct NewSegment {
     pub segment_id: String,
     /// The staged shards merged into it.
     pub consumed_shards: Vec<String>,
@@ -75,7 +75,7 @@ pub struct NewSegment {
 
 /// The outcome of a commit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Committed {
+pub(crate) struct Committed {
     pub version: u64,
     /// The new segments, as the version lists them.
     pub segments: Vec<SegmentRef>,
@@ -85,7 +85,7 @@ pub struct Committed {
 
 /// New segments on their way into one new version; see the module docs.
 #[derive(Debug)]
-pub struct Transaction {
+pub(crate) struct Transaction {
     location: IndexLocation,
     model: Arc<ModelInfo>,
     mode: CommitMode,
@@ -94,7 +94,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    pub fn new(
+    pub(crate) fn new(
         location: IndexLocation,
         model: Arc<ModelInfo>,
         mode: CommitMode,
@@ -112,7 +112,7 @@ impl Transaction {
     /// Adds a segment whose `files` (in any order) must cover partitions
     /// `0..num_partitions` of the model exactly, each with its graphs for the HNSW
     /// types, in `expected_files` files.
-    pub fn add(&mut self, mut segment: NewSegment, expected_files: usize) -> Result<()> {
+    pub(crate) fn add(&mut self, mut segment: NewSegment, expected_files: usize) -> Result<()> {
         let id = segment.segment_id.clone();
         let incomplete =
             |why: String| IndexError::Internal(format!("segment {id}: the merged files {why}"));
@@ -146,7 +146,7 @@ impl Transaction {
     }
 
     /// Writes the segments' manifests and commits a version listing them.
-    pub async fn commit(mut self) -> Result<Committed> {
+    pub(crate) async fn commit(mut self) -> Result<Committed> {
         let segments = std::mem::take(&mut self.segments);
         let location = &self.location;
         let mut refs = Vec::new();
@@ -286,7 +286,7 @@ const CLEANUP_CONCURRENCY: usize = 8;
 /// Removes the shards a commit consumed, best effort: what fails here is left for
 /// `vacuum_vector_index`, and a re-run of finalize skips it because the committed
 /// segments name it as consumed.
-pub async fn remove_consumed(location: &IndexLocation, committed: &Committed) {
+pub(crate) async fn remove_consumed(location: &IndexLocation, committed: &Committed) {
     use futures::StreamExt;
     // Concurrently: unlinking large files is slow, and the finalize waits for it.
     futures::stream::iter(committed.segments.iter().flat_map(|r| &r.consumed_shards))

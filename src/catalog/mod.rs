@@ -6,10 +6,12 @@ mod segments_table;
 mod vacuum;
 mod versions;
 
-pub use commit::{remove_consumed, CommitMode, Committed, NewSegment, Transaction};
-pub use vacuum::{vacuum, VacuumOptions, VacuumReport};
+pub use commit::CommitMode;
+pub(crate) use commit::{remove_consumed, Committed, NewSegment, Transaction};
+pub(crate) use vacuum::vacuum;
+pub use vacuum::{VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
 
-pub use segments_table::{segments_schema, SegmentsTable};
-pub use versions::{
+pub(crate) use segments_table::SegmentsTable;
+pub(crate) use versions::{
     latest_version, list_versions, read_segment, read_segment_fragments, read_version,
 };

@@ -32,23 +32,23 @@ static SEGMENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-pub fn segments_schema() -> SchemaRef {
+pub(crate) fn segments_schema() -> SchemaRef {
     Arc::clone(&SEGMENTS_SCHEMA)
 }
 
 /// The committed segments of the latest version, read when scanned.
 #[derive(Debug, Clone)]
-pub struct SegmentsTable {
+pub(crate) struct SegmentsTable {
     location: IndexLocation,
 }
 
 impl SegmentsTable {
-    pub fn new(location: IndexLocation) -> Self {
+    pub(crate) fn new(location: IndexLocation) -> Self {
         Self { location }
     }
 
     /// One row per committed segment of the latest version (no rows before the first commit).
-    pub async fn read_batch(&self) -> crate::Result<RecordBatch> {
+    pub(crate) async fn read_batch(&self) -> crate::Result<RecordBatch> {
         let loc = &self.location;
         let Some(version) = latest_version(loc).await? else {
             // No rows before the first commit, but an error where there is no index.

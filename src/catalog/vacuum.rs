@@ -30,18 +30,42 @@ impl Default for VacuumOptions {
     }
 }
 
+/// What a removed folder held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VacuumedKind {
+    /// A staged shard that a committed segment consumed.
+    ConsumedShard,
+    /// A staged shard without a complete manifest, older than the age limit.
+    IncompleteShard,
+    /// A segment folder no version references (a crashed or lost finalize's).
+    UnreferencedSegment,
+}
+
+impl VacuumedKind {
+    /// The name shown in `vacuum_vector_index`'s `kind` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConsumedShard => "consumed_shard",
+            Self::IncompleteShard => "incomplete_shard",
+            Self::UnreferencedSegment => "unreferenced_segment",
+        }
+    }
+}
+
 /// One removed (or removable, on a dry run) folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removed {
-    /// `consumed_shard`, `incomplete_shard` or `unreferenced_segment`.
-    pub kind: &'static str,
+pub struct VacuumedItem {
+    pub kind: VacuumedKind,
+    /// The shard or segment id.
     pub id: String,
+    /// Objects below the folder.
     pub objects: usize,
 }
 
+/// What a vacuum removed (or would remove, on a dry run).
 #[derive(Debug, Clone, Default)]
 pub struct VacuumReport {
-    pub removed: Vec<Removed>,
+    pub removed: Vec<VacuumedItem>,
 }
 
 /// Age of the newest object below `dir`, or `None` when `dir` is empty.
@@ -61,7 +85,10 @@ async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<Durat
     Ok(newest.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)))
 }
 
-pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result<VacuumReport> {
+pub(crate) async fn vacuum(
+    location: &IndexLocation,
+    options: &VacuumOptions,
+) -> Result<VacuumReport> {
     // Only below a readable index: a mistyped location must not lose anything.
     crate::model::ModelInfo::read_current(location).await?;
     let mut referenced = HashSet::new();
@@ -76,14 +103,14 @@ pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result
     let old_enough = |age: Option<Duration>| age.is_some_and(|a| a >= options.older_than);
     for shard in list_staged_shards(location).await? {
         let kind = if consumed.contains(&shard.shard_id) {
-            "consumed_shard"
+            VacuumedKind::ConsumedShard
         } else if !shard.has_manifest && old_enough(newest_age(location, &shard.dir).await?) {
-            "incomplete_shard"
+            VacuumedKind::IncompleteShard
         } else {
             continue;
         };
         let objects = remove(location, &shard.dir, options.dry_run).await?;
-        report.removed.push(Removed {
+        report.removed.push(VacuumedItem {
             kind,
             id: shard.shard_id,
             objects,
@@ -96,8 +123,8 @@ pub async fn vacuum(location: &IndexLocation, options: &VacuumOptions) -> Result
         let dir = location.segment_dir(&segment_id);
         if old_enough(newest_age(location, &dir).await?) {
             let objects = remove(location, &dir, options.dry_run).await?;
-            report.removed.push(Removed {
-                kind: "unreferenced_segment",
+            report.removed.push(VacuumedItem {
+                kind: VacuumedKind::UnreferencedSegment,
                 id: segment_id,
                 objects,
             });

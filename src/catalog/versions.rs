@@ -6,7 +6,7 @@ use crate::error::{IndexError, Result};
 use crate::format::{IndexLocation, SegmentManifest, VersionManifest};
 
 /// Version numbers present under `_versions/`, ascending.
-pub async fn list_versions(location: &IndexLocation) -> Result<Vec<u64>> {
+pub(crate) async fn list_versions(location: &IndexLocation) -> Result<Vec<u64>> {
     let mut versions: Vec<u64> = location
         .list_files(&location.versions_dir())
         .await?
@@ -17,7 +17,10 @@ pub async fn list_versions(location: &IndexLocation) -> Result<Vec<u64>> {
     Ok(versions)
 }
 
-pub async fn read_version(location: &IndexLocation, version: u64) -> Result<VersionManifest> {
+pub(crate) async fn read_version(
+    location: &IndexLocation,
+    version: u64,
+) -> Result<VersionManifest> {
     let bytes = location.get(&location.version_file(version)).await?;
     let v = VersionManifest::from_json(version, &bytes)?;
     if v.version != version {
@@ -30,14 +33,17 @@ pub async fn read_version(location: &IndexLocation, version: u64) -> Result<Vers
 }
 
 /// The latest committed version, or `None` before the first finalize.
-pub async fn latest_version(location: &IndexLocation) -> Result<Option<VersionManifest>> {
+pub(crate) async fn latest_version(location: &IndexLocation) -> Result<Option<VersionManifest>> {
     match list_versions(location).await?.last() {
         Some(&v) => Ok(Some(read_version(location, v).await?)),
         None => Ok(None),
     }
 }
 
-pub async fn read_segment(location: &IndexLocation, segment_id: &str) -> Result<SegmentManifest> {
+pub(crate) async fn read_segment(
+    location: &IndexLocation,
+    segment_id: &str,
+) -> Result<SegmentManifest> {
     let path = location.segment_dir(segment_id).join("segment.json");
     let bytes = location.get_opt(&path).await?.ok_or_else(|| {
         IndexError::corrupt(format!("segment {segment_id}"), "segment.json is missing")
@@ -52,7 +58,7 @@ pub async fn read_segment(location: &IndexLocation, segment_id: &str) -> Result<
     Ok(manifest)
 }
 
-pub async fn read_segment_fragments(
+pub(crate) async fn read_segment_fragments(
     location: &IndexLocation,
     segment: &SegmentManifest,
 ) -> Result<RoaringBitmap> {

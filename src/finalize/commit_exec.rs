@@ -30,7 +30,7 @@ use crate::format::IndexLocation;
 use crate::model::ModelInfo;
 
 /// Schema of the rows emitted by a finalize: one per new segment.
-pub fn commit_output_schema() -> SchemaRef {
+pub(crate) fn commit_output_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("segment_id", DataType::Utf8, false),
         Field::new("shards", DataType::UInt64, false),
@@ -51,7 +51,7 @@ pub fn commit_output_schema() -> SchemaRef {
 /// (retries, re-checks and what "nothing lost" means live there); only after the
 /// commit are the consumed shards removed from the staging area.
 #[derive(Debug)]
-pub struct VectorIndexCommitExec {
+pub(crate) struct VectorIndexCommitExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
     model: Arc<ModelInfo>,
@@ -62,7 +62,7 @@ pub struct VectorIndexCommitExec {
 }
 
 impl VectorIndexCommitExec {
-    pub fn try_new(
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
         model: Arc<ModelInfo>,

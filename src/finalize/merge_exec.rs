@@ -34,7 +34,7 @@ use crate::model::ModelInfo;
 /// partition's graph is built here too (on a blocking thread, seeded per
 /// partition), so graph building is spread over the same partitions and cores.
 #[derive(Debug)]
-pub struct VectorIndexMergeExec {
+pub(crate) struct VectorIndexMergeExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
     model: Arc<ModelInfo>,
@@ -42,7 +42,7 @@ pub struct VectorIndexMergeExec {
 }
 
 impl VectorIndexMergeExec {
-    pub fn try_new(
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
         model: Arc<ModelInfo>,

@@ -12,7 +12,7 @@ use crate::exec::{binaries, primitive, strings};
 use crate::format::SegmentFile;
 
 /// Schema of the merged files emitted by [`super::VectorIndexMergeExec`].
-pub fn merged_file_schema() -> SchemaRef {
+pub(crate) fn merged_file_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("segment_id", DataType::Utf8, false),
         Field::new("file_index", DataType::UInt32, false),
@@ -40,7 +40,7 @@ pub(crate) struct MergedFile {
 }
 
 impl MergedFile {
-    pub fn segment_plan(&self) -> Result<SegmentPlan> {
+    pub(super) fn segment_plan(&self) -> Result<SegmentPlan> {
         serde_json::from_str(&self.segment).map_err(|e| {
             internal_datafusion_err!("merged file {}: segment plan: {e}", self.file.name)
         })

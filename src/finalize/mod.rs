@@ -20,6 +20,8 @@ mod merge_exec;
 mod merged_files;
 mod plan_exec;
 mod planning;
+#[cfg(test)]
+mod tests;
 mod work_units;
 
 use std::sync::Arc;
@@ -32,14 +34,11 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-pub use crate::catalog::{vacuum, CommitMode, VacuumOptions, VacuumReport};
-pub use commit_exec::{commit_output_schema, VectorIndexCommitExec};
-pub use merge_exec::VectorIndexMergeExec;
-pub use merged_files::merged_file_schema;
-pub use plan_exec::VectorIndexPlanExec;
-pub use planning::{plan_segments, PlannedShard};
-pub use work_units::work_unit_schema;
+pub(crate) use commit_exec::VectorIndexCommitExec;
+pub(crate) use merge_exec::VectorIndexMergeExec;
+pub(crate) use plan_exec::VectorIndexPlanExec;
 
+use crate::catalog::CommitMode;
 use crate::error::Result;
 use crate::format::{BlockInfo, IndexLocation};
 use crate::model::ModelInfo;
@@ -114,7 +113,7 @@ impl Default for FinalizeOptions {
 
 /// A segment as planned: its shards and what the commit needs to know about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SegmentPlan {
+pub(crate) struct SegmentPlan {
     pub segment_id: String,
     pub shards: Vec<String>,
     pub rows: u64,
@@ -128,7 +127,7 @@ pub struct SegmentPlan {
 
 /// One shard's blocks for a work unit's partition range.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ShardInput {
+pub(crate) struct ShardInput {
     pub shard_id: String,
     /// Object-store path of the shard folder.
     pub dir: String,
@@ -141,7 +140,7 @@ pub struct ShardInput {
 /// of IVF partitions of one segment. Travels between operators as a row of
 /// [`work_unit_schema`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkUnit {
+pub(crate) struct WorkUnit {
     pub segment: SegmentPlan,
     pub file_index: u32,
     pub file_name: String,
@@ -152,7 +151,7 @@ pub struct WorkUnit {
 }
 
 /// Builds the finalize plan for `location` (see the module docs for its shape).
-pub async fn finalize_plan(
+pub(crate) async fn finalize_plan(
     state: &dyn Session,
     location: &IndexLocation,
     options: &FinalizeOptions,

@@ -38,7 +38,7 @@ use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
 /// or truncated files, a duplicate shard id, fragments covered twice, or (append
 /// mode) fragments already covered by a committed segment.
 #[derive(Debug)]
-pub struct VectorIndexPlanExec {
+pub(crate) struct VectorIndexPlanExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
     model: Arc<ModelInfo>,
@@ -49,7 +49,7 @@ pub struct VectorIndexPlanExec {
 }
 
 impl VectorIndexPlanExec {
-    pub fn try_new(
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
         model: Arc<ModelInfo>,
@@ -67,7 +67,7 @@ impl VectorIndexPlanExec {
 
     /// Takes the shards the staging scan below kept from `scanned` instead of reading
     /// them again (see [`ScannedShards`]).
-    pub fn using_scanned_shards(mut self, scanned: ScannedShards) -> Self {
+    pub(crate) fn using_scanned_shards(mut self, scanned: ScannedShards) -> Self {
         self.scanned = scanned;
         self
     }

@@ -4,14 +4,15 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::{CommitMode, FinalizeOptions, SegmentGrouping, SegmentPlan, ShardInput, WorkUnit};
+use super::{FinalizeOptions, SegmentGrouping, SegmentPlan, ShardInput, WorkUnit};
+use crate::catalog::CommitMode;
 use crate::error::{IndexError, Result};
 use crate::format::ShardManifest;
 use crate::model::ModelInfo;
 
 /// A complete shard, read and checked for readability, ready to plan.
 #[derive(Debug, Clone)]
-pub struct PlannedShard {
+pub(crate) struct PlannedShard {
     pub manifest: ShardManifest,
     /// Object-store path of the shard folder.
     pub dir: String,
@@ -20,14 +21,14 @@ pub struct PlannedShard {
 
 /// A committed segment's identity and fragments.
 #[derive(Debug, Clone)]
-pub struct CommittedSegment {
+pub(crate) struct CommittedSegment {
     pub segment_id: String,
     pub fragments: RoaringBitmap,
 }
 
 /// Planned segments with their work units and fragment sets.
 #[derive(Debug)]
-pub struct Planned {
+pub(crate) struct Planned {
     pub units: Vec<WorkUnit>,
     pub fragments: Vec<(String, RoaringBitmap)>,
 }
@@ -43,7 +44,7 @@ fn sample(b: &RoaringBitmap) -> String {
 }
 
 /// Checks a shard's manifest against the index's model.
-pub fn check_shard_model(shard: &ShardManifest, model: &ModelInfo) -> Result<()> {
+pub(super) fn check_shard_model(shard: &ShardManifest, model: &ModelInfo) -> Result<()> {
     let id = &shard.shard_id;
     let bad = |what: String| Err(IndexError::Finalize(format!("shard {id}: {what}")));
     if shard.model != model.fingerprint() {
@@ -105,7 +106,7 @@ pub fn check_shard_model(shard: &ShardManifest, model: &ModelInfo) -> Result<()>
 
 /// Groups checked shards into segments and splits each segment into work units.
 /// `committed` are the segments of the latest version.
-pub fn plan_segments(
+pub(crate) fn plan_segments(
     mut shards: Vec<PlannedShard>,
     committed: &[CommittedSegment],
     model: &ModelInfo,

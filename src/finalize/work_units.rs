@@ -48,7 +48,7 @@ fn shard_fields() -> Fields {
 /// Schema of the work units emitted by [`super::VectorIndexPlanExec`]: one row per
 /// unit; `shards` lists, in the segment's shard order, each shard's blocks of the
 /// unit's partitions; `fragments` is the segment's fragment set on its first unit.
-pub fn work_unit_schema() -> SchemaRef {
+pub(crate) fn work_unit_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("segment_id", DataType::Utf8, false),
         Field::new("file_index", DataType::UInt32, false),
@@ -69,7 +69,7 @@ fn roaring_bytes(set: &RoaringBitmap) -> Result<Vec<u8>> {
 }
 
 /// One batch holding `unit`, with the segment's fragment set when given.
-pub fn unit_batch(
+pub(super) fn unit_batch(
     unit: &WorkUnit,
     segment_fragments: Option<&RoaringBitmap>,
 ) -> Result<RecordBatch> {
@@ -192,7 +192,7 @@ fn structs(list: &ListArray, i: usize, name: &str) -> Result<StructArray> {
 }
 
 /// A work unit read from its row.
-pub struct UnitRow {
+pub(super) struct UnitRow {
     pub unit: WorkUnit,
     /// `unit.segment` as the row carries it (JSON), to pass on to the commit.
     pub segment_json: String,
@@ -201,7 +201,7 @@ pub struct UnitRow {
 }
 
 /// The units of a batch of [`work_unit_schema`].
-pub fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
+pub(super) fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
     let batch = &StructArray::from(batch.clone());
     let file_index = u32s(batch, "file_index")?;
     let file_name = strings(batch, "file_name")?;

@@ -45,7 +45,7 @@ impl BlockInfo {
 /// Batches are encoded with arrow's [`StreamEncoder`], which hands out the batch's own
 /// buffers rather than copying them; this sink adds the file framing around them
 /// (magic, footer), so a batch's rows are never copied on their way to the store.
-pub struct IpcFileSink {
+pub(crate) struct IpcFileSink {
     schema: SchemaRef,
     encoder: StreamEncoder,
     /// The stream's schema message, written after the file magic.
@@ -61,7 +61,7 @@ pub struct IpcFileSink {
 const FILE_HEADER: &[u8; 8] = b"ARROW1\0\0";
 
 impl IpcFileSink {
-    pub fn try_new(schema: &SchemaRef) -> Result<Self> {
+    pub(crate) fn try_new(schema: &SchemaRef) -> Result<Self> {
         // What a stream writer writes up front with the same options is the schema
         // message the encoder emits before its first batch.
         let schema_message = StreamWriter::try_new(Vec::new(), schema)?.get_ref().clone();
@@ -93,7 +93,7 @@ impl IpcFileSink {
 
     /// For a caller writing a batch's bytes itself: what must precede the batch (the
     /// file magic and schema message before the first batch, nothing afterwards).
-    pub fn preamble(&mut self) -> Vec<Bytes> {
+    pub(crate) fn preamble(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
         self.start(&mut out);
         out
@@ -102,7 +102,7 @@ impl IpcFileSink {
     /// Records a batch the caller wrote itself right after everything this sink has
     /// accounted for: `length` bytes of which the first `meta_len` are its message
     /// header, with CRC-32 state `crc` over all of them.
-    pub fn append_written(
+    pub(crate) fn append_written(
         &mut self,
         rows: usize,
         meta_len: u32,
@@ -123,7 +123,7 @@ impl IpcFileSink {
 
     /// Encodes one batch; returns the pieces to write, in order (the file header and
     /// schema first, on the first call). The pieces share the batch's buffers.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
         let mut buffers = self.encoder.encode(batch)?.into_iter();
         let mut out = Vec::new();
         self.start(&mut out);
@@ -156,7 +156,7 @@ impl IpcFileSink {
     /// column) whose body is given as pieces: the row ids' bytes, then the stored
     /// values' bytes, each concatenated in order. The pieces are not copied unless
     /// small, so a merge can write rows straight from the blocks it read.
-    pub fn write_gathered(
+    pub(crate) fn write_gathered(
         &mut self,
         rows: usize,
         ids: Vec<Bytes>,
@@ -197,7 +197,7 @@ impl IpcFileSink {
 
     /// Writes the end-of-stream marker and footer; returns their bytes, the blocks, the
     /// file size and its CRC-32.
-    pub fn finish(mut self) -> Result<(Bytes, Vec<BlockInfo>, u64, u32)> {
+    pub(crate) fn finish(mut self) -> Result<(Bytes, Vec<BlockInfo>, u64, u32)> {
         let mut tail = Vec::with_capacity(1024);
         if self.written == 0 {
             // No batch: the magic and schema message still make a valid file.
@@ -273,7 +273,7 @@ pub(crate) fn pad_to_8(len: usize) -> usize {
 }
 
 /// Shares an arrow buffer's memory as `Bytes`, without copying.
-pub fn arrow_bytes(buffer: Buffer) -> Bytes {
+pub(crate) fn arrow_bytes(buffer: Buffer) -> Bytes {
     struct Owner(Buffer);
     impl AsRef<[u8]> for Owner {
         fn as_ref(&self) -> &[u8] {
@@ -305,7 +305,7 @@ fn message_header_len(block: &[u8]) -> Result<u32> {
 }
 
 /// Encodes whole batches into one in-memory IPC file.
-pub fn encode_partitions(
+pub(crate) fn encode_partitions(
     schema: &SchemaRef,
     batches: impl IntoIterator<Item = RecordBatch>,
 ) -> Result<(Vec<u8>, Vec<BlockInfo>, u32)> {
@@ -323,7 +323,7 @@ pub fn encode_partitions(
 
 /// Decodes one block read by a ranged read, after checking its length and CRC-32.
 /// `what` names the file in errors.
-pub fn decode_block(
+pub(crate) fn decode_block(
     what: &str,
     schema: &SchemaRef,
     info: &BlockInfo,

@@ -45,7 +45,7 @@ impl fmt::Debug for IndexLocation {
 impl IndexLocation {
     /// Resolves `url` (`file:///…`, `memory:///…`, `s3://bucket/…`) through the object
     /// stores registered with DataFusion's runtime.
-    pub fn from_url(url: &str, runtime: &RuntimeEnv) -> Result<Self> {
+    pub(crate) fn from_url(url: &str, runtime: &RuntimeEnv) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
             IndexError::invalid_argument("index", format!("'{url}' is not a URL: {e}"))
         })?;
@@ -75,7 +75,7 @@ impl IndexLocation {
     /// The file behind `path` when the index lives on a local filesystem, so that
     /// bulk work (the merge) can use positional file I/O instead of the object-store
     /// API; `None` for any other store.
-    pub fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
+    pub(crate) fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
         self.local.as_ref()?.path_to_filesystem(path).ok()
     }
 
@@ -91,51 +91,51 @@ impl IndexLocation {
         &self.store
     }
 
-    pub fn path(&self, relative: &str) -> Path {
+    pub(crate) fn path(&self, relative: &str) -> Path {
         relative
             .split('/')
             .filter(|p| !p.is_empty())
             .fold(self.root.clone(), |p, part| p.join(part))
     }
 
-    pub fn index_manifest(&self) -> Path {
+    pub(crate) fn index_manifest(&self) -> Path {
         self.path("index.json")
     }
 
-    pub fn model_file(&self, fingerprint: &str) -> Path {
+    pub(crate) fn model_file(&self, fingerprint: &str) -> Path {
         self.path(&format!("models/{fingerprint}.arrow"))
     }
 
-    pub fn staging_dir(&self) -> Path {
+    pub(crate) fn staging_dir(&self) -> Path {
         self.path("_staging")
     }
 
-    pub fn shard_dir(&self, shard_id: &str) -> Path {
+    pub(crate) fn shard_dir(&self, shard_id: &str) -> Path {
         self.path(&format!("_staging/partial_{shard_id}"))
     }
 
-    pub fn segments_dir(&self) -> Path {
+    pub(crate) fn segments_dir(&self) -> Path {
         self.path("segments")
     }
 
-    pub fn segment_dir(&self, segment_id: &str) -> Path {
+    pub(crate) fn segment_dir(&self, segment_id: &str) -> Path {
         self.path(&format!("segments/{segment_id}"))
     }
 
-    pub fn versions_dir(&self) -> Path {
+    pub(crate) fn versions_dir(&self) -> Path {
         self.path("_versions")
     }
 
-    pub fn version_file(&self, version: u64) -> Path {
+    pub(crate) fn version_file(&self, version: u64) -> Path {
         self.path(&format!("_versions/{version}.json"))
     }
 
-    pub async fn get(&self, path: &Path) -> Result<Bytes> {
+    pub(crate) async fn get(&self, path: &Path) -> Result<Bytes> {
         Ok(self.store.get(path).await?.bytes().await?)
     }
 
     /// `None` when the object does not exist.
-    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
+    pub(crate) async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.store.get(path).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -146,7 +146,7 @@ impl IndexLocation {
     /// Bytes `range` of a file a manifest describes, `what` naming it in errors: a
     /// missing file or one shorter than the manifest says is damage (`Corrupt`), any
     /// other failure the store's (`Store`).
-    pub async fn get_described_range(
+    pub(crate) async fn get_described_range(
         &self,
         path: &Path,
         range: std::ops::Range<u64>,
@@ -176,13 +176,17 @@ impl IndexLocation {
         }
     }
 
-    pub async fn put(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
+    pub(crate) async fn put(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
         self.store.put(path, bytes.into()).await?;
         Ok(())
     }
 
     /// Writes `path` only if nothing is there; `false` when something already was.
-    pub async fn put_if_absent(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<bool> {
+    pub(crate) async fn put_if_absent(
+        &self,
+        path: &Path,
+        bytes: impl Into<PutPayload>,
+    ) -> Result<bool> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -195,7 +199,7 @@ impl IndexLocation {
     }
 
     /// Names of the immediate sub-folders of `dir`, sorted.
-    pub async fn list_dirs(&self, dir: &Path) -> Result<Vec<String>> {
+    pub(crate) async fn list_dirs(&self, dir: &Path) -> Result<Vec<String>> {
         let listing = self.store.list_with_delimiter(Some(dir)).await?;
         let mut names: Vec<String> = listing
             .common_prefixes
@@ -207,7 +211,7 @@ impl IndexLocation {
     }
 
     /// Files directly in `dir`: (name, size), sorted by name.
-    pub async fn list_files(&self, dir: &Path) -> Result<Vec<(String, u64)>> {
+    pub(crate) async fn list_files(&self, dir: &Path) -> Result<Vec<(String, u64)>> {
         let listing = self.store.list_with_delimiter(Some(dir)).await?;
         let mut files: Vec<(String, u64)> = listing
             .objects
@@ -219,7 +223,7 @@ impl IndexLocation {
     }
 
     /// Deletes everything below `dir`.
-    pub async fn delete_dir(&self, dir: &Path) -> Result<usize> {
+    pub(crate) async fn delete_dir(&self, dir: &Path) -> Result<usize> {
         let paths: Vec<Path> = self
             .store
             .list(Some(dir))

@@ -7,7 +7,7 @@ use crate::error::{IndexError, Result};
 use crate::model::{IndexType, Metric, ModelParams};
 
 /// Rejects a manifest written by a format version this reader does not know.
-pub fn check_version(what: &str, found: u32) -> Result<()> {
+pub(crate) fn check_version(what: &str, found: u32) -> Result<()> {
     if found == FORMAT_VERSION {
         Ok(())
     } else {
@@ -431,7 +431,7 @@ impl SegmentManifest {
         to_json(self)
     }
 
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.files
             .iter()
             .map(|f| f.size + f.graph.as_ref().map_or(0, |g| g.size))
@@ -440,7 +440,7 @@ impl SegmentManifest {
     }
 
     /// The graph file and graph block of IVF partition `partition`, if the segment has graphs.
-    pub fn graph_block(&self, partition: u32) -> Option<(&GraphFile, &BlockInfo)> {
+    pub(crate) fn graph_block(&self, partition: u32) -> Option<(&GraphFile, &BlockInfo)> {
         let (file, _) = self.block(partition)?;
         let graph = file.graph.as_ref()?;
         Some((
@@ -452,7 +452,7 @@ impl SegmentManifest {
     }
 
     /// The file and block holding IVF partition `partition`, if any.
-    pub fn block(&self, partition: u32) -> Option<(&SegmentFile, &BlockInfo)> {
+    pub(crate) fn block(&self, partition: u32) -> Option<(&SegmentFile, &BlockInfo)> {
         self.files
             .iter()
             .find(|f| (f.partition_start..f.partition_end).contains(&partition))

@@ -6,21 +6,21 @@ mod manifest;
 mod stored_rows;
 mod upload;
 
-pub(crate) use ipc::pad_to_8;
-pub use ipc::{arrow_bytes, decode_block, encode_partitions, BlockInfo, IpcFileSink};
+pub use ipc::BlockInfo;
+pub(crate) use ipc::{arrow_bytes, decode_block, encode_partitions, pad_to_8, IpcFileSink};
 pub use location::IndexLocation;
+pub(crate) use manifest::check_version;
 pub use manifest::{
-    check_version, FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef,
-    ShardManifest, VersionManifest,
+    FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef, ShardManifest,
+    VersionManifest,
 };
-pub use stored_rows::{
-    stored_column_name, stored_rows_batch, stored_rows_header, stored_rows_schema, StoredRows,
-    StoredRowsLayout,
+pub(crate) use stored_rows::{
+    stored_rows_batch, stored_rows_header, stored_rows_schema, StoredRows, StoredRowsLayout,
 };
-pub use upload::Upload;
+pub(crate) use upload::Upload;
 
 /// The format version this crate writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// Column holding the row id in every data file.
-pub const ROW_ID_COLUMN: &str = "row_id";
+pub(crate) const ROW_ID_COLUMN: &str = "row_id";

@@ -24,7 +24,7 @@ use crate::error::{IndexError, Result};
 use crate::model::Quantizer;
 
 /// Name of the stored column: `vector` for FLAT, `codes` for PQ and SQ.
-pub fn stored_column_name(q: Quantizer) -> &'static str {
+pub(crate) fn stored_column_name(q: Quantizer) -> &'static str {
     match q {
         Quantizer::Flat => "vector",
         Quantizer::Pq | Quantizer::Sq => "codes",
@@ -33,7 +33,7 @@ pub fn stored_column_name(q: Quantizer) -> &'static str {
 
 /// The schema of stored rows: `row_id`, then `vector` (`FixedSizeList<Float32, dim>`)
 /// for FLAT or `codes` (`FixedSizeBinary(code_width)`) for PQ and SQ.
-pub fn stored_rows_schema(q: Quantizer, dim: usize, code_width: usize) -> SchemaRef {
+pub(crate) fn stored_rows_schema(q: Quantizer, dim: usize, code_width: usize) -> SchemaRef {
     let stored = match q {
         Quantizer::Flat => DataType::FixedSizeList(
             Arc::new(Field::new("item", DataType::Float32, false)),
@@ -50,7 +50,7 @@ pub fn stored_rows_schema(q: Quantizer, dim: usize, code_width: usize) -> Schema
 /// A batch of `schema` (a [`stored_rows_schema`]) from row ids and the rows' packed
 /// stored bytes, without a copy. `values` should be 8-byte aligned (a `MutableBuffer`
 /// or a slice of an IPC body).
-pub fn stored_rows_batch(
+pub(crate) fn stored_rows_batch(
     schema: &SchemaRef,
     row_ids: Buffer,
     values: Buffer,
@@ -78,7 +78,7 @@ pub fn stored_rows_batch(
 
 /// The rows of a stored-rows batch, viewed without a copy.
 #[derive(Debug)]
-pub struct StoredRows<'a> {
+pub(crate) struct StoredRows<'a> {
     /// Row ids, one per row.
     pub ids: &'a [u64],
     /// The stored values of every row, `width` bytes each (little-endian `f32` for FLAT).
@@ -93,7 +93,7 @@ pub struct StoredRows<'a> {
 
 impl<'a> StoredRows<'a> {
     /// Views `batch`, which must have a stored-rows schema.
-    pub fn of(batch: &'a RecordBatch) -> Result<Self> {
+    pub(crate) fn of(batch: &'a RecordBatch) -> Result<Self> {
         let bad = |why: &str| IndexError::Internal(format!("stored rows: {why}"));
         if batch.num_columns() != 2 {
             return Err(bad("expected two columns"));
@@ -176,7 +176,7 @@ fn stored_column(schema: &SchemaRef) -> Result<StoredColumn> {
 /// of a record batch of the stored-rows schema with `rows` rows whose body is the
 /// row ids (`ids_len` bytes), then the stored values (`values_len` bytes) padded to 8.
 /// No column has nulls, so every validity buffer is empty, as the format allows.
-pub fn stored_rows_header(
+pub(crate) fn stored_rows_header(
     schema: &SchemaRef,
     rows: usize,
     ids_len: usize,
@@ -235,7 +235,7 @@ pub fn stored_rows_header(
 /// values `rows × width` bytes. Everything else in the block (validity buffers, which
 /// must be all-valid, and padding) is framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRowsLayout {
+pub(crate) struct StoredRowsLayout {
     pub rows: usize,
     pub width: usize,
     pub ids: Range<u64>,
@@ -246,7 +246,12 @@ impl StoredRowsLayout {
     /// Reads the layout from a block's message header (its first `info.meta_len`
     /// bytes), checking it against the schema and the manifest's block entry. `what`
     /// names the file in errors.
-    pub fn parse(what: &str, schema: &SchemaRef, info: &BlockInfo, header: &[u8]) -> Result<Self> {
+    pub(crate) fn parse(
+        what: &str,
+        schema: &SchemaRef,
+        info: &BlockInfo,
+        header: &[u8],
+    ) -> Result<Self> {
         let corrupt = |why: String| {
             IndexError::corrupt(what, format!("block at offset {}: {why}", info.offset))
         };

@@ -31,7 +31,7 @@ enum State {
 }
 
 /// One object being written; see the module docs.
-pub struct Upload {
+pub(crate) struct Upload {
     store: Arc<dyn ObjectStore>,
     path: Path,
     part_bytes: usize,
@@ -39,7 +39,7 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path, part_bytes: usize) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, part_bytes: usize) -> Self {
         Self {
             store,
             path,
@@ -52,7 +52,7 @@ impl Upload {
     }
 
     /// Appends `bytes`. On a store error the upload is aborted and stays failed.
-    pub async fn put(&mut self, bytes: Bytes) -> Result<()> {
+    pub(crate) async fn put(&mut self, bytes: Bytes) -> Result<()> {
         match &mut self.state {
             State::Buffered { pieces, bytes: n } => {
                 *n += bytes.len();
@@ -84,7 +84,7 @@ impl Upload {
     }
 
     /// Completes the object. Afterwards the upload is closed, whatever the outcome.
-    pub async fn finish(&mut self) -> Result<()> {
+    pub(crate) async fn finish(&mut self) -> Result<()> {
         match std::mem::replace(&mut self.state, State::Closed { failed: true }) {
             State::Buffered { pieces, .. } => {
                 let payload: PutPayload = pieces.into_iter().collect();
@@ -108,7 +108,7 @@ impl Upload {
 
     /// Drops what was written, best effort: a store that cannot abort leaves parts
     /// that were never completed, which no reader sees. Does nothing once closed.
-    pub async fn abort(&mut self) {
+    pub(crate) async fn abort(&mut self) {
         let failed = !matches!(self.state, State::Closed { failed: false });
         if let State::Uploading(writer) =
             std::mem::replace(&mut self.state, State::Closed { failed })

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::graph::HnswGraph;
 use super::search::{prefetch_bytes, search_layer, Candidate, Layers, Target, Visited};
 use super::MAX_LEVEL;
-use crate::model::distance::{dot_wide, l2_sq_wide};
+use crate::model::distance::Wide;
 use crate::model::rng::SplitMix64;
 use crate::model::{HnswParams, Metric};
 
@@ -58,11 +58,7 @@ pub fn build_graph(
 
 #[inline]
 fn metric_distance(metric: Metric, x: &[f32], y: &[f32]) -> f32 {
-    match metric {
-        Metric::L2 => l2_sq_wide(x, y),
-        Metric::Cosine => 1.0 - dot_wide(x, y),
-        Metric::Dot => -dot_wide(x, y),
-    }
+    metric.distance_with::<Wide>(x, y)
 }
 
 /// One row as the search target, scored against the others.

@@ -12,7 +12,7 @@ use crate::error::{IndexError, Result};
 /// Schema of a stored graph block: one row per (level, node) with its neighbors,
 /// level 0 first with every node in row order, then each upper level with its
 /// nodes ascending. Node numbers are row positions within the partition's data block.
-pub fn graph_schema() -> SchemaRef {
+pub(crate) fn graph_schema() -> SchemaRef {
     Arc::clone(&GRAPH_SCHEMA)
 }
 
@@ -88,12 +88,14 @@ impl HnswGraph {
         }
     }
 
-    pub fn num_nodes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn num_nodes(&self) -> usize {
         self.num_nodes
     }
 
     /// Number of levels, 0 for an empty graph.
-    pub fn num_levels(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn num_levels(&self) -> usize {
         if self.num_nodes == 0 {
             0
         } else {
@@ -112,7 +114,8 @@ impl HnswGraph {
     }
 
     /// Neighbors of `node` on `level` (empty when the node is not on it).
-    pub fn neighbors_of(&self, level: usize, node: u32) -> &[u32] {
+    #[cfg(test)]
+    pub(crate) fn neighbors_of(&self, level: usize, node: u32) -> &[u32] {
         self.neighbors(level, node)
     }
 

@@ -4,14 +4,19 @@
 //! - [`build_graph`]: sequential insertion in row order with a seeded level per
 //!   row, so a partition's graph depends only on its rows and the model.
 //! - [`HnswGraph`]: the immutable, compact form that is stored and searched.
+//!
+//! Crate-private; its `pub` items are what the `internals` feature shows
+//! `cargo bench --bench hnsw`.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 
 mod build;
 mod graph;
 mod search;
 
 pub use build::build_graph;
-pub use graph::{graph_schema, HnswGraph};
-pub use search::{prefetch_bytes, Candidate, Target, Visited};
+pub(crate) use graph::graph_schema;
+pub use graph::HnswGraph;
+pub use search::Visited;
 
 /// The seed of IVF partition `partition`'s graph under a model seeded `model_seed`.
 pub fn partition_seed(model_seed: u64, partition: usize) -> u64 {
@@ -19,13 +24,14 @@ pub fn partition_seed(model_seed: u64, partition: usize) -> u64 {
 }
 
 /// Default search breadth when a query gives no `ef`.
-pub const DEFAULT_EF: usize = 100;
+pub(crate) const DEFAULT_EF: usize = 100;
 
 /// Highest level a node can be given; keeps adversarial seeds from building tall graphs.
 const MAX_LEVEL: u8 = 15;
 
 #[cfg(test)]
 mod tests {
+    use super::search::Candidate;
     use super::*;
     use crate::model::distance::l2_sq;
     use crate::model::rng::SplitMix64;

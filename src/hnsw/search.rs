@@ -74,7 +74,7 @@ impl<F: FnMut(u32) -> f32> Target for F {
 
 /// Asks the CPU to start loading `bytes` into cache.
 #[inline(always)]
-pub fn prefetch_bytes(bytes: &[u8]) {
+pub(super) fn prefetch_bytes(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in bytes.chunks(64) {
         // SAFETY: prefetching has no side effects and `line` is a valid address.
@@ -89,7 +89,7 @@ pub fn prefetch_bytes(bytes: &[u8]) {
 }
 
 /// Read access to a graph's layers.
-pub trait Layers {
+pub(super) trait Layers {
     fn num_nodes(&self) -> usize;
     /// Neighbors of `node` on `level`; empty if the node is not on that level.
     fn neighbors(&self, level: usize, node: u32) -> &[u32];
@@ -97,7 +97,7 @@ pub trait Layers {
 
 /// The `ef` nodes closest to the target reachable from `entries` on `level`, in
 /// ascending order of distance.
-pub fn search_layer<L: Layers + ?Sized>(
+pub(super) fn search_layer<L: Layers + ?Sized>(
     layers: &L,
     level: usize,
     entries: &[Candidate],

@@ -4,7 +4,7 @@ const LANES: usize = 8;
 
 /// Squared Euclidean distance.
 #[inline]
-pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ca, ra) = a.as_chunks::<LANES>();
@@ -25,7 +25,7 @@ pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
 
 /// Inner product.
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let (ca, ra) = a.as_chunks::<LANES>();
@@ -47,14 +47,49 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// HNSW graph builder's millions of row-to-row distances. Bit-identical with and
 /// without AVX (same additions in the same order), so graphs do not depend on the CPU.
 #[inline]
-pub fn l2_sq_wide(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn l2_sq_wide(a: &[f32], b: &[f32]) -> f32 {
     wide::<true>(a, b)
 }
 
 /// Inner product, computed like [`l2_sq_wide`].
 #[inline]
-pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
     wide::<false>(a, b)
+}
+
+/// A pair of kernels a [`crate::Metric`] turns into a distance: the exact ones
+/// search scores with, or the wide ones the HNSW graph builder uses.
+pub(crate) trait Kernels {
+    fn l2_sq(a: &[f32], b: &[f32]) -> f32;
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+}
+
+/// [`l2_sq`] and [`dot`]: what search scores with.
+pub(crate) struct Exact;
+
+impl Kernels for Exact {
+    #[inline]
+    fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+        l2_sq(a, b)
+    }
+    #[inline]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+}
+
+/// [`l2_sq_wide`] and [`dot_wide`]: what the HNSW graph builder uses.
+pub(crate) struct Wide;
+
+impl Kernels for Wide {
+    #[inline]
+    fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+        l2_sq_wide(a, b)
+    }
+    #[inline]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot_wide(a, b)
+    }
 }
 
 #[inline(always)]
@@ -161,7 +196,7 @@ fn wide_avx<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Scales `v` to unit length in place; a zero vector stays zero.
-pub fn normalize(v: &mut [f32]) {
+pub(crate) fn normalize(v: &mut [f32]) {
     let n = dot(v, v).sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
@@ -170,7 +205,7 @@ pub fn normalize(v: &mut [f32]) {
 
 /// Index and distance of the row of `rows` (row-major, `dim` wide) nearest to `v` in L2.
 #[inline]
-pub fn nearest_l2(v: &[f32], rows: &[f32], dim: usize) -> (usize, f32) {
+pub(crate) fn nearest_l2(v: &[f32], rows: &[f32], dim: usize) -> (usize, f32) {
     let mut best = (0, f32::INFINITY);
     for (i, c) in rows.chunks_exact(dim).enumerate() {
         let d = l2_sq(v, c);

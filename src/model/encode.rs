@@ -1,4 +1,6 @@
 //! Encoding vectors as the index stores them: assign a partition, then encode.
+// Its `pub` items are what the `internals` feature shows `cargo bench --bench hnsw`.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 
 use std::sync::Arc;
 

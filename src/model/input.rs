@@ -7,7 +7,7 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type};
 use crate::error::{IndexError, Result};
 
 /// Whether `dt` is a vector column this crate accepts.
-pub fn is_vector_type(dt: &DataType) -> bool {
+pub(crate) fn is_vector_type(dt: &DataType) -> bool {
     match dt {
         DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
             matches!(f.data_type(), DataType::Float32 | DataType::Float64)
@@ -18,7 +18,7 @@ pub fn is_vector_type(dt: &DataType) -> bool {
 
 /// Appends every row of `array` to `out` as `dim` floats. `column` names the
 /// column and `row_label(i)` the row in errors (for example by its row id).
-pub fn append_vectors(
+pub(crate) fn append_vectors(
     array: &ArrayRef,
     dim: usize,
     column: &str,
@@ -89,7 +89,7 @@ pub fn append_vectors(
 }
 
 /// The dimension of the first non-null row, for List columns whose type does not say.
-pub fn first_dim(array: &ArrayRef) -> Option<usize> {
+pub(crate) fn first_dim(array: &ArrayRef) -> Option<usize> {
     match array.data_type() {
         DataType::FixedSizeList(_, n) => Some(*n as usize),
         DataType::List(_) => {

@@ -7,14 +7,14 @@ use super::distance::{l2_sq, nearest_l2};
 use super::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy)]
-pub struct KMeansParams {
+pub(crate) struct KMeansParams {
     pub k: usize,
     pub max_iterations: usize,
     pub seed: u64,
 }
 
 /// Clusters `data` (n rows of `dim`, row-major; n ≥ k) and returns k centroids, row-major.
-pub fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32> {
+pub(crate) fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32> {
     let n = data.len() / dim;
     assert!(
         n >= params.k && params.k > 0,

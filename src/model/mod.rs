@@ -1,14 +1,14 @@
 //! The shared model: IVF centroids, the metric and the quantizer, trained once by
 //! the coordinator and used by every worker, finalize and search.
 
-pub mod distance;
+pub(crate) mod distance;
 mod encode;
-pub mod input;
+pub(crate) mod input;
 mod io;
-pub mod kmeans;
-pub mod pq;
-pub mod rng;
-pub mod sq;
+pub(crate) mod kmeans;
+pub(crate) mod pq;
+pub(crate) mod rng;
+pub(crate) mod sq;
 mod train;
 
 use std::fmt;
@@ -17,10 +17,12 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IndexError;
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub use encode::{decode_rows, Encoder};
-pub use pq::ProductQuantizer;
-pub use sq::ScalarQuantizer;
-pub use train::{train_model, SampleCollector, TrainOptions};
+pub(crate) use pq::ProductQuantizer;
+pub(crate) use sq::ScalarQuantizer;
+pub use train::TrainOptions;
+pub(crate) use train::{train_model, SampleCollector};
 
 /// The six index types. HNSW types store exactly what their twin stores; the
 /// graphs are built at finalize.
@@ -42,7 +44,7 @@ pub enum IndexType {
 
 /// What a row stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantizer {
+pub(crate) enum Quantizer {
     Flat,
     Pq,
     Sq,
@@ -69,7 +71,7 @@ impl IndexType {
         }
     }
 
-    pub fn quantizer(self) -> Quantizer {
+    pub(crate) fn quantizer(self) -> Quantizer {
         match self {
             Self::IvfFlat | Self::IvfHnswFlat => Quantizer::Flat,
             Self::IvfPq | Self::IvfHnswPq => Quantizer::Pq,
@@ -123,6 +125,32 @@ impl Metric {
             Self::L2 => "l2",
             Self::Cosine => "cosine",
             Self::Dot => "dot",
+        }
+    }
+
+    /// The distance search ranks by, between two vectors as stored (for cosine:
+    /// normalized; see [`Metric::prepare`]). Smaller is nearer.
+    #[inline]
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        self.distance_with::<distance::Exact>(a, b)
+    }
+
+    /// Turns a vector into its stored form in place: cosine normalizes it to unit
+    /// length (a zero vector stays zero); L2 and dot leave it as it is.
+    pub fn prepare(self, v: &mut [f32]) {
+        if self == Self::Cosine {
+            distance::normalize(v);
+        }
+    }
+
+    /// The one metric → distance mapping, over either set of kernels (search's exact
+    /// ones or the graph builder's wide ones).
+    #[inline(always)]
+    pub(crate) fn distance_with<K: distance::Kernels>(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Self::L2 => K::l2_sq(a, b),
+            Self::Cosine => 1.0 - K::dot(a, b),
+            Self::Dot => -K::dot(a, b),
         }
     }
 }
@@ -208,7 +236,7 @@ pub struct ModelParams {
 impl ModelParams {
     /// Rejects parameters no model can have (the tensors are checked against them on
     /// a full read).
-    pub fn check(&self, what: &str) -> crate::error::Result<()> {
+    pub(crate) fn check(&self, what: &str) -> crate::error::Result<()> {
         crate::format::check_version(what, self.format_version)?;
         let dim = self.dim;
         let bad = match self.num_sub_vectors {
@@ -270,7 +298,7 @@ impl ModelInfo {
     }
 
     /// Bytes one stored row takes besides its row id.
-    pub fn code_width(&self) -> usize {
+    pub(crate) fn code_width(&self) -> usize {
         match self.index_type().quantizer() {
             Quantizer::Flat => self.dim() * 4,
             Quantizer::Pq => self.params.num_sub_vectors.unwrap_or(0) as usize,
@@ -279,7 +307,7 @@ impl ModelInfo {
     }
 
     /// The Arrow schema of the stored rows (shards and segments alike).
-    pub fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
+    pub(crate) fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
         encode::storage_schema(self)
     }
 
@@ -306,7 +334,7 @@ pub struct Model {
 /// stored bytes of a row, and back. One variant per [`Quantizer`], so a PQ or SQ
 /// model without its codebook or bounds cannot be represented.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Codec {
+pub(crate) enum Codec {
     /// The vector itself, as little-endian `f32`.
     Flat,
     /// One 8-bit code per sub-vector of the residual (vector minus its centroid).
@@ -316,7 +344,7 @@ pub enum Codec {
 }
 
 impl Codec {
-    pub fn quantizer(&self) -> Quantizer {
+    pub(crate) fn quantizer(&self) -> Quantizer {
         match self {
             Self::Flat => Quantizer::Flat,
             Self::Pq(_) => Quantizer::Pq,
@@ -327,7 +355,7 @@ impl Codec {
     /// Encodes `v` (of IVF partition with centroid `centroid`) into `out`, one
     /// stored row; `residual` is scratch of the vector's dimension.
     #[inline]
-    pub fn encode(&self, v: &[f32], centroid: &[f32], residual: &mut [f32], out: &mut [u8]) {
+    pub(crate) fn encode(&self, v: &[f32], centroid: &[f32], residual: &mut [f32], out: &mut [u8]) {
         match self {
             Self::Flat => {
                 for (o, x) in out.chunks_exact_mut(4).zip(v) {
@@ -347,7 +375,7 @@ impl Codec {
     /// Decodes one stored row of IVF partition with centroid `centroid` into `out`:
     /// exact for FLAT, the quantizer's reconstruction for PQ and SQ.
     #[inline]
-    pub fn decode(&self, codes: &[u8], centroid: &[f32], out: &mut [f32]) {
+    pub(crate) fn decode(&self, codes: &[u8], centroid: &[f32], out: &mut [f32]) {
         match self {
             Self::Flat => {
                 for (o, b) in out.iter_mut().zip(codes.chunks_exact(4)) {
@@ -370,7 +398,7 @@ impl Codec {
 impl Model {
     /// A model from its parameters and tensors, checked against each other: the
     /// codec is the index type's, and every tensor has the size the parameters say.
-    pub fn try_new(
+    pub(crate) fn try_new(
         params: ModelParams,
         centroids: Vec<f32>,
         codec: Codec,
@@ -426,7 +454,7 @@ impl Model {
         &self.centroids
     }
 
-    pub fn codec(&self) -> &Codec {
+    pub(crate) fn codec(&self) -> &Codec {
         &self.codec
     }
 
@@ -464,17 +492,17 @@ impl Model {
         self.info.metric()
     }
 
-    pub fn centroid(&self, p: usize) -> &[f32] {
+    pub(crate) fn centroid(&self, p: usize) -> &[f32] {
         &self.centroids[p * self.dim()..(p + 1) * self.dim()]
     }
 
     /// Bytes one stored row takes besides its row id.
-    pub fn code_width(&self) -> usize {
+    pub(crate) fn code_width(&self) -> usize {
         self.info.code_width()
     }
 
     /// Partitions ranked by distance from `query` (already normalized for cosine).
-    pub fn rank_partitions(&self, query: &[f32], nprobes: usize) -> Vec<usize> {
+    pub(crate) fn rank_partitions(&self, query: &[f32], nprobes: usize) -> Vec<usize> {
         let mut d: Vec<(f32, usize)> = self
             .centroids
             .chunks_exact(self.dim())
@@ -491,10 +519,22 @@ impl Model {
     }
 
     /// The Arrow schema of the stored rows (shards and segments alike).
-    pub fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
+    pub(crate) fn storage_schema(&self) -> arrow::datatypes::SchemaRef {
         self.info.storage_schema()
     }
 
+    /// Trains a model on `sample`, rows of `dim` floats (row-major), the in-memory
+    /// counterpart of [`crate::VectorIndex::create`], which samples a table first.
+    pub fn train(
+        dim: usize,
+        sample: Vec<f32>,
+        options: &TrainOptions,
+    ) -> crate::error::Result<Self> {
+        train_model(dim, sample, options)
+    }
+
+    /// Writes the model file and `index.json` at `location`: what
+    /// [`crate::VectorIndex::create`] does once it has trained the model.
     pub async fn write(&self, location: &crate::format::IndexLocation) -> crate::error::Result<()> {
         io::write_model(self, location).await
     }

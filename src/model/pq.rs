@@ -6,10 +6,10 @@ use rayon::prelude::*;
 use super::distance::{dot, l2_sq, nearest_l2};
 use super::kmeans::{kmeans, KMeansParams};
 
-pub const PQ_CODES: usize = 256;
+pub(crate) const PQ_CODES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProductQuantizer {
+pub(crate) struct ProductQuantizer {
     pub num_sub_vectors: usize,
     pub sub_dim: usize,
     /// `num_sub_vectors × 256 × sub_dim`, row-major.
@@ -18,7 +18,7 @@ pub struct ProductQuantizer {
 
 impl ProductQuantizer {
     /// Trains on `residuals` (n × dim); needs n ≥ 256.
-    pub fn train(
+    pub(crate) fn train(
         residuals: &[f32],
         dim: usize,
         num_sub_vectors: usize,
@@ -54,7 +54,7 @@ impl ProductQuantizer {
         &self.codebook[m * len..(m + 1) * len]
     }
 
-    pub fn encode(&self, residual: &[f32], out: &mut [u8]) {
+    pub(crate) fn encode(&self, residual: &[f32], out: &mut [u8]) {
         for (m, code) in out.iter_mut().enumerate() {
             let sub = &residual[m * self.sub_dim..(m + 1) * self.sub_dim];
             *code = nearest_l2(sub, self.sub_codebook(m), self.sub_dim).0 as u8;
@@ -63,7 +63,7 @@ impl ProductQuantizer {
 
     /// Asymmetric distance table (`num_sub_vectors × 256`): per sub-vector, the
     /// squared L2 distance (or the inner product when `inner_product`) from `target`.
-    pub fn distance_table(&self, target: &[f32], inner_product: bool) -> Vec<f32> {
+    pub(crate) fn distance_table(&self, target: &[f32], inner_product: bool) -> Vec<f32> {
         let mut table = Vec::with_capacity(self.num_sub_vectors * PQ_CODES);
         for m in 0..self.num_sub_vectors {
             let sub = &target[m * self.sub_dim..(m + 1) * self.sub_dim];
@@ -81,7 +81,7 @@ impl ProductQuantizer {
 
 /// Sum of table entries picked by `codes`.
 #[inline]
-pub fn table_lookup(table: &[f32], codes: &[u8]) -> f32 {
+pub(crate) fn table_lookup(table: &[f32], codes: &[u8]) -> f32 {
     codes
         .iter()
         .enumerate()

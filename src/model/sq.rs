@@ -2,13 +2,13 @@
 //! the coordinator and stored in the model, so every worker encodes alike.
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ScalarQuantizer {
+pub(crate) struct ScalarQuantizer {
     pub lower: Vec<f32>,
     pub upper: Vec<f32>,
 }
 
 impl ScalarQuantizer {
-    pub fn train(sample: &[f32], dim: usize) -> Self {
+    pub(crate) fn train(sample: &[f32], dim: usize) -> Self {
         let mut lower = vec![f32::INFINITY; dim];
         let mut upper = vec![f32::NEG_INFINITY; dim];
         for v in sample.chunks_exact(dim) {
@@ -29,7 +29,7 @@ impl ScalarQuantizer {
         }
     }
 
-    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+    pub(crate) fn encode(&self, v: &[f32], out: &mut [u8]) {
         for (d, (o, x)) in out.iter_mut().zip(v).enumerate() {
             *o = ((x - self.lower[d]) / self.scale(d))
                 .round()
@@ -37,7 +37,7 @@ impl ScalarQuantizer {
         }
     }
 
-    pub fn decode(&self, codes: &[u8], out: &mut [f32]) {
+    pub(crate) fn decode(&self, codes: &[u8], out: &mut [f32]) {
         for (d, (o, &c)) in out.iter_mut().zip(codes).enumerate() {
             *o = self.lower[d] + c as f32 * self.scale(d);
         }
@@ -46,7 +46,7 @@ impl ScalarQuantizer {
     /// Precomputes what a query needs to score codes without decoding them:
     /// `(q' , w)` with `q'_d = (q_d - lower_d) / scale_d` and `w_d = scale_d²` for L2,
     /// or `(q_d · scale_d, offset = Σ q_d · lower_d)` for inner products.
-    pub fn query_l2(&self, q: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn query_l2(&self, q: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let scaled = (0..q.len())
             .map(|d| (q[d] - self.lower[d]) / self.scale(d))
             .collect();
@@ -56,7 +56,7 @@ impl ScalarQuantizer {
         (scaled, weights)
     }
 
-    pub fn query_dot(&self, q: &[f32]) -> (Vec<f32>, f32) {
+    pub(crate) fn query_dot(&self, q: &[f32]) -> (Vec<f32>, f32) {
         let weights = (0..q.len()).map(|d| q[d] * self.scale(d)).collect();
         let offset = (0..q.len()).map(|d| q[d] * self.lower[d]).sum();
         (weights, offset)
@@ -65,7 +65,7 @@ impl ScalarQuantizer {
 
 /// Σ w_d (q'_d − c_d)²: squared L2 between a prepared query and SQ codes.
 #[inline]
-pub fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
+pub(crate) fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     let (qc, qr) = scaled_query.as_chunks::<8>();
     let (wc, wr) = weights.as_chunks::<8>();
@@ -87,7 +87,7 @@ pub fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
 
 /// Σ w_d c_d + offset: inner product between a prepared query and SQ codes.
 #[inline]
-pub fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
+pub(crate) fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     let (wc, wr) = weights.as_chunks::<8>();
     let (cc, cr) = codes.as_chunks::<8>();

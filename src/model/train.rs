@@ -86,7 +86,7 @@ impl TrainOptions {
 /// Keeps a uniform sample of bounded size from a stream of vectors, independent
 /// of the order in which rows arrive: each row gets a key hashed from the seed
 /// and its contents, and the rows with the smallest keys are kept.
-pub struct SampleCollector {
+pub(crate) struct SampleCollector {
     dim: usize,
     capacity: usize,
     seed: u64,
@@ -95,7 +95,7 @@ pub struct SampleCollector {
 }
 
 impl SampleCollector {
-    pub fn new(dim: usize, capacity: usize, seed: u64) -> Self {
+    pub(crate) fn new(dim: usize, capacity: usize, seed: u64) -> Self {
         Self {
             dim,
             capacity,
@@ -105,7 +105,7 @@ impl SampleCollector {
         }
     }
 
-    pub fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         self.dim
     }
 
@@ -117,7 +117,7 @@ impl SampleCollector {
         super::rng::SplitMix64::new(h).next_u64()
     }
 
-    pub fn push_rows(&mut self, rows: &[f32]) {
+    pub(crate) fn push_rows(&mut self, rows: &[f32]) {
         for v in rows.chunks_exact(self.dim) {
             let key = self.key(v);
             if self.heap.len() < self.capacity {
@@ -135,7 +135,7 @@ impl SampleCollector {
     }
 
     /// The sample, ordered by key (so the result does not depend on arrival order).
-    pub fn finish(self) -> Vec<f32> {
+    pub(crate) fn finish(self) -> Vec<f32> {
         let mut keyed = self.heap.into_vec();
         keyed.sort_unstable();
         let mut out = Vec::with_capacity(keyed.len() * self.dim);
@@ -147,7 +147,7 @@ impl SampleCollector {
 }
 
 /// Trains a model on `sample` (rows of `dim` floats).
-pub fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Result<Model> {
+pub(crate) fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Result<Model> {
     if dim == 0 {
         return Err(IndexError::InvalidInput("vectors have dimension 0".into()));
     }

@@ -5,17 +5,21 @@ use arrow::array::RecordBatch;
 use super::topk::{Scored, TopK};
 use crate::error::{IndexError, Result};
 use crate::format::StoredRows;
-use crate::model::distance::{dot, l2_sq};
+use crate::model::distance::dot;
 use crate::model::pq::table_lookup;
 use crate::model::sq::{sq_dot, sq_l2};
 use crate::model::{Codec, Metric, Model};
 
 /// A query prepared for one IVF partition.
-pub enum Scorer {
-    Flat {
-        query: Vec<f32>,
-        metric: Metric,
-    },
+pub(super) enum Scorer {
+    /// FLAT rows are whole vectors, scored with the metric's distance.
+    Flat { query: Vec<f32>, metric: Metric },
+    /// PQ and SQ rows are codes, scored without decoding them.
+    Codes(CodeScorer),
+}
+
+/// A query's scoring of PQ or SQ codes in one partition.
+pub(super) enum CodeScorer {
     /// `distance = sign · Σ table[code] + offset`.
     Pq {
         table: Vec<f32>,
@@ -26,7 +30,8 @@ pub enum Scorer {
         scaled: Vec<f32>,
         weights: Vec<f32>,
     },
-    /// `distance = offset − Σ w·code` (dot), with `offset` folding in `1 −` for cosine.
+    /// `distance = base − (offset + Σ w·code)`: the metric's distance of a dot product
+    /// (`base` is 1 for cosine, 0 for dot).
     SqDot {
         weights: Vec<f32>,
         offset: f32,
@@ -34,9 +39,23 @@ pub enum Scorer {
     },
 }
 
+/// A scorer bound to rows that hold what it reads; made by [`Scorer::bind`].
+pub(super) enum BoundScorer<'a> {
+    Flat {
+        query: &'a [f32],
+        metric: Metric,
+        values: &'a [f32],
+    },
+    Codes {
+        scorer: &'a CodeScorer,
+        bytes: &'a [u8],
+        width: usize,
+    },
+}
+
 impl Scorer {
     /// `query` must already be normalized for cosine.
-    pub fn new(model: &Model, query: &[f32], partition: usize) -> Result<Self> {
+    pub(super) fn new(model: &Model, query: &[f32], partition: usize) -> Result<Self> {
         let metric = model.metric();
         let base = if metric == Metric::Cosine { 1.0 } else { 0.0 };
         Ok(match model.codec() {
@@ -46,41 +65,77 @@ impl Scorer {
             },
             Codec::Pq(pq) => {
                 let c = model.centroid(partition);
-                if metric == Metric::L2 {
+                Self::Codes(if metric == Metric::L2 {
                     let residual: Vec<f32> = query.iter().zip(c).map(|(q, c)| q - c).collect();
-                    Self::Pq {
+                    CodeScorer::Pq {
                         table: pq.distance_table(&residual, false),
                         offset: 0.0,
                         sign: 1.0,
                     }
                 } else {
-                    Self::Pq {
+                    CodeScorer::Pq {
                         table: pq.distance_table(query, true),
                         offset: base - dot(query, c),
                         sign: -1.0,
                     }
-                }
+                })
             }
-            Codec::Sq(sq) => {
-                if metric == Metric::L2 {
-                    let (scaled, weights) = sq.query_l2(query);
-                    Self::SqL2 { scaled, weights }
-                } else {
-                    let (weights, offset) = sq.query_dot(query);
-                    Self::SqDot {
-                        weights,
-                        offset,
-                        base,
-                    }
+            Codec::Sq(sq) => Self::Codes(if metric == Metric::L2 {
+                let (scaled, weights) = sq.query_l2(query);
+                CodeScorer::SqL2 { scaled, weights }
+            } else {
+                let (weights, offset) = sq.query_dot(query);
+                CodeScorer::SqDot {
+                    weights,
+                    offset,
+                    base,
                 }
-            }
+            }),
         })
     }
 
-    /// Distance of one row of PQ or SQ codes; `None` for a FLAT scorer.
+    /// This scorer over `rows`, or an error naming the mismatch when they do not hold
+    /// what it reads (vectors of the query's length for FLAT, codes otherwise).
+    pub(super) fn bind<'a>(&'a self, rows: &StoredRows<'a>) -> Result<BoundScorer<'a>> {
+        match (self, rows.vectors) {
+            (Self::Flat { query, metric }, Some((values, dim))) if query.len() == dim => {
+                Ok(BoundScorer::Flat {
+                    query,
+                    metric: *metric,
+                    values,
+                })
+            }
+            (Self::Codes(scorer), None) => Ok(BoundScorer::Codes {
+                scorer,
+                bytes: rows.bytes,
+                width: rows.width,
+            }),
+            _ => Err(IndexError::corrupt(
+                "segment",
+                "stored column does not match the index type",
+            )),
+        }
+    }
+
+    /// Scores every row of a storage batch into `top`.
+    pub(super) fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
+        let rows = StoredRows::of(batch)?;
+        let scorer = self.bind(&rows)?;
+        for (i, &row_id) in rows.ids.iter().enumerate() {
+            let distance = scorer.distance(i);
+            if distance <= top.threshold() {
+                top.push(Scored { distance, row_id });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CodeScorer {
+    /// Distance of one row of codes.
     #[inline]
-    pub fn score_codes(&self, codes: &[u8]) -> Option<f32> {
-        Some(match self {
+    pub(super) fn score(&self, codes: &[u8]) -> f32 {
+        match self {
             Self::Pq {
                 table,
                 offset,
@@ -92,57 +147,29 @@ impl Scorer {
                 offset,
                 base,
             } => base - sq_dot(weights, *offset, codes),
-            Self::Flat { .. } => return None,
-        })
+        }
     }
+}
 
-    /// Distance to row `i` of `rows`; `rows` must have passed [`Scorer::check`].
+impl BoundScorer<'_> {
+    /// Distance to row `i` of the bound rows.
     #[inline]
-    pub fn distance(&self, rows: &StoredRows, i: usize) -> f32 {
-        match (self, rows.vectors) {
-            (Self::Flat { query, metric }, Some((values, dim))) => {
-                let v = &values[i * dim..(i + 1) * dim];
-                match metric {
-                    Metric::L2 => l2_sq(query, v),
-                    Metric::Cosine => 1.0 - dot(query, v),
-                    Metric::Dot => -dot(query, v),
-                }
+    pub(super) fn distance(&self, i: usize) -> f32 {
+        match self {
+            Self::Flat {
+                query,
+                metric,
+                values,
+            } => {
+                let dim = query.len();
+                metric.distance(query, &values[i * dim..(i + 1) * dim])
             }
-            (_, None) => self
-                .score_codes(&rows.bytes[i * rows.width..(i + 1) * rows.width])
-                .unwrap_or(f32::INFINITY),
-            _ => f32::INFINITY,
+            Self::Codes {
+                scorer,
+                bytes,
+                width,
+            } => scorer.score(&bytes[i * width..(i + 1) * width]),
         }
-    }
-
-    /// Fails unless `rows` hold what this scorer reads (vectors for FLAT, codes otherwise).
-    pub fn check(&self, rows: &StoredRows) -> Result<()> {
-        let fits = match (self, rows.vectors) {
-            (Self::Flat { query, .. }, Some((_, dim))) => query.len() == dim,
-            (Self::Flat { .. }, None) | (_, Some(_)) => false,
-            _ => true,
-        };
-        if fits {
-            Ok(())
-        } else {
-            Err(IndexError::corrupt(
-                "segment",
-                "stored column does not match the index type",
-            ))
-        }
-    }
-
-    /// Scores every row of a storage batch into `top`.
-    pub fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
-        let rows = StoredRows::of(batch)?;
-        self.check(&rows)?;
-        for (i, &row_id) in rows.ids.iter().enumerate() {
-            let distance = self.distance(&rows, i);
-            if distance <= top.threshold() {
-                top.push(Scored { distance, row_id });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -189,13 +216,11 @@ mod tests {
                 let code = &codes[r * w..(r + 1) * w];
                 // The quantizer's reconstruction, as finalize decodes rows for graphs.
                 let x = decode_rows(&model, p as usize, code).unwrap();
-                let exact = match metric {
-                    Metric::L2 => l2_sq(&q, &x),
-                    Metric::Cosine => 1.0 - dot(&q, &x),
-                    Metric::Dot => -dot(&q, &x),
+                let exact = metric.distance(&q, &x);
+                let Scorer::Codes(scorer) = Scorer::new(&model, &q, p as usize).unwrap() else {
+                    panic!("{ty} scores codes");
                 };
-                let scorer = Scorer::new(&model, &q, p as usize).unwrap();
-                let got = scorer.score_codes(code).expect("quantized scorer");
+                let got = scorer.score(code);
                 assert!(
                     (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
                     "{ty} {metric}: {got} vs {exact}"

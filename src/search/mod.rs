@@ -13,7 +13,7 @@ mod distance;
 mod probe_exec;
 mod scan_exec;
 mod table;
-pub mod topk;
+pub(crate) mod topk;
 mod topk_exec;
 
 use std::sync::Arc;
@@ -27,10 +27,10 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::{StreamExt, TryStreamExt};
 
-pub use probe_exec::VectorIndexProbeExec;
-pub use scan_exec::VectorIndexScanExec;
-pub use table::VectorSearchTable;
-pub use topk_exec::{search_output_schema, VectorIndexTopKExec};
+pub(crate) use probe_exec::VectorIndexProbeExec;
+pub(crate) use scan_exec::VectorIndexScanExec;
+pub(crate) use table::VectorSearchTable;
+pub(crate) use topk_exec::{search_output_schema, VectorIndexTopKExec};
 
 use crate::catalog::{latest_version, read_segment};
 use crate::error::{IndexError, Result};
@@ -44,7 +44,7 @@ pub struct SearchOptions {
     /// IVF partitions probed per query; default 20 (at most the number of partitions).
     pub nprobes: usize,
     /// HNSW search breadth per probed partition (HNSW types; the others ignore it); default
-    /// [`crate::hnsw::DEFAULT_EF`], never less than `k`.
+    /// 100, never less than `k`.
     pub ef: Option<usize>,
 }
 
@@ -78,7 +78,7 @@ impl Default for SearchOptions {
 
 /// The committed state a search reads: the model and the segments of the latest version.
 #[derive(Debug)]
-pub struct SearchTarget {
+pub(crate) struct SearchTarget {
     pub location: IndexLocation,
     pub model: Arc<Model>,
     pub version: u64,
@@ -86,7 +86,7 @@ pub struct SearchTarget {
 }
 
 impl SearchTarget {
-    pub async fn load(location: &IndexLocation) -> Result<Arc<Self>> {
+    pub(crate) async fn load(location: &IndexLocation) -> Result<Arc<Self>> {
         let model = Arc::new(Model::read_current(location).await?);
         let version = latest_version(location).await?.ok_or_else(|| {
             IndexError::NotFound(format!(
@@ -123,7 +123,7 @@ impl SearchTarget {
 }
 
 /// Schema of the query leaf: `query_id`, `query` (`FixedSizeList<Float32>`).
-pub fn queries_schema(dim: usize) -> SchemaRef {
+pub(crate) fn queries_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::UInt32, false),
         Field::new(
@@ -139,7 +139,7 @@ pub fn queries_schema(dim: usize) -> SchemaRef {
 
 /// Builds the search plan for `queries` (n × dim, row-major). Output: `query_id`,
 /// `row_id`, `distance`, ordered by query then distance.
-pub fn search_plan(
+pub(crate) fn search_plan(
     state: &dyn Session,
     target: Arc<SearchTarget>,
     queries: Vec<f32>,

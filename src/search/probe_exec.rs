@@ -22,7 +22,7 @@ use crate::model::distance::normalize;
 use crate::model::Metric;
 
 /// Probe tasks: score `query` against IVF `partition` of segment number `segment`.
-pub fn probe_task_schema(dim: usize) -> SchemaRef {
+pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::UInt32, false),
         Field::new("segment", DataType::UInt32, false),
@@ -47,7 +47,7 @@ pub fn probe_task_schema(dim: usize) -> SchemaRef {
 /// repartition spreads them over scan partitions and each scan reads a block once
 /// for all the queries that probe it.
 #[derive(Debug)]
-pub struct VectorIndexProbeExec {
+pub(crate) struct VectorIndexProbeExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
@@ -55,7 +55,7 @@ pub struct VectorIndexProbeExec {
 }
 
 impl VectorIndexProbeExec {
-    pub fn try_new(
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,
         options: SearchOptions,

@@ -38,7 +38,7 @@ const READ_CONCURRENCY: usize = 8;
 /// Partitioning: one output partition per input partition of probe tasks; emits,
 /// when its input ends, each query's local top k (`query_id`, `row_id`, `distance`).
 #[derive(Debug)]
-pub struct VectorIndexScanExec {
+pub(crate) struct VectorIndexScanExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
@@ -46,7 +46,7 @@ pub struct VectorIndexScanExec {
 }
 
 impl VectorIndexScanExec {
-    pub fn try_new(
+    pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,
         options: SearchOptions,
@@ -208,10 +208,10 @@ async fn scan_tasks(
         match &block.graph {
             Some(graph) => {
                 let rows = StoredRows::of(&block.rows)?;
-                scorer.check(&rows)?;
+                let bound = scorer.bind(&rows)?;
                 let found = graph.search(
                     options.effective_ef(),
-                    |node| scorer.distance(&rows, node as usize),
+                    |node| bound.distance(node as usize),
                     visited,
                 );
                 for c in found {

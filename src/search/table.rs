@@ -25,14 +25,14 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// One query's k nearest rows in the latest committed version.
 #[derive(Debug, Clone)]
-pub struct VectorSearchTable {
+pub(crate) struct VectorSearchTable {
     location: IndexLocation,
     query: Vec<f32>,
     options: SearchOptions,
 }
 
 impl VectorSearchTable {
-    pub fn new(location: IndexLocation, query: Vec<f32>, options: SearchOptions) -> Self {
+    pub(crate) fn new(location: IndexLocation, query: Vec<f32>, options: SearchOptions) -> Self {
         Self {
             location,
             query,

@@ -31,13 +31,13 @@ impl PartialOrd for Scored {
 
 /// The k smallest [`Scored`] values seen.
 #[derive(Debug, Clone)]
-pub struct TopK {
+pub(crate) struct TopK {
     k: usize,
     heap: BinaryHeap<Scored>,
 }
 
 impl TopK {
-    pub fn new(k: usize) -> Self {
+    pub(crate) fn new(k: usize) -> Self {
         Self {
             k,
             heap: BinaryHeap::with_capacity(k + 1),
@@ -46,7 +46,7 @@ impl TopK {
 
     /// The distance a row must beat to enter, once k rows are held.
     #[inline]
-    pub fn threshold(&self) -> f32 {
+    pub(crate) fn threshold(&self) -> f32 {
         if self.heap.len() < self.k {
             f32::INFINITY
         } else {
@@ -55,7 +55,7 @@ impl TopK {
     }
 
     #[inline]
-    pub fn push(&mut self, s: Scored) {
+    pub(crate) fn push(&mut self, s: Scored) {
         if self.heap.len() < self.k {
             self.heap.push(s);
         } else if let Some(top) = self.heap.peek() {
@@ -66,13 +66,13 @@ impl TopK {
         }
     }
 
-    pub fn into_sorted(self) -> Vec<Scored> {
+    pub(crate) fn into_sorted(self) -> Vec<Scored> {
         self.heap.into_sorted_vec()
     }
 }
 
 /// Each query's rows, ordered by query, then distance, then row id.
-pub fn tops_to_batch(tops: BTreeMap<u32, TopK>) -> arrow::error::Result<RecordBatch> {
+pub(crate) fn tops_to_batch(tops: BTreeMap<u32, TopK>) -> arrow::error::Result<RecordBatch> {
     let (mut q, mut r, mut d) = (vec![], vec![], vec![]);
     for (query, top) in tops {
         for s in top.into_sorted() {

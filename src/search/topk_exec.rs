@@ -28,7 +28,7 @@ static OUTPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// `query_id`, `row_id`, `distance`.
-pub fn search_output_schema() -> SchemaRef {
+pub(crate) fn search_output_schema() -> SchemaRef {
     Arc::clone(&OUTPUT)
 }
 
@@ -37,14 +37,14 @@ pub fn search_output_schema() -> SchemaRef {
 /// Partitioning: requires a single input partition and emits a single partition,
 /// ordered by `query_id`, then `distance`, then `row_id`.
 #[derive(Debug)]
-pub struct VectorIndexTopKExec {
+pub(crate) struct VectorIndexTopKExec {
     input: Arc<dyn ExecutionPlan>,
     k: usize,
     properties: Arc<PlanProperties>,
 }
 
 impl VectorIndexTopKExec {
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, k: usize) -> Result<Self> {
+    pub(crate) fn try_new(input: Arc<dyn ExecutionPlan>, k: usize) -> Result<Self> {
         Ok(Self {
             input,
             k,

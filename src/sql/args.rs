@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::ast::{self, FunctionArg, FunctionArgExpr};
 
 /// What an argument accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     /// A string literal.
     Str,
     /// A string literal or a bare identifier (table and column names).
@@ -38,13 +38,13 @@ impl Kind {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Param {
+pub(super) struct Param {
     pub name: &'static str,
     pub kind: Kind,
     pub required: bool,
 }
 
-pub const fn req(name: &'static str, kind: Kind) -> Param {
+pub(super) const fn req(name: &'static str, kind: Kind) -> Param {
     Param {
         name,
         kind,
@@ -52,7 +52,7 @@ pub const fn req(name: &'static str, kind: Kind) -> Param {
     }
 }
 
-pub const fn opt(name: &'static str, kind: Kind) -> Param {
+pub(super) const fn opt(name: &'static str, kind: Kind) -> Param {
     Param {
         name,
         kind,
@@ -62,13 +62,13 @@ pub const fn opt(name: &'static str, kind: Kind) -> Param {
 
 /// A procedure's or table function's signature.
 #[derive(Debug)]
-pub struct Signature {
+pub(super) struct Signature {
     pub name: &'static str,
     pub params: &'static [Param],
 }
 
 impl Signature {
-    pub fn accepted(&self) -> String {
+    pub(super) fn accepted(&self) -> String {
         self.params
             .iter()
             .map(|p| {
@@ -98,7 +98,7 @@ impl Signature {
 
     /// Orders SQL arguments (positional first, then `name => value`) by parameter,
     /// checking names, duplicates and required arguments.
-    pub fn bind<'a>(&self, args: &'a [FunctionArg]) -> Result<Vec<Option<&'a ast::Expr>>> {
+    pub(super) fn bind<'a>(&self, args: &'a [FunctionArg]) -> Result<Vec<Option<&'a ast::Expr>>> {
         let mut bound: Vec<Option<&ast::Expr>> = vec![None; self.params.len()];
         let mut named_seen = false;
         for (i, arg) in args.iter().enumerate() {
@@ -167,7 +167,7 @@ impl Signature {
 }
 
 /// Evaluates a constant expression (literals, `[…]`, `make_array`, casts, arithmetic).
-pub fn eval_const(session: &dyn Session, expr: &Expr) -> Result<ScalarValue> {
+pub(super) fn eval_const(session: &dyn Session, expr: &Expr) -> Result<ScalarValue> {
     let physical = session.create_physical_expr(expr.clone(), &DFSchema::empty())?;
     let one_row = RecordBatch::try_new_with_options(
         Arc::new(Schema::empty()),
@@ -182,7 +182,7 @@ pub fn eval_const(session: &dyn Session, expr: &Expr) -> Result<ScalarValue> {
 
 /// An evaluated argument.
 #[derive(Debug, Clone)]
-pub enum Value {
+pub(super) enum Value {
     Str(String),
     UInt(u64),
     Bool(bool),
@@ -190,7 +190,7 @@ pub enum Value {
 }
 
 /// Converts an evaluated constant to what `param` accepts.
-pub fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Option<Value>> {
+pub(super) fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Option<Value>> {
     if value.is_null() {
         return Ok(None);
     }
@@ -246,50 +246,50 @@ pub fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Result<Opt
 
 /// Bound and evaluated arguments, by parameter name.
 #[derive(Debug, Default)]
-pub struct Args {
+pub(super) struct Args {
     values: HashMap<&'static str, Value>,
 }
 
 impl Args {
-    pub fn new(values: HashMap<&'static str, Value>) -> Self {
+    pub(super) fn new(values: HashMap<&'static str, Value>) -> Self {
         Self { values }
     }
 
     /// A required string argument: present once bound (a missing or NULL one was
     /// refused by then), so this is never a silent default.
-    pub fn required_str(&self, name: &str) -> Result<&str> {
+    pub(super) fn required_str(&self, name: &str) -> Result<&str> {
         self.str(name)
             .ok_or_else(|| plan_datafusion_err!("missing required argument '{name}'"))
     }
 
     /// A required count argument; see [`Args::required_str`].
-    pub fn required_uint(&self, name: &str) -> Result<u64> {
+    pub(super) fn required_uint(&self, name: &str) -> Result<u64> {
         self.uint(name)
             .ok_or_else(|| plan_datafusion_err!("missing required argument '{name}'"))
     }
 
-    pub fn str(&self, name: &str) -> Option<&str> {
+    pub(super) fn str(&self, name: &str) -> Option<&str> {
         match self.values.get(name) {
             Some(Value::Str(s)) => Some(s),
             _ => None,
         }
     }
 
-    pub fn uint(&self, name: &str) -> Option<u64> {
+    pub(super) fn uint(&self, name: &str) -> Option<u64> {
         match self.values.get(name) {
             Some(Value::UInt(v)) => Some(*v),
             _ => None,
         }
     }
 
-    pub fn bool(&self, name: &str) -> Option<bool> {
+    pub(super) fn bool(&self, name: &str) -> Option<bool> {
         match self.values.get(name) {
             Some(Value::Bool(v)) => Some(*v),
             _ => None,
         }
     }
 
-    pub fn vector(&self, name: &str) -> Option<&[f32]> {
+    pub(super) fn vector(&self, name: &str) -> Option<&[f32]> {
         match self.values.get(name) {
             Some(Value::Vector(v)) => Some(v),
             _ => None,

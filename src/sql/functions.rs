@@ -13,15 +13,15 @@ use crate::format::IndexLocation;
 use crate::search::{SearchOptions, VectorSearchTable};
 use crate::staging::ShardsTable;
 
-pub const SHARDS: Signature = Signature {
+pub(super) const SHARDS: Signature = Signature {
     name: "vector_index_shards",
     params: &[req("index", Kind::Str)],
 };
-pub const SEGMENTS: Signature = Signature {
+pub(super) const SEGMENTS: Signature = Signature {
     name: "vector_index_segments",
     params: &[req("index", Kind::Str)],
 };
-pub const SEARCH: Signature = Signature {
+pub(super) const SEARCH: Signature = Signature {
     name: "vector_search",
     params: &[
         req("index", Kind::Str),
@@ -72,7 +72,7 @@ fn evaluate(sig: &'static Signature, args: &TableFunctionArgs) -> Result<(Args, 
 }
 
 #[derive(Debug)]
-pub struct ShardsFunction;
+pub(super) struct ShardsFunction;
 
 impl TableFunctionImpl for ShardsFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
@@ -82,7 +82,7 @@ impl TableFunctionImpl for ShardsFunction {
 }
 
 #[derive(Debug)]
-pub struct SegmentsFunction;
+pub(super) struct SegmentsFunction;
 
 impl TableFunctionImpl for SegmentsFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
@@ -92,7 +92,7 @@ impl TableFunctionImpl for SegmentsFunction {
 }
 
 #[derive(Debug)]
-pub struct SearchFunction;
+pub(super) struct SearchFunction;
 
 impl TableFunctionImpl for SearchFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {

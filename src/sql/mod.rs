@@ -5,4 +5,4 @@ mod functions;
 mod procedures;
 mod session;
 
-pub use session::{register, VectorIndexSession};
+pub use session::VectorIndexSession;

@@ -12,7 +12,8 @@ use datafusion::physical_plan::displayable;
 use datafusion::sql::sqlparser::ast::{self, FunctionArguments};
 
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
-use crate::finalize::{FinalizeOptions, SegmentGrouping, VacuumOptions};
+use crate::catalog::VacuumOptions;
+use crate::finalize::{FinalizeOptions, SegmentGrouping};
 use crate::model::{HnswParams, TrainOptions};
 use crate::VectorIndex;
 
@@ -334,7 +335,7 @@ fn str_col(v: &str) -> ArrayRef {
 }
 
 /// Runs `CALL <procedure>(…)`.
-pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
+pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
     let Bound { index, call } = Bound::new(ctx, call)?;
     match call {
         Call::Create {
@@ -385,7 +386,9 @@ pub async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<Reco
             Ok(vec![RecordBatch::try_new(
                 schema,
                 vec![
-                    Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.kind))),
+                    Arc::new(StringArray::from_iter_values(
+                        r.iter().map(|x| x.kind.name()),
+                    )),
                     Arc::new(StringArray::from_iter_values(
                         r.iter().map(|x| x.id.as_str()),
                     )),
@@ -419,7 +422,10 @@ async fn shard_input(
 }
 
 /// `EXPLAIN CALL …`: the plan a procedure would run, without running it.
-pub async fn explain(ctx: &SessionContext, call: &ast::Function) -> Result<Vec<RecordBatch>> {
+pub(super) async fn explain(
+    ctx: &SessionContext,
+    call: &ast::Function,
+) -> Result<Vec<RecordBatch>> {
     let Bound { index, call } = Bound::new(ctx, call)?;
     let (name, summary, plan) = match call {
         Call::Finalize(options) => {

@@ -19,7 +19,7 @@ use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH}
 use super::procedures;
 
 /// Registers the table functions and a `memory://` object store on `ctx`.
-pub fn register(ctx: &SessionContext) {
+pub(super) fn register(ctx: &SessionContext) {
     ctx.register_udtf("vector_index_shards", Arc::new(ShardsFunction));
     ctx.register_udtf("vector_index_segments", Arc::new(SegmentsFunction));
     ctx.register_udtf("vector_search", Arc::new(SearchFunction));

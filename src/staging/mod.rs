@@ -8,5 +8,5 @@ mod source;
 mod table;
 
 pub(crate) use source::{read_shard_row, Problem};
-pub use source::{ScannedShard, ScannedShards, ShardManifestSource, ShardStatus};
-pub use table::{list_staged_shards, shards_schema, ShardsTable, StagedShard};
+pub(crate) use source::{ScannedShards, ShardManifestSource, ShardStatus};
+pub(crate) use table::{list_staged_shards, ShardsTable};

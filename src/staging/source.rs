@@ -31,7 +31,7 @@ use crate::format::{IndexLocation, ShardManifest};
 /// [`shards_schema`]).
 /// A file that is not a `shard.json` stands for an incomplete shard.
 #[derive(Debug, Clone)]
-pub struct ShardManifestSource {
+pub(crate) struct ShardManifestSource {
     table_schema: TableSchema,
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
@@ -48,7 +48,7 @@ impl Default for ShardManifestSource {
 }
 
 impl ShardManifestSource {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let table_schema = TableSchema::from(shards_schema());
         Self {
             projection: SplitProjection::unprojected(&table_schema),
@@ -61,13 +61,13 @@ impl ShardManifestSource {
 
     /// Reads the shards of `location` with plain file I/O when it is on a local
     /// filesystem.
-    pub fn reading_local_files_of(mut self, location: &IndexLocation) -> Self {
+    pub(crate) fn reading_local_files_of(mut self, location: &IndexLocation) -> Self {
         self.index = Some(location.clone());
         self
     }
 
     /// Also keeps each complete shard it reads in `scanned`.
-    pub fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
+    pub(crate) fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
         self.scanned = Some(scanned);
         self
     }
@@ -174,7 +174,7 @@ impl FileOpener for ShardOpener {
 /// Whether a staged shard can be finalized, and if not, whose move it is: the
 /// `status` column of the staging table, which the plan operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardStatus {
+pub(crate) enum ShardStatus {
     /// Its files are all there and agree with `shard.json`.
     Complete,
     /// No `shard.json` (yet): its worker has not finished, or died.
@@ -186,7 +186,7 @@ pub enum ShardStatus {
 }
 
 impl ShardStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Complete => "complete",
             Self::Incomplete => "incomplete",
@@ -195,7 +195,7 @@ impl ShardStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::Complete,
             Self::Incomplete,
@@ -510,7 +510,7 @@ fn check_shard(
 
 /// A complete shard as a staging scan read and checked it.
 #[derive(Debug)]
-pub struct ScannedShard {
+pub(crate) struct ScannedShard {
     pub manifest: ShardManifest,
     pub fragments: RoaringBitmap,
 }
@@ -522,10 +522,10 @@ pub struct ScannedShard {
 /// (FORMAT.md). Shared like DataFusion's dynamic filters: created with the plan,
 /// handed to the scan that fills it and to the operator that reads it.
 #[derive(Debug, Clone, Default)]
-pub struct ScannedShards(Arc<Mutex<HashMap<String, Arc<ScannedShard>>>>);
+pub(crate) struct ScannedShards(Arc<Mutex<HashMap<String, Arc<ScannedShard>>>>);
 
 impl ScannedShards {
-    pub fn get(&self, dir: &str) -> Option<Arc<ScannedShard>> {
+    pub(crate) fn get(&self, dir: &str) -> Option<Arc<ScannedShard>> {
         self.lock().get(dir).cloned()
     }
 

@@ -42,13 +42,13 @@ static SHARDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// and is consistent with its sidecar; otherwise `status` says whose move it is
 /// (`incomplete`: the worker's; `invalid`: the shard is damaged; `unreadable`: the
 /// store failed, retry) and `problem` says why.
-pub fn shards_schema() -> SchemaRef {
+pub(crate) fn shards_schema() -> SchemaRef {
     Arc::clone(&SHARDS_SCHEMA)
 }
 
 /// A shard folder found under `_staging/`.
 #[derive(Debug, Clone)]
-pub struct StagedShard {
+pub(crate) struct StagedShard {
     pub shard_id: String,
     pub dir: Path,
     /// `shard.json` when present; otherwise some file of the folder.
@@ -59,7 +59,9 @@ pub struct StagedShard {
 
 /// Lists the shard folders of the staging area, sorted by shard id: one listing of
 /// the whole staging area (one call, however many shards are staged).
-pub async fn list_staged_shards(location: &IndexLocation) -> crate::Result<Vec<StagedShard>> {
+pub(crate) async fn list_staged_shards(
+    location: &IndexLocation,
+) -> crate::Result<Vec<StagedShard>> {
     let staging = location.staging_dir();
     let depth = staging.parts().count();
     let mut files: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
@@ -102,13 +104,13 @@ pub async fn list_staged_shards(location: &IndexLocation) -> crate::Result<Vec<S
 /// The staging area of one index. Scans as a `DataSourceExec` whose file groups
 /// hold one file per shard, spread over the session's target partitions.
 #[derive(Debug, Clone)]
-pub struct ShardsTable {
+pub(crate) struct ShardsTable {
     location: IndexLocation,
     scanned: Option<ScannedShards>,
 }
 
 impl ShardsTable {
-    pub fn new(location: IndexLocation) -> Self {
+    pub(crate) fn new(location: IndexLocation) -> Self {
         Self {
             location,
             scanned: None,
@@ -117,7 +119,7 @@ impl ShardsTable {
 
     /// Scans of this table also keep each complete shard they read in `scanned`
     /// (see [`ScannedShards`]).
-    pub fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
+    pub(crate) fn keeping_shards_in(mut self, scanned: ScannedShards) -> Self {
         self.scanned = Some(scanned);
         self
     }

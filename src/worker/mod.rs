@@ -6,6 +6,6 @@ mod shard_writer;
 pub use shard_writer::ShardWriter;
 
 /// The fragment a row id belongs to (Lance's row-address convention).
-pub fn fragment_of(row_id: u64) -> u32 {
+pub(crate) fn fragment_of(row_id: u64) -> u32 {
     (row_id >> 32) as u32
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use arrow::array::ArrayRef;
 use datafusion::prelude::SessionContext;
+use datafusion_vector_index::datasets::SplitMix64;
 use datafusion_vector_index::format::IndexLocation;
-use datafusion_vector_index::model::rng::SplitMix64;
-use datafusion_vector_index::model::{train_model, IndexType, Metric, Model, TrainOptions};
-use datafusion_vector_index::search::SearchOptions;
-use datafusion_vector_index::worker::ShardWriter;
+use datafusion_vector_index::SearchOptions;
+use datafusion_vector_index::ShardWriter;
 use datafusion_vector_index::VectorIndex;
+use datafusion_vector_index::{IndexType, Metric, Model, TrainOptions};
 
 pub const DIM: usize = 16;
 
@@ -56,7 +56,7 @@ pub fn train(data: &[f32], index_type: IndexType, metric: Metric, partitions: us
         seed: 3,
         ..Default::default()
     };
-    train_model(DIM, data.to_vec(), &options).unwrap()
+    Model::train(DIM, data.to_vec(), &options).unwrap()
 }
 
 pub struct TestIndex {
@@ -89,10 +89,6 @@ impl TestIndex {
         let store = object_store::limit::LimitStore::new(local, 16);
         ctx.register_object_store(&url::Url::parse("wrapped://t").unwrap(), Arc::new(store));
         let index = VectorIndex::open(&ctx, "wrapped://t/idx").unwrap();
-        assert!(index
-            .location()
-            .local_file(&index.location().path("x"))
-            .is_none());
         model.write(index.location()).await.unwrap();
         Self { dir, ctx, index }
     }

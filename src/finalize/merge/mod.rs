@@ -27,7 +27,7 @@ use crate::worker::fragment_of;
 
 /// What a merge partition keeps from one work unit to the next.
 #[derive(Default)]
-pub struct MergeState {
+pub(super) struct MergeState {
     scratch: local::Scratch,
     /// HNSW types: the whole model, to decode merged rows for their graphs; read
     /// (and its fingerprint checked) on the partition's first unit.
@@ -62,7 +62,7 @@ impl MergeState {
 
 /// Merges `unit` into `segments/<segment>/<file_name>` and describes the file written.
 /// On error the partial file is removed; nothing else is touched.
-pub async fn merge_unit(
+pub(super) async fn merge_unit(
     location: &IndexLocation,
     model: &Arc<ModelInfo>,
     unit: &WorkUnit,

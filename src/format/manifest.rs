@@ -132,7 +132,7 @@ impl Versioned for IndexManifest {
                 ),
             ));
         }
-        self.params.check(what)
+        self.params.check(what).map(|_| ())
     }
 }
 

@@ -133,10 +133,8 @@ pub(super) async fn read_index_manifest(location: &IndexLocation) -> Result<Inde
 
 pub(super) async fn read_current_model_info(location: &IndexLocation) -> Result<ModelInfo> {
     let manifest = read_index_manifest(location).await?;
-    Ok(ModelInfo {
-        params: manifest.params,
-        fingerprint: manifest.model,
-    })
+    let what = location.index_manifest().to_string();
+    ModelInfo::try_new(manifest.params, manifest.model, &what)
 }
 
 pub(super) async fn read_current_model(location: &IndexLocation) -> Result<Model> {
@@ -306,9 +304,9 @@ mod tests {
             params(IndexType::IvfSq, None),
             params(IndexType::IvfFlat, None),
         ];
-        for p in &ok {
-            p.check("model m").unwrap();
-        }
+        let widths: Vec<usize> = ok.iter().map(|p| p.check("model m").unwrap()).collect();
+        let dim = ok[0].dim as usize;
+        assert_eq!(widths, vec![2, dim, dim * 4], "bytes per stored row");
         let bad = [
             params(IndexType::IvfPq, Some(3)),
             params(IndexType::IvfPq, Some(0)),

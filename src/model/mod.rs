@@ -235,27 +235,31 @@ pub struct ModelParams {
 
 impl ModelParams {
     /// Rejects parameters no model can have (the tensors are checked against them on
-    /// a full read).
-    pub(crate) fn check(&self, what: &str) -> crate::error::Result<()> {
+    /// a full read); for those a model can have, the bytes of one stored row.
+    pub(crate) fn check(&self, what: &str) -> crate::error::Result<usize> {
         crate::format::check_version(what, self.format_version)?;
-        let dim = self.dim;
-        let bad = match self.num_sub_vectors {
-            _ if dim == 0 || self.num_partitions == 0 => true,
-            Some(m) => {
-                m == 0 || !dim.is_multiple_of(m) || self.index_type.quantizer() != Quantizer::Pq
-            }
-            None => self.index_type.quantizer() == Quantizer::Pq,
+        self.row_width(what)
+    }
+
+    /// Bytes of one stored row, or an error when no model has these parameters.
+    fn row_width(&self, what: &str) -> crate::error::Result<usize> {
+        let dim = self.dim as usize;
+        let width = match (self.index_type.quantizer(), self.num_sub_vectors) {
+            _ if dim == 0 || self.num_partitions == 0 => None,
+            (Quantizer::Flat, None) => Some(dim * 4),
+            (Quantizer::Sq, None) => Some(dim),
+            (Quantizer::Pq, Some(m)) if m > 0 && dim.is_multiple_of(m as usize) => Some(m as usize),
+            _ => None,
         };
-        if bad {
-            return Err(IndexError::corrupt(
+        width.ok_or_else(|| {
+            IndexError::corrupt(
                 what,
                 format!(
                     "parameters do not describe a model: dim {dim}, {} partitions, num_sub_vectors {:?}",
                     self.num_partitions, self.num_sub_vectors
                 ),
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 }
 
@@ -265,9 +269,25 @@ impl ModelParams {
 pub struct ModelInfo {
     params: ModelParams,
     fingerprint: String,
+    /// Bytes of one stored row, derived from checked parameters.
+    code_width: usize,
 }
 
 impl ModelInfo {
+    /// The identity of a model with checked parameters (`what` names them in errors).
+    pub(crate) fn try_new(
+        params: ModelParams,
+        fingerprint: String,
+        what: &str,
+    ) -> crate::error::Result<Self> {
+        let code_width = params.row_width(what)?;
+        Ok(Self {
+            params,
+            fingerprint,
+            code_width,
+        })
+    }
+
     pub fn params(&self) -> &ModelParams {
         &self.params
     }
@@ -299,11 +319,7 @@ impl ModelInfo {
 
     /// Bytes one stored row takes besides its row id.
     pub(crate) fn code_width(&self) -> usize {
-        match self.index_type().quantizer() {
-            Quantizer::Flat => self.dim() * 4,
-            Quantizer::Pq => self.params.num_sub_vectors.unwrap_or(0) as usize,
-            Quantizer::Sq => self.dim(),
-        }
+        self.code_width
     }
 
     /// The Arrow schema of the stored rows (shards and segments alike).
@@ -438,10 +454,7 @@ impl Model {
             _ => {}
         }
         let mut model = Self {
-            info: ModelInfo {
-                params,
-                fingerprint: String::new(),
-            },
+            info: ModelInfo::try_new(params, String::new(), "model")?,
             centroids,
             codec,
         };

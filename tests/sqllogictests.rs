@@ -3,6 +3,10 @@
 //! runtime with its own `$__TEST_DIR__`.
 //!
 //! `cargo test --test sqllogictests -- <filter>` runs the files whose name contains `<filter>`.
+//!
+//! The files in `sqllogictests/s3/` need the `s3` feature: they run against an S3
+//! server started on 127.0.0.1 before the first file, with `$S3_TEST_BUCKET` a bucket
+//! of their own and the `AWS_*` variables pointing at the server.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -16,6 +20,10 @@ use datafusion_vector_index::VectorIndexSession;
 use regex::Regex;
 use sqllogictest::harness::{run, Arguments, Failed, Trial};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
+
+#[cfg(feature = "s3")]
+#[path = "common/s3.rs"]
+mod s3_server;
 
 struct Db {
     session: VectorIndexSession,
@@ -134,7 +142,10 @@ fn normalize(s: &String) -> String {
     });
     static FINGERPRINT: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"\b[0-9a-f]{32}\b").expect("regex"));
+    static BUCKET: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"bucket-[0-9]+-[0-9]+").expect("regex"));
     let s = DIR.replace_all(s, "<dir>");
+    let s = BUCKET.replace_all(&s, "<bucket>");
     let s = UUID.replace_all(&s, "<uuid>");
     FINGERPRINT
         .replace_all(&s, "<fingerprint>")
@@ -205,6 +216,8 @@ fn slt_files(dir: &Path) -> Vec<PathBuf> {
 
 fn main() {
     let args = Arguments::from_args();
+    #[cfg(feature = "s3")]
+    std::env::set_var("S3_TEST_BUCKET", s3_server::server().bucket());
     let mut dirs = vec![(
         String::new(),
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sqllogictests"),
@@ -215,6 +228,9 @@ fn main() {
     let mut trials = Vec::new();
     for (prefix, dir) in dirs {
         for file in slt_files(&dir) {
+            if cfg!(not(feature = "s3")) && file.parent().is_some_and(|p| p.ends_with("s3")) {
+                continue;
+            }
             let name = format!(
                 "{prefix}{}",
                 file.strip_prefix(&dir).unwrap_or(&file).display()

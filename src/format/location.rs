@@ -43,23 +43,50 @@ impl fmt::Debug for IndexLocation {
 }
 
 impl IndexLocation {
-    /// Resolves `url` (`file:///…`, `memory:///…`, `s3://bucket/…`) through the object
-    /// stores registered with DataFusion's runtime.
+    /// Resolves `url` (`file:///…`, `memory:///…`, `s3://bucket/…`, …) through the
+    /// object stores registered with DataFusion's runtime. A cloud URL without one gets
+    /// a store built from the environment, registered for the next use
+    /// ([`super::cloud`]).
     pub(crate) fn from_url(url: &str, runtime: &RuntimeEnv) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
             IndexError::invalid_argument("index", format!("'{url}' is not a URL: {e}"))
         })?;
+        // Credentials in a URL would be echoed by every error and EXPLAIN that names it.
+        if parsed.password().is_some() || parsed.query().is_some() {
+            return Err(IndexError::invalid_argument(
+                "index",
+                "the index URL carries a password or a query string; pass credentials \
+                 through the environment (README, \"Object stores\") instead",
+            ));
+        }
         let store_url = ObjectStoreUrl::parse(&parsed[..url::Position::BeforePath])
             .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
-        let store = runtime.object_store(&store_url).map_err(|_| {
-            IndexError::invalid_argument(
-                "index",
-                format!(
-                    "no object store for '{url}': none is registered for {}; register one with the session (SessionContext::register_object_store)",
-                    store_url.as_str()
-                ),
-            )
-        })?;
+        let store = match runtime.object_store(&store_url) {
+            Ok(store) => store,
+            Err(_) => {
+                match super::cloud::store_for(&parsed, &super::cloud::StoreEnv::from_process())? {
+                    Some(store) => {
+                        runtime.register_object_store(store_url.as_ref(), Arc::clone(&store));
+                        store
+                    }
+                    None => {
+                        let remedy = match super::cloud::feature_of(parsed.scheme()) {
+                        Some(feature) => format!(
+                            "this build has no `{feature}` feature; build with --features {feature}, or register a store with the session (SessionContext::register_object_store)"
+                        ),
+                        None => "register one with the session (SessionContext::register_object_store)".to_string(),
+                    };
+                        return Err(IndexError::invalid_argument(
+                            "index",
+                            format!(
+                                "no object store for '{url}': none is registered for {}; {remedy}",
+                                store_url.as_str()
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
         let root = Path::from_url_path(parsed.path())
             .map_err(|e| IndexError::invalid_argument("index", e.to_string()))?;
         let local = local_filesystem(store.as_ref());
@@ -130,16 +157,31 @@ impl IndexLocation {
         self.path(&format!("_versions/{version}.json"))
     }
 
+    /// The object's full URL (`s3://bucket/idx/index.json`), for errors.
+    pub(crate) fn object_url(&self, path: &Path) -> String {
+        format!("{}{path}", self.store_url.as_str())
+    }
+
+    /// A store failure on `path`, naming the operation and the object's URL.
+    fn failed(&self, operation: &str, path: &Path, e: object_store::Error) -> IndexError {
+        IndexError::store(format!("{operation} {}", self.object_url(path)), e)
+    }
+
     pub(crate) async fn get(&self, path: &Path) -> Result<Bytes> {
-        Ok(self.store.get(path).await?.bytes().await?)
+        let read = async { self.store.get(path).await?.bytes().await };
+        read.await.map_err(|e| self.failed("reading", path, e))
     }
 
     /// `None` when the object does not exist.
     pub(crate) async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.store.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await?)),
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| self.failed("reading", path, e))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.failed("reading", path, e)),
         }
     }
 
@@ -177,7 +219,10 @@ impl IndexLocation {
     }
 
     pub(crate) async fn put(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
-        self.store.put(path, bytes.into()).await?;
+        self.store
+            .put(path, bytes.into())
+            .await
+            .map_err(|e| self.failed("writing", path, e))?;
         Ok(())
     }
 
@@ -194,13 +239,24 @@ impl IndexLocation {
         match self.store.put_opts(path, bytes.into(), opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e @ object_store::Error::NotImplemented { .. }) => Err(IndexError::store(
+                format!(
+                    "creating {} only if absent, which the commit protocol needs: the store does not support conditional writes (FORMAT.md, \"What the store must guarantee\"); for S3-compatible stores, do not set AWS_CONDITIONAL_PUT=disabled",
+                    self.object_url(path)
+                ),
+                e,
+            )),
+            Err(e) => Err(self.failed("creating", path, e)),
         }
     }
 
     /// Names of the immediate sub-folders of `dir`, sorted.
     pub(crate) async fn list_dirs(&self, dir: &Path) -> Result<Vec<String>> {
-        let listing = self.store.list_with_delimiter(Some(dir)).await?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(dir))
+            .await
+            .map_err(|e| self.failed("listing", dir, e))?;
         let mut names: Vec<String> = listing
             .common_prefixes
             .iter()
@@ -212,7 +268,11 @@ impl IndexLocation {
 
     /// Files directly in `dir`: (name, size), sorted by name.
     pub(crate) async fn list_files(&self, dir: &Path) -> Result<Vec<(String, u64)>> {
-        let listing = self.store.list_with_delimiter(Some(dir)).await?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(dir))
+            .await
+            .map_err(|e| self.failed("listing", dir, e))?;
         let mut files: Vec<(String, u64)> = listing
             .objects
             .iter()
@@ -229,12 +289,13 @@ impl IndexLocation {
             .list(Some(dir))
             .map_ok(|m| m.location)
             .try_collect()
-            .await?;
+            .await
+            .map_err(|e| self.failed("listing", dir, e))?;
         let n = paths.len();
         for p in paths {
             match self.store.delete(&p).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.failed("deleting", &p, e)),
             }
         }
         Ok(n)

@@ -1,5 +1,6 @@
 //! The on-disk format: paths, manifests and Arrow IPC blocks (specified in FORMAT.md).
 
+mod cloud;
 mod ipc;
 mod location;
 mod manifest;

@@ -86,9 +86,21 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
         size: bytes.len() as u64,
         crc32: crc32fast::hash(&bytes),
     };
-    location
-        .put_if_absent(&location.model_file(model.fingerprint()), bytes)
-        .await?;
+    let model_path = location.model_file(model.fingerprint());
+    if location.put_if_absent(&model_path, bytes.clone()).await? {
+        // Commits rely on create-if-absent; a store that ignores it would let two
+        // finalizers both commit a version. Asking twice shows it before anything
+        // depends on it (FORMAT.md, "What the store must guarantee").
+        if location.put_if_absent(&model_path, bytes).await? {
+            return Err(IndexError::invalid_argument(
+                "index",
+                format!(
+                    "the object store at {} ignored a conditional write (PUT with If-None-Match: *), which committing versions needs; use a store that supports conditional writes",
+                    location.url()
+                ),
+            ));
+        }
+    }
 
     let manifest = IndexManifest {
         format_version: crate::format::FORMAT_VERSION,

@@ -32,8 +32,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
 use datafusion_vector_index::{
-    FinalizeOptions, IndexType, Metric, ShardWriter, TrainOptions, VectorIndex,
-    VectorIndexSession,
+    FinalizeOptions, IndexType, Metric, ShardWriter, TrainOptions, VectorIndex, VectorIndexSession,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -146,11 +145,9 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, runs: usize) -> St
         ..Default::default()
     };
     let sample_rows = options.sample_rows().min(rows);
-    let sample = RecordBatch::try_from_iter([(
-        "vec",
-        vector_column(&data[..sample_rows * DIM], DIM),
-    )])
-    .unwrap();
+    let sample =
+        RecordBatch::try_from_iter([("vec", vector_column(&data[..sample_rows * DIM], DIM))])
+            .unwrap();
     let model = index
         .create(ctx.read_batch(sample).unwrap(), "vec", &options)
         .await
@@ -165,7 +162,9 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, runs: usize) -> St
         for chunk in mine.chunks(8192) {
             let ids: Vec<u64> = chunk.iter().map(|&i| row_id(i, rows)).collect();
             let vals = &data[chunk[0] * DIM..(chunk[chunk.len() - 1] + 1) * DIM];
-            writer.write(&ids, &vector_column(vals, DIM), "vec").unwrap();
+            writer
+                .write(&ids, &vector_column(vals, DIM), "vec")
+                .unwrap();
         }
         writer.finish().await.unwrap();
     }

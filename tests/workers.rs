@@ -97,6 +97,16 @@ fn worker_processes_stage_into_one_bucket_and_a_coordinator_finalizes() {
         "{shards}"
     );
 
+    let listed = succeeds(dvi(&format!(
+        "SELECT shard_id FROM vector_index_shards('{index}') WHERE status = 'incomplete'"
+    )));
+    let incomplete = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split_whitespace().next())
+        .find(|id| id.len() == 36)
+        .unwrap_or_else(|| panic!("no incomplete shard id in {listed}"))
+        .to_string();
+
     // The default refuses, naming the incomplete shard.
     let output = dvi(&format!("CALL finalize_vector_index(index => '{index}')"))
         .output()
@@ -106,7 +116,9 @@ fn worker_processes_stage_into_one_bucket_and_a_coordinator_finalizes() {
     assert!(
         stderr.starts_with("dvi: ")
             && stderr.trim_end().lines().count() == 1
-            && stderr.contains("incomplete shards (no shard.json) are staged: ")
+            && stderr.contains(&format!(
+                "incomplete shards (no shard.json) are staged: {incomplete}"
+            ))
             && stderr.contains("skip_incomplete => true"),
         "{stderr}"
     );

@@ -123,6 +123,12 @@ impl FileSource for ShardManifestSource {
         "vector_index_shard"
     }
 
+    /// A manifest is one unit: split into byte ranges, each range's opener would read
+    /// the whole shard, and the shard would be listed (and finalized) once per range.
+    fn supports_repartitioning(&self) -> bool {
+        false
+    }
+
     fn fmt_extra(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,

@@ -28,12 +28,11 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, RecordBatch};
 use datafusion::prelude::SessionContext;
 use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
-use datafusion_vector_index::FinalizeOptions;
 use datafusion_vector_index::SearchOptions;
 use datafusion_vector_index::{HnswParams, IndexType, Metric, TrainOptions};
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
-use common::env_usize;
+use common::{child_field, env_types, env_usize, finalize_child, stats};
 
 const DIM: usize = 128;
 const PARTITIONS: usize = 256;
@@ -69,41 +68,6 @@ fn dir_bytes(p: &Path) -> u64 {
         }
     }
     total
-}
-
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    (s[s.len() / 2], s[0], s[s.len() - 1])
-}
-
-/// Child mode: finalize one index and report its time, the part of it spent removing
-/// the consumed shards after the commit, and peak RSS.
-async fn child(url: &str) {
-    let session = VectorIndexSession::new();
-    let ctx = session.context();
-    let index = VectorIndex::open(ctx, url).unwrap();
-    // FINALIZE_BENCH_MERGE_PARTITIONS=1 merges on one thread, e.g. to profile it.
-    let options = FinalizeOptions {
-        merge_partitions: std::env::var("FINALIZE_BENCH_MERGE_PARTITIONS")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let plan = index.finalize_plan(ctx, &options).await.unwrap();
-    datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-        .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let cleanup = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("cleanup_time"))
-        .map_or(f64::NAN, |v| v.as_usize() as f64 / 1e9);
-    println!(
-        "finalize_secs={secs} cleanup_secs={cleanup} peak_rss_kib={}",
-        common::proc_status_kib("VmHWM")
-    );
 }
 
 /// Reads every file below `dir`, so that it is in the page cache.
@@ -242,12 +206,7 @@ async fn bench_type(
             "finalize failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let field = |k: &str| -> f64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN)
-        };
+        let field = |k: &str| child_field(&text, k.trim_end_matches('='));
         fin.push(field("finalize_secs="));
         cleanup.push(field("cleanup_secs="));
         rss.push(field("peak_rss_kib=") / 1024.0);
@@ -351,17 +310,17 @@ fn main() {
         .build()
         .unwrap();
     if let Ok(url) = std::env::var("FINALIZE_BENCH_CHILD") {
-        rt.block_on(child(&url));
+        // FINALIZE_BENCH_MERGE_PARTITIONS=1 merges on one thread, e.g. to profile it.
+        let merge_partitions = std::env::var("FINALIZE_BENCH_MERGE_PARTITIONS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        rt.block_on(finalize_child(&url, merge_partitions));
         return;
     }
     // `cargo bench` passes `--bench`; nothing else to parse.
     let rows = env_usize("FINALIZE_BENCH_ROWS", 1_000_000);
     let runs = env_usize("FINALIZE_BENCH_RUNS", 5).max(1);
-    let types: Vec<IndexType> = std::env::var("FINALIZE_BENCH_TYPES")
-        .unwrap_or_else(|_| "IVF_FLAT,IVF_PQ,IVF_SQ".into())
-        .split(',')
-        .map(|t| t.trim().parse().unwrap())
-        .collect();
+    let types = env_types("FINALIZE_BENCH_TYPES");
     let keep = std::env::var("FINALIZE_BENCH_KEEP").is_ok();
     let work = tempfile::Builder::new()
         .prefix("finalize-bench")

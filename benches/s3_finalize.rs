@@ -32,14 +32,14 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
 use datafusion_vector_index::{
-    FinalizeOptions, IndexType, Metric, ShardWriter, TrainOptions, VectorIndex, VectorIndexSession,
+    IndexType, Metric, ShardWriter, TrainOptions, VectorIndex, VectorIndexSession,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use common::env_usize;
+use common::{child_field, env_types, env_usize, finalize_child, stats};
 
 const DIM: usize = 128;
 const PARTITIONS: usize = 256;
@@ -50,36 +50,6 @@ const CLUSTERS: usize = 1024;
 fn row_id(i: usize, rows: usize) -> u64 {
     let per = rows.div_ceil(FRAGMENTS);
     (((i / per) as u64) << 32) | (i % per) as u64
-}
-
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    (s[s.len() / 2], s[0], s[s.len() - 1])
-}
-
-/// Child mode: finalize one index and report its time, removal time and peak RSS.
-async fn child(url: &str) {
-    let session = VectorIndexSession::new();
-    let ctx = session.context();
-    let index = VectorIndex::open(ctx, url).unwrap();
-    let t = Instant::now();
-    let plan = index
-        .finalize_plan(ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
-    datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-        .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let cleanup = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("cleanup_time"))
-        .map_or(f64::NAN, |v| v.as_usize() as f64 / 1e9);
-    println!(
-        "finalize_secs={secs} cleanup_secs={cleanup} peak_rss_kib={}",
-        common::proc_status_kib("VmHWM")
-    );
 }
 
 /// Every object below `prefix`: (path, size).
@@ -194,12 +164,7 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, runs: usize) -> St
             "finalize failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let field = |k: &str| -> f64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN)
-        };
+        let field = |k: &str| child_field(&text, k.trim_end_matches('='));
         fin.push(field("finalize_secs="));
         cleanup.push(field("cleanup_secs="));
         rss.push(field("peak_rss_kib=") / 1024.0);
@@ -244,16 +209,12 @@ fn main() {
         .build()
         .unwrap();
     if let Ok(url) = std::env::var("S3_BENCH_CHILD") {
-        rt.block_on(child(&url));
+        rt.block_on(finalize_child(&url, None));
         return;
     }
     let rows = env_usize("S3_BENCH_ROWS", 1_000_000);
     let runs = env_usize("S3_BENCH_RUNS", 3).max(1);
-    let types: Vec<IndexType> = std::env::var("S3_BENCH_TYPES")
-        .unwrap_or_else(|_| "IVF_FLAT,IVF_PQ,IVF_SQ".into())
-        .split(',')
-        .map(|t| t.trim().parse().unwrap())
-        .collect();
+    let types = env_types("S3_BENCH_TYPES");
     println!(
         "s3 finalize bench: {rows} rows × {DIM}, {} cores, server at {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),

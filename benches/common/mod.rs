@@ -20,3 +20,54 @@ pub fn proc_status_kib(field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Median, min and max.
+pub fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// The index types named by `var` (comma-separated), by default FLAT, PQ and SQ.
+pub fn env_types(var: &str) -> Vec<datafusion_vector_index::IndexType> {
+    std::env::var(var)
+        .unwrap_or_else(|_| "IVF_FLAT,IVF_PQ,IVF_SQ".into())
+        .split(',')
+        .map(|t| t.trim().parse().unwrap())
+        .collect()
+}
+
+/// Child mode of the finalize benches: finalizes the index at `url` and prints its
+/// time, the part of it spent removing the consumed shards after the commit (the
+/// commit operator's `cleanup_time`), and peak RSS, as `key=value` words.
+pub async fn finalize_child(url: &str, merge_partitions: Option<usize>) {
+    let session = datafusion_vector_index::VectorIndexSession::new();
+    let ctx = session.context();
+    let index = datafusion_vector_index::VectorIndex::open(ctx, url).unwrap();
+    let options = datafusion_vector_index::FinalizeOptions {
+        merge_partitions,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let plan = index.finalize_plan(ctx, &options).await.unwrap();
+    datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let cleanup = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name("cleanup_time"))
+        .map_or(f64::NAN, |v| v.as_usize() as f64 / 1e9);
+    println!(
+        "finalize_secs={secs} cleanup_secs={cleanup} peak_rss_kib={}",
+        proc_status_kib("VmHWM")
+    );
+}
+
+/// The value of `key=` in a child's output, NaN when missing.
+pub fn child_field(text: &str, key: &str) -> f64 {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}

@@ -4,7 +4,7 @@
 //! with the default `ef`).
 //!
 //! ```text
-//! cargo run --release --example quickstart [INDEX_ROOT] [--rows N]
+//! cargo run --example quickstart [INDEX_ROOT] [--rows N]
 //! ```
 //! INDEX_ROOT is a folder or URL under which one index per type is created
 //! (default: a temporary folder, removed at the end).

@@ -82,3 +82,15 @@ pub(crate) fn vectors<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Fixe
             .filter(|l| l.value_type() == arrow::datatypes::DataType::Float32)
     })
 }
+
+/// The rows `plan` will produce, when its statistics know them exactly before it runs
+/// (an in-memory table, Parquet without a filter).
+pub(crate) fn exact_rows(plan: &dyn ExecutionPlan) -> Option<u64> {
+    let stats = datafusion::physical_plan::StatisticsContext::new()
+        .compute(plan, &datafusion::physical_plan::StatisticsArgs::new())
+        .ok()?;
+    match stats.num_rows {
+        datafusion::common::stats::Precision::Exact(n) => Some(n as u64),
+        _ => None,
+    }
+}

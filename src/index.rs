@@ -7,17 +7,19 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, UInt64Type};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::{collect, execute_stream, ExecutionPlan};
 use futures::StreamExt;
 
 use crate::catalog::SegmentsTable;
 use crate::catalog::{vacuum, VacuumOptions, VacuumReport};
 use crate::error::{IndexError, Result};
-use crate::exec::primitive;
+use crate::exec::{exact_rows, primitive};
 use crate::finalize::{finalize_plan, FinalizeOptions};
 use crate::format::{IndexLocation, ShardManifest, VersionManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
 use crate::model::{train_model, Model, SampleCollector, TrainOptions};
+use crate::progress::{ProgressStep, Tracker};
 use crate::search::{search_plan, SearchOptions, SearchTarget};
 use crate::staging::ShardsTable;
 use crate::worker::ShardWriter;
@@ -51,7 +53,8 @@ impl VectorIndex {
         options: &TrainOptions,
     ) -> Result<Model> {
         check_vector_column(&df, column)?;
-        let mut stream = df.select_columns(&[column])?.execute_stream().await?;
+        let (mut stream, tracker) =
+            tracked_stream(df.select_columns(&[column])?, ProgressStep::Sampling).await?;
         let mut sample: Option<SampleCollector> = None;
         let mut rows = Vec::new();
         let mut seen = 0u64;
@@ -83,6 +86,7 @@ impl VectorIndex {
             )?;
             seen += array.len() as u64;
             collector.push_rows(&rows);
+            tracker.add(ProgressStep::Sampling, array.len() as u64);
         }
         let sample = sample.ok_or_else(|| {
             IndexError::InvalidInput(format!("column '{column}' has no rows to train on"))
@@ -90,7 +94,7 @@ impl VectorIndex {
         let dim = sample.dim();
         let model = tokio::task::spawn_blocking({
             let options = options.clone();
-            move || train_model(dim, sample.finish(), &options)
+            move || train_model(dim, sample.finish(), &options, &tracker)
         })
         .await
         .map_err(|e| IndexError::task_failed("training", e))??;
@@ -157,10 +161,11 @@ impl VectorIndex {
                 ),
             ));
         }
-        let mut stream = df
-            .select_columns(&[row_id, column])?
-            .execute_stream()
-            .await?;
+        let (mut stream, tracker) = tracked_stream(
+            df.select_columns(&[row_id, column])?,
+            ProgressStep::Encoding,
+        )
+        .await?;
         let strict = CastOptions {
             safe: false,
             ..Default::default()
@@ -183,6 +188,7 @@ impl VectorIndex {
                 batch.column(1),
                 column,
             )?;
+            tracker.add(ProgressStep::Encoding, batch.num_rows() as u64);
         }
         Ok(())
     }
@@ -251,6 +257,19 @@ impl VectorIndex {
     pub async fn vacuum(&self, options: &VacuumOptions) -> Result<VacuumReport> {
         vacuum(&self.location, options).await
     }
+}
+
+/// Runs `df` with its session's progress: `step` starts with the input's row count
+/// when the plan knows it exactly.
+async fn tracked_stream(
+    df: DataFrame,
+    step: ProgressStep,
+) -> Result<(SendableRecordBatchStream, Tracker)> {
+    let task_ctx = Arc::new(df.task_ctx());
+    let tracker = Tracker::of_task(&task_ctx);
+    let plan = df.create_physical_plan().await?;
+    tracker.start(step, exact_rows(plan.as_ref()));
+    Ok((execute_stream(plan, task_ctx)?, tracker))
 }
 
 fn check_vector_column(df: &DataFrame, column: &str) -> Result<()> {

@@ -14,6 +14,8 @@
 //! - [`format`](mod@format): the manifests of the on-disk format, for readers of it.
 //! - [`datasets`]: seeded synthetic vectors for examples, benchmarks and tests.
 //! - [`limits`]: the bounds every count argument is checked against.
+//! - [`Progress`]: live counters of training, shard building, finalize and search,
+//!   attached to a session and readable while they run.
 //!
 //! The plans' operators, the merge and the HNSW graphs are crate-private.
 #![warn(unreachable_pub)]
@@ -28,6 +30,7 @@ mod hnsw;
 mod index;
 pub mod limits;
 mod model;
+mod progress;
 mod search;
 mod sql;
 mod staging;
@@ -38,6 +41,7 @@ pub use error::{IndexError, Result};
 pub use finalize::{FinalizeOptions, SegmentGrouping};
 pub use index::{SearchHit, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
+pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
 pub use search::SearchOptions;
 pub use sql::VectorIndexSession;
 pub use worker::ShardWriter;

@@ -170,6 +170,9 @@ fn dvi_reports_a_failing_statement_in_one_line_and_exits_1() {
             && stderr.trim_end().lines().count() == 1,
         "{stderr}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_dvi")).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dvi"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }

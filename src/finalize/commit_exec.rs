@@ -28,6 +28,7 @@ use crate::catalog::{remove_consumed, Committed, NewSegment, Transaction};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
+use crate::progress::{ProgressStep, Tracker};
 
 /// Schema of the rows emitted by a finalize: one per new segment.
 pub(crate) fn commit_output_schema() -> SchemaRef {
@@ -142,6 +143,7 @@ impl ExecutionPlan for VectorIndexCommitExec {
                 "VectorIndexCommitExec has one partition, asked for {partition}"
             );
         }
+        let tracker = Tracker::of_task(&context);
         let input = self.input.execute(0, context)?;
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
@@ -150,7 +152,10 @@ impl ExecutionPlan for VectorIndexCommitExec {
         let stream = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let t = transaction(&batches, &location, &model, &options)?;
-            Ok(commit(t, &location, &cleanup_time).await?)
+            tracker.start(ProgressStep::Commit, Some(1));
+            let out = commit(t, &location, &cleanup_time).await?;
+            tracker.add(ProgressStep::Commit, 1);
+            Ok(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             commit_output_schema(),

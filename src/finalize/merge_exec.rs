@@ -21,6 +21,7 @@ use super::work_units::{units_of, UnitRow};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
+use crate::progress::{ProgressStep, Tracker};
 
 /// Merges work units (rows of [`super::work_unit_schema`]) into segment
 /// data files under `segments/<segment_id>/`, which no committed version references yet.
@@ -128,6 +129,7 @@ impl ExecutionPlan for VectorIndexMergeExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let tracker = Tracker::of_task(&context);
         let input = self.input.execute(partition, context)?;
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
@@ -135,12 +137,13 @@ impl ExecutionPlan for VectorIndexMergeExec {
         let stream = futures::stream::unfold(state, move |(mut input, mut state)| {
             let location = location.clone();
             let model = Arc::clone(&model);
+            let tracker = tracker.clone();
             async move {
                 let batch = match input.next().await? {
                     Ok(b) => b,
                     Err(e) => return Some((Err(e), (input, state))),
                 };
-                let out = merge_batch(&location, &model, &batch, &mut state).await;
+                let out = merge_batch(&location, &model, &batch, &mut state, &tracker).await;
                 Some((out, (input, state)))
             }
         });
@@ -156,6 +159,7 @@ async fn merge_batch(
     model: &Arc<ModelInfo>,
     batch: &RecordBatch,
     state: &mut MergeState,
+    tracker: &Tracker,
 ) -> Result<RecordBatch> {
     let mut merged = Vec::new();
     for UnitRow {
@@ -165,6 +169,16 @@ async fn merge_batch(
     } in units_of(batch)?
     {
         let file = merge_unit(location, model, &unit, state).await?;
+        tracker.add(ProgressStep::Merging, 1);
+        tracker.add(ProgressStep::MergedRows, unit.rows);
+        let graph = file.graph.as_ref();
+        tracker.add(
+            ProgressStep::WrittenBytes,
+            file.size + graph.map_or(0, |g| g.size),
+        );
+        if let Some(g) = graph {
+            tracker.add(ProgressStep::Graphs, g.partitions.len() as u64);
+        }
         merged.push(MergedFile {
             segment_id: unit.segment.segment_id.clone(),
             file_index: unit.file_index,

@@ -16,14 +16,15 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
-use super::planning::{check_shard_model, plan_segments, CommittedSegment, PlannedShard};
+use super::planning::{check_shard_model, plan_segments, CommittedSegment, Planned, PlannedShard};
 use super::work_units::{unit_batch, work_unit_schema};
-use super::{FinalizeOptions, SegmentGrouping};
+use super::{FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child, strings};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::ModelInfo;
+use crate::progress::{ProgressStep, Tracker};
 use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
 
 /// Checks the staged shards and groups them into segments, then splits each
@@ -142,6 +143,7 @@ impl ExecutionPlan for VectorIndexPlanExec {
                 "VectorIndexPlanExec has one partition, asked for {partition}"
             );
         }
+        let tracker = Tracker::of_task(&context);
         let input = self.input.execute(0, context)?;
         let location = self.location.clone();
         let model = Arc::clone(&self.model);
@@ -153,6 +155,8 @@ impl ExecutionPlan for VectorIndexPlanExec {
                 Ok(latest_version(&location).await?)
             })?;
             let units = plan(&location, &model, &options, &scanned, &rows, latest).await?;
+            track_totals(&tracker, &model, &units.units);
+            let units = units_to_batches(&units)?;
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
                 units.into_iter().map(Ok),
             ))
@@ -205,7 +209,7 @@ async fn plan(
     scanned: &ScannedShards,
     rows: &[RecordBatch],
     latest: Option<VersionManifest>,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<Planned> {
     let listed = listed_shards(rows)?;
     let consumed: std::collections::HashSet<String> = latest
         .iter()
@@ -278,6 +282,11 @@ async fn plan(
     let planned = plan_segments(shards, &committed, model, options, &mut || {
         uuid::Uuid::new_v4().to_string()
     })?;
+    Ok(planned)
+}
+
+/// One batch per work unit, so that a repartition spreads them one by one.
+fn units_to_batches(planned: &Planned) -> Result<Vec<RecordBatch>> {
     planned
         .units
         .iter()
@@ -292,6 +301,22 @@ async fn plan(
             )
         })
         .collect()
+}
+
+/// Starts the finalize's counters from the planned work units.
+fn track_totals(tracker: &Tracker, model: &ModelInfo, units: &[WorkUnit]) {
+    let rows = units.iter().map(|u| u.rows).sum();
+    let segments: std::collections::HashSet<&str> = units
+        .iter()
+        .map(|u| u.segment.segment_id.as_str())
+        .collect();
+    tracker.start(ProgressStep::Merging, Some(units.len() as u64));
+    tracker.start(ProgressStep::MergedRows, Some(rows));
+    tracker.start(ProgressStep::WrittenBytes, None);
+    if model.hnsw_params().is_some() {
+        let graphs = segments.len() as u64 * u64::from(model.params().num_partitions);
+        tracker.start(ProgressStep::Graphs, Some(graphs));
+    }
 }
 
 /// A candidate shard as the staging scan kept it, or read and checked now when the

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::distance::{l2_sq, nearest_l2};
 use super::rng::SplitMix64;
+use crate::progress::{ProgressStep, Tracker};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KMeansParams {
@@ -13,8 +14,15 @@ pub(crate) struct KMeansParams {
     pub seed: u64,
 }
 
-/// Clusters `data` (n rows of `dim`, row-major; n ≥ k) and returns k centroids, row-major.
-pub(crate) fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32> {
+/// Clusters `data` (n rows of `dim`, row-major; n ≥ k) and returns k centroids,
+/// row-major. Counts `max_iterations` training iterations on `tracker` in all,
+/// those left when it converges early included.
+pub(crate) fn kmeans(
+    data: &[f32],
+    dim: usize,
+    params: KMeansParams,
+    tracker: &Tracker,
+) -> Vec<f32> {
     let n = data.len() / dim;
     assert!(
         n >= params.k && params.k > 0,
@@ -23,7 +31,7 @@ pub(crate) fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32>
     let mut rng = SplitMix64::new(params.seed);
     let mut centroids = kmeans_plus_plus(data, dim, params.k, &mut rng);
     let mut assignment = vec![usize::MAX; n];
-    for _ in 0..params.max_iterations {
+    for iteration in 1..=params.max_iterations {
         let next: Vec<(usize, f32)> = data
             .par_chunks_exact(dim)
             .map(|v| nearest_l2(v, &centroids, dim))
@@ -36,6 +44,12 @@ pub(crate) fn kmeans(data: &[f32], dim: usize, params: KMeansParams) -> Vec<f32>
             }
         }
         recompute_centroids(data, dim, &next, &mut centroids);
+        let left = if changed == 0 {
+            params.max_iterations - iteration
+        } else {
+            0
+        };
+        tracker.add(ProgressStep::Training, 1 + left as u64);
         if changed == 0 {
             break;
         }
@@ -128,8 +142,8 @@ mod tests {
             max_iterations: 20,
             seed: 7,
         };
-        let a = kmeans(&data, 2, p);
-        let b = kmeans(&data, 2, p);
+        let a = kmeans(&data, 2, p, &Tracker::default());
+        let b = kmeans(&data, 2, p, &Tracker::default());
         assert_eq!(a, b);
         let mut xs: Vec<i32> = a.chunks(2).map(|c| c[0].round() as i32).collect();
         xs.sort();
@@ -146,8 +160,8 @@ mod tests {
                 max_iterations: 5,
                 seed,
             };
-            let centroids = kmeans(&data, 2, p);
-            assert_eq!(centroids, kmeans(&data, 2, p));
+            let centroids = kmeans(&data, 2, p, &Tracker::default());
+            assert_eq!(centroids, kmeans(&data, 2, p, &Tracker::default()));
             results.push(centroids);
         }
         // k-means++ seeding draws from the seed: four seeds cannot all agree.

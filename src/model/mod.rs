@@ -543,7 +543,7 @@ impl Model {
         sample: Vec<f32>,
         options: &TrainOptions,
     ) -> crate::error::Result<Self> {
-        train_model(dim, sample, options)
+        train_model(dim, sample, options, &crate::progress::Tracker::default())
     }
 
     /// Writes the model file and `index.json` at `location`: what

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::distance::{dot, l2_sq, nearest_l2};
 use super::kmeans::{kmeans, KMeansParams};
+use crate::progress::Tracker;
 
 pub(crate) const PQ_CODES: usize = 256;
 
@@ -24,6 +25,7 @@ impl ProductQuantizer {
         num_sub_vectors: usize,
         iterations: usize,
         seed: u64,
+        tracker: &Tracker,
     ) -> Self {
         let sub_dim = dim / num_sub_vectors;
         let n = residuals.len() / dim;
@@ -39,7 +41,7 @@ impl ProductQuantizer {
                     max_iterations: iterations,
                     seed: seed.wrapping_add(m as u64 + 1),
                 };
-                kmeans(&sub, sub_dim, params)
+                kmeans(&sub, sub_dim, params, tracker)
             })
             .collect();
         Self {

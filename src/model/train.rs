@@ -13,6 +13,7 @@ use super::{
 };
 use crate::error::{IndexError, Result};
 use crate::format::FORMAT_VERSION;
+use crate::progress::{ProgressStep, Tracker};
 
 /// What to train. `Default` gives IVF_FLAT, l2, 256 partitions.
 #[derive(Debug, Clone)]
@@ -147,7 +148,13 @@ impl SampleCollector {
 }
 
 /// Trains a model on `sample` (rows of `dim` floats).
-pub(crate) fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions) -> Result<Model> {
+/// Counts k-means iterations on `tracker` (ProgressStep::Training).
+pub(crate) fn train_model(
+    dim: usize,
+    mut sample: Vec<f32>,
+    opts: &TrainOptions,
+    tracker: &Tracker,
+) -> Result<Model> {
     if dim == 0 {
         return Err(IndexError::InvalidInput("vectors have dimension 0".into()));
     }
@@ -177,6 +184,11 @@ pub(crate) fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions)
     if opts.metric == Metric::Cosine {
         sample.par_chunks_exact_mut(dim).for_each(normalize);
     }
+    let kmeans_runs = 1 + num_sub_vectors.unwrap_or(0) as u64;
+    tracker.start(
+        ProgressStep::Training,
+        Some(kmeans_runs * opts.max_iterations as u64),
+    );
     let centroids = kmeans(
         &sample,
         dim,
@@ -185,6 +197,7 @@ pub(crate) fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions)
             max_iterations: opts.max_iterations,
             seed: opts.seed,
         },
+        tracker,
     );
     let pq = num_sub_vectors.map(|m| {
         let residuals: Vec<f32> = sample
@@ -195,7 +208,7 @@ pub(crate) fn train_model(dim: usize, mut sample: Vec<f32>, opts: &TrainOptions)
                 v.iter().zip(c).map(|(x, y)| x - y).collect::<Vec<_>>()
             })
             .collect();
-        ProductQuantizer::train(&residuals, dim, m, opts.max_iterations, opts.seed)
+        ProductQuantizer::train(&residuals, dim, m, opts.max_iterations, opts.seed, tracker)
     });
     let codec = match (quantizer, pq) {
         (Quantizer::Pq, Some(pq)) => Codec::Pq(pq),

@@ -203,7 +203,8 @@ mod tests {
                 max_iterations: 5,
                 ..Default::default()
             };
-            let model = Arc::new(train_model(dim, data.clone(), &options).unwrap());
+            let model =
+                Arc::new(train_model(dim, data.clone(), &options, &Default::default()).unwrap());
             let mut rows = data[..20 * dim].to_vec();
             let (mut parts, mut codes) = (Vec::new(), Vec::new());
             Encoder::new(Arc::clone(&model)).encode(&mut rows, &mut parts, &mut codes);

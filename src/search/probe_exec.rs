@@ -20,6 +20,7 @@ use super::{SearchOptions, SearchTarget};
 use crate::exec::{compute_properties, primitive, single_child, vectors};
 use crate::model::distance::normalize;
 use crate::model::Metric;
+use crate::progress::{ProgressStep, Tracker};
 
 /// Probe tasks: score `query` against IVF `partition` of segment number `segment`.
 pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
@@ -131,6 +132,7 @@ impl ExecutionPlan for VectorIndexProbeExec {
             );
         }
         let spread = context.session_config().target_partitions().max(1);
+        let tracker = Tracker::of_task(&context);
         let input = self.input.execute(0, context)?;
         let target = Arc::clone(&self.target);
         let nprobes = self.options.nprobes;
@@ -139,6 +141,7 @@ impl ExecutionPlan for VectorIndexProbeExec {
         let stream = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let tasks = probe(&target, nprobes, &batches)?;
+            tracker.start(ProgressStep::Probes, Some(tasks.len() as u64));
             // Several batches per scan partition keep every core busy.
             let per_batch = tasks.len().div_ceil(spread * 4).clamp(1, 256);
             let out: Vec<Result<RecordBatch>> = tasks

@@ -25,6 +25,7 @@ use crate::error::IndexError;
 use crate::exec::{compute_properties, primitive, single_child, vectors};
 use crate::format::{decode_block, StoredRows};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
+use crate::progress::{ProgressStep, Tracker};
 
 /// Blocks read at once by one scan partition.
 const READ_CONCURRENCY: usize = 8;
@@ -112,6 +113,7 @@ impl ExecutionPlan for VectorIndexScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let tracker = Tracker::of_task(&context);
         let mut input = self.input.execute(partition, context)?;
         let target = Arc::clone(&self.target);
         let options = self.options;
@@ -119,7 +121,9 @@ impl ExecutionPlan for VectorIndexScanExec {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
             let mut visited = Visited::default();
             while let Some(batch) = input.next().await {
-                scan_tasks(&target, &batch?, options, &mut tops, &mut visited).await?;
+                let batch = batch?;
+                scan_tasks(&target, &batch, options, &mut tops, &mut visited).await?;
+                tracker.add(ProgressStep::Probes, batch.num_rows() as u64);
             }
             Ok(tops_to_batch(tops)?)
         });

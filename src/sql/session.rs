@@ -9,6 +9,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{
     self, FunctionArg, FunctionArgExpr, TableFactor, VisitMut, VisitorMut,
@@ -17,6 +18,7 @@ use object_store::memory::InMemory;
 
 use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
 use super::procedures;
+use crate::progress::Progress;
 
 /// Registers the table functions and a `memory://` object store on `ctx`.
 pub(super) fn register(ctx: &SessionContext) {
@@ -43,8 +45,10 @@ impl Default for VectorIndexSession {
 }
 
 impl VectorIndexSession {
+    /// A session with DataFusion's defaults and a [`Progress`] attached.
     pub fn new() -> Self {
-        Self::with_context(SessionContext::new())
+        let config = Progress::new().attach(SessionConfig::new());
+        Self::with_context(SessionContext::new_with_config(config))
     }
 
     pub fn with_context(ctx: SessionContext) -> Self {
@@ -54,6 +58,12 @@ impl VectorIndexSession {
 
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// The progress counters of this session's work, if its config has a
+    /// [`Progress`] attached (`new` attaches one; see `Progress::attach`).
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        Progress::of(self.ctx.state_ref().read().config())
     }
 
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {

@@ -192,13 +192,13 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, runs: usize) -> St
     println!(
         "  client-side copy of _staging:       median {cm:.3} s  (min {cmin:.3}, max {cmax:.3})"
     );
+    println!("  whole call / copy:                  median {wm:.2}");
     println!(
-        "  finalize / copy, paired:            median {rm:.2}  (min {rmin:.2}, max {rmax:.2})"
+        "  without removal / copy, paired:     median {rm:.2}  (min {rmin:.2}, max {rmax:.2})"
     );
-    println!("  (finalize + removal) / copy:        median {wm:.2}");
     println!("  finalize peak RSS:                  median {pm:.0} MiB (max {pmax:.0} MiB)");
     format!(
-        "summary {} s3 finalize_over_copy={rm:.2} with_removal_over_copy={wm:.2} peak_rss_mib={pmax:.0}",
+        "summary {} s3 finalize_over_copy={wm:.2} without_removal_over_copy={rm:.2} peak_rss_mib={pmax:.0}",
         ty.name()
     )
 }

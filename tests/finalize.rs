@@ -587,3 +587,98 @@ async fn latest_version(t: &TestIndex) -> datafusion_vector_index::format::Versi
     let latest = *t.index.versions().await.unwrap().last().unwrap();
     t.index.version(latest).await.unwrap()
 }
+
+/// On a local filesystem consumed shards leave `_staging` in one rename each and are
+/// deleted in the background. A process that ends first leaves them in `_trash/`
+/// (or, ending before the renames, consumed in `_staging`): a re-run merges nothing
+/// twice and vacuum deletes both, whatever their age, leaving the index as it was.
+#[tokio::test]
+async fn consumed_shards_are_moved_aside_then_deleted_and_vacuum_finishes() {
+    use datafusion_vector_index::{SearchOptions, VacuumedItem, VacuumedKind};
+
+    let data = clustered(ROWS, 6, 21);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfSq, Metric::L2, 8);
+    let t = build(&model, &data, &ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
+    let staging = t.path().join("_staging");
+    let mut shards: Vec<std::path::PathBuf> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    shards.sort();
+    let saved: Vec<Vec<(String, Vec<u8>)>> = shards.iter().map(|s| files_below(s)).collect();
+    let id = |dir: &std::path::Path| {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        name.trim_start_matches("partial_").to_string()
+    };
+    let query = &data[..DIM];
+    let options = SearchOptions {
+        k: 5,
+        nprobes: 4,
+        ef: None,
+    };
+
+    finalize(&t, &FinalizeOptions::default()).await.unwrap();
+    assert!(staged(&t).is_empty(), "consumed shards left _staging");
+    let trash = t.path().join("_trash");
+    let started = std::time::Instant::now();
+    let in_trash = || std::fs::read_dir(&trash).map_or(0, |d| d.count());
+    while in_trash() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "_trash never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hits = t.index.search(&t.ctx, query, options).await.unwrap();
+
+    // Leftovers of a process that ended early: shard 0 in _trash, shard 1 in _staging.
+    let restore = |dir: &std::path::Path, files: &[(String, Vec<u8>)]| {
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+    };
+    restore(&trash.join(shards[0].file_name().unwrap()), &saved[0]);
+    restore(&shards[1], &saved[1]);
+    let err = finalize(&t, &FinalizeOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already consumed"), "{err}");
+    assert_eq!(t.index.versions().await.unwrap(), vec![1]);
+
+    let item = |dir: &std::path::Path, files: &[(String, Vec<u8>)]| VacuumedItem {
+        kind: VacuumedKind::ConsumedShard,
+        id: id(dir),
+        objects: files.len(),
+    };
+    let mut expected = vec![item(&shards[1], &saved[1]), item(&shards[0], &saved[0])];
+    let dry_run = VacuumOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut report = t.index.vacuum(&dry_run).await.unwrap().removed;
+    report.sort_by(|a, b| a.id.cmp(&b.id));
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(report, expected);
+    assert!(!files_below(&trash).is_empty(), "a dry run removes nothing");
+    let mut report = t
+        .index
+        .vacuum(&VacuumOptions::default())
+        .await
+        .unwrap()
+        .removed;
+    report.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(report, expected);
+    assert!(files_below(&trash).is_empty() && staged(&t).is_empty());
+    assert!(t
+        .index
+        .vacuum(&VacuumOptions::default())
+        .await
+        .unwrap()
+        .removed
+        .is_empty());
+    assert_eq!(t.index.search(&t.ctx, query, options).await.unwrap(), hits);
+}

@@ -286,14 +286,66 @@ const CLEANUP_CONCURRENCY: usize = 8;
 /// Removes the shards a commit consumed, best effort: what fails here is left for
 /// `vacuum_vector_index`, and a re-run of finalize skips it because the committed
 /// segments name it as consumed.
+///
+/// On a local filesystem each shard folder is moved to `_trash/` (one rename), and
+/// a background thread unlinks the files, which takes about as long as writing them:
+/// the caller does not wait for it. A process that ends first leaves the rest in
+/// `_trash/`, which holds nothing but consumed shards and which vacuum empties.
+/// Other stores have no rename: their objects are deleted before this returns.
 pub(crate) async fn remove_consumed(location: &IndexLocation, committed: &Committed) {
     use futures::StreamExt;
-    // Concurrently: unlinking large files is slow, and the finalize waits for it.
-    futures::stream::iter(committed.segments.iter().flat_map(|r| &r.consumed_shards))
+    let shards: Vec<String> = committed
+        .segments
+        .iter()
+        .flat_map(|r| r.consumed_shards.iter().cloned())
+        .collect();
+    let moves: Option<Vec<_>> = shards
+        .iter()
+        .map(|shard| {
+            let from = location.local_file(&location.shard_dir(shard))?;
+            let to = location.local_file(&location.trashed_shard_dir(shard))?;
+            Some((from, to))
+        })
+        .collect();
+    if let Some(moves) = moves {
+        let _ = tokio::task::spawn_blocking(move || trash_and_delete(moves)).await;
+        return;
+    }
+    // Concurrently: deleting objects is one request each.
+    futures::stream::iter(&shards)
         .for_each_concurrent(CLEANUP_CONCURRENCY, |shard| async move {
             let _ = location.delete_dir(&location.shard_dir(shard)).await;
         })
         .await;
+}
+
+/// Moves each (shard folder, place in `_trash/`) and deletes the moved folders on a
+/// background thread (here, if no thread can be started).
+fn trash_and_delete(moves: Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    let moved: Vec<std::path::PathBuf> = moves
+        .into_iter()
+        .filter_map(|(from, to)| {
+            std::fs::create_dir_all(to.parent()?).ok()?;
+            std::fs::rename(&from, &to).ok().map(|()| to)
+        })
+        .collect();
+    if moved.is_empty() {
+        return;
+    }
+    let delete = |dirs: &[std::path::PathBuf]| {
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
+    let background = std::thread::Builder::new()
+        .name("consumed-shards".into())
+        .spawn({
+            let dirs = moved.clone();
+            move || delete(&dirs)
+        });
+    if background.is_err() {
+        delete(&moved);
+    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,22 @@ pub(crate) async fn vacuum(
             objects,
         });
     }
+    // What a finalize moved aside and its process did not live to delete: only ever
+    // consumed shards, so no age limit.
+    for name in location.list_dirs(&location.trash_dir()).await? {
+        let Some(shard_id) = name.strip_prefix("partial_") else {
+            continue;
+        };
+        let dir = location.trashed_shard_dir(shard_id);
+        let objects = remove(location, &dir, options.dry_run).await?;
+        if objects > 0 {
+            report.removed.push(VacuumedItem {
+                kind: VacuumedKind::ConsumedShard,
+                id: shard_id.to_string(),
+                objects,
+            });
+        }
+    }
     for segment_id in location.list_dirs(&location.segments_dir()).await? {
         if referenced.contains(&segment_id) {
             continue;
@@ -133,6 +149,15 @@ pub(crate) async fn vacuum(
     Ok(report)
 }
 
+/// On a local filesystem, the folders left when their files were deleted, so that a
+/// removed shard is not listed again (best effort: another vacuum or a finalize's
+/// background deletion may get there first).
+async fn remove_empty_folder(location: &IndexLocation, dir: &Path) {
+    if let Some(folder) = location.local_file(dir) {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(folder)).await;
+    }
+}
+
 async fn remove(location: &IndexLocation, dir: &Path, dry_run: bool) -> Result<usize> {
     if dry_run {
         let n = location
@@ -143,6 +168,8 @@ async fn remove(location: &IndexLocation, dir: &Path, dry_run: bool) -> Result<u
             .len();
         Ok(n)
     } else {
-        location.delete_dir(dir).await
+        let n = location.delete_dir(dir).await?;
+        remove_empty_folder(location, dir).await;
+        Ok(n)
     }
 }

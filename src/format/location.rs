@@ -141,6 +141,15 @@ impl IndexLocation {
         self.path(&format!("_staging/partial_{shard_id}"))
     }
 
+    /// Consumed shard folders moved aside after a commit, until they are deleted.
+    pub(crate) fn trash_dir(&self) -> Path {
+        self.path("_trash")
+    }
+
+    pub(crate) fn trashed_shard_dir(&self, shard_id: &str) -> Path {
+        self.path(&format!("_trash/partial_{shard_id}"))
+    }
+
     pub(crate) fn segments_dir(&self) -> Path {
         self.path("segments")
     }

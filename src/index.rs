@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, UInt64Type};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::UInt64Type;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::{collect, execute_stream, ExecutionPlan};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::Partitioning;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
 use crate::catalog::SegmentsTable;
@@ -20,14 +23,27 @@ use crate::format::{IndexLocation, ShardManifest, VersionManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
 use crate::model::{train_model, Model, SampleCollector, TrainOptions};
 use crate::progress::{ProgressStep, Tracker};
+use crate::runner;
 use crate::search::{search_plan, SearchOptions, SearchTarget};
 use crate::staging::ShardsTable;
-use crate::worker::ShardWriter;
+use crate::worker::{
+    fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardWriteExec,
+};
 
 /// One vector index: an object-store prefix (see FORMAT.md).
 #[derive(Debug, Clone)]
 pub struct VectorIndex {
     location: IndexLocation,
+}
+
+/// What a distributed shard build staged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardBuild {
+    /// The staged shards, sorted.
+    pub shard_ids: Vec<String>,
+    pub rows: u64,
+    /// Fragments covered, summed over the shards (no fragment is in two of them).
+    pub num_fragments: u64,
 }
 
 /// A search hit.
@@ -146,51 +162,79 @@ impl VectorIndex {
         column: &str,
     ) -> Result<()> {
         check_vector_column(&df, column)?;
-        let id_field = df
-            .schema()
-            .field_with_unqualified_name(row_id)
-            .map_err(|_| {
-                IndexError::invalid_argument("row_id", format!("no column '{row_id}' in the input"))
-            })?;
-        if !id_field.data_type().is_integer() {
-            return Err(IndexError::invalid_argument(
-                "row_id",
-                format!(
-                    "column '{row_id}' has type {}, expected an integer type",
-                    id_field.data_type()
-                ),
-            ));
-        }
+        check_row_id_column(&df, row_id)?;
         let (mut stream, tracker) = tracked_stream(
             df.select_columns(&[row_id, column])?,
             ProgressStep::Encoding,
         )
         .await?;
-        let strict = CastOptions {
-            safe: false,
-            ..Default::default()
-        };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let ids = batch.column(0);
-            if ids.null_count() > 0 {
-                return Err(IndexError::InvalidInput(format!(
-                    "column '{row_id}' has NULL row ids"
-                )));
-            }
-            let ids = cast_with_options(ids, &DataType::UInt64, &strict).map_err(|e| {
-                IndexError::InvalidInput(format!(
-                    "column '{row_id}': row ids must be non-negative 64-bit integers: {e}"
-                ))
-            })?;
-            writer.write(
-                ids.as_primitive::<UInt64Type>().values(),
-                batch.column(1),
-                column,
-            )?;
+            write_rows(writer, &batch, row_id, column)?;
             tracker.add(ProgressStep::Encoding, batch.num_rows() as u64);
         }
         Ok(())
+    }
+
+    /// The distributed shard build, unexecuted (what `EXPLAIN CALL
+    /// build_vector_index_shards` shows): `df`'s rows hash-partitioned on their
+    /// fragment (`row_id >> 32`) into `shards` partitions, each staged as one shard.
+    pub async fn build_shards_plan(
+        &self,
+        df: DataFrame,
+        row_id: &str,
+        column: &str,
+        shards: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        crate::limits::check_count("shards", shards, 1, crate::limits::MAX_BUILD_SHARDS)?;
+        check_vector_column(&df, column)?;
+        check_row_id_column(&df, row_id)?;
+        let (state, logical) = df.select_columns(&[row_id, column])?.into_parts();
+        // DataFusion's own planner, not the session's query planner: a session that
+        // runs plans elsewhere (a `PlanRunner`) may wrap what its planner returns,
+        // and this input is one part of the plan shipped whole.
+        let input = DefaultPhysicalPlanner::default()
+            .create_physical_plan(&state.optimize(&logical)?, &state)
+            .await?;
+        let key = fragment_key(&input.schema(), row_id)?;
+        let input = Arc::new(RepartitionExec::try_new(
+            input,
+            Partitioning::Hash(vec![key], shards),
+        )?);
+        let write = VectorIndexShardWriteExec::try_new(
+            input,
+            self.location.clone(),
+            Arc::new(self.model().await?),
+            row_id.to_string(),
+            column.to_string(),
+        )?;
+        Ok(Arc::new(CoalescePartitionsExec::new(Arc::new(write))))
+    }
+
+    /// Workers as one plan: stages the rows of `df` as up to `shards` shards, whole
+    /// fragments each, built in parallel by the session's executor (or its
+    /// [`crate::PlanRunner`]'s cluster). Shards of partitions without rows are not
+    /// written.
+    pub async fn build_shards(
+        &self,
+        ctx: &SessionContext,
+        df: DataFrame,
+        row_id: &str,
+        column: &str,
+        shards: usize,
+    ) -> Result<ShardBuild> {
+        let plan = self.build_shards_plan(df, row_id, column, shards).await?;
+        Tracker::of(ctx.state_ref().read().config()).start(ProgressStep::Encoding, None);
+        let mut built = ShardBuild::default();
+        for batch in runner::collect(plan, ctx.task_ctx()).await? {
+            for shard in StagedShardRow::from_batch(&batch)? {
+                built.rows += shard.rows;
+                built.num_fragments += shard.num_fragments;
+                built.shard_ids.push(shard.shard_id);
+            }
+        }
+        built.shard_ids.sort();
+        Ok(built)
     }
 
     /// The staged shards as a DataFrame (`vector_index_shards`).
@@ -219,7 +263,7 @@ impl VectorIndex {
         options: &FinalizeOptions,
     ) -> Result<Vec<RecordBatch>> {
         let plan = self.finalize_plan(ctx, options).await?;
-        Ok(collect(plan, ctx.task_ctx()).await?)
+        Ok(runner::collect(plan, ctx.task_ctx()).await?)
     }
 
     /// Searches the latest version for many queries (n × dim, row-major) at once;
@@ -234,7 +278,7 @@ impl VectorIndex {
         let dim = target.model.dim();
         let n = queries.len().checked_div(dim).unwrap_or(0);
         let plan = search_plan(&ctx.state(), target, queries.to_vec(), options)?;
-        let batches = collect(plan, ctx.task_ctx()).await?;
+        let batches = runner::collect(plan, ctx.task_ctx()).await?;
         let mut hits = vec![Vec::new(); n];
         for b in batches {
             let q = primitive::<arrow::datatypes::UInt32Type>(&b, "query_id")?;
@@ -270,6 +314,25 @@ async fn tracked_stream(
     let plan = df.create_physical_plan().await?;
     tracker.start(step, exact_rows(plan.as_ref()));
     Ok((execute_stream(plan, task_ctx)?, tracker))
+}
+
+fn check_row_id_column(df: &DataFrame, row_id: &str) -> Result<()> {
+    let field = df
+        .schema()
+        .field_with_unqualified_name(row_id)
+        .map_err(|_| {
+            IndexError::invalid_argument("row_id", format!("no column '{row_id}' in the input"))
+        })?;
+    if !field.data_type().is_integer() {
+        return Err(IndexError::invalid_argument(
+            "row_id",
+            format!(
+                "column '{row_id}' has type {}, expected an integer type",
+                field.data_type()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_vector_column(df: &DataFrame, column: &str) -> Result<()> {

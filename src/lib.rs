@@ -16,11 +16,15 @@
 //! - [`limits`]: the bounds every count argument is checked against.
 //! - [`Progress`]: live counters of training, shard building, finalize and search,
 //!   attached to a session and readable while they run.
+//! - [`PlanRunner`]: where the plans run (this process, or a distributed engine's
+//!   cluster), and with feature `codec`, [`VectorIndexCodec`] to ship them there.
 //!
 //! The plans' operators, the merge and the HNSW graphs are crate-private.
 #![warn(unreachable_pub)]
 
 mod catalog;
+#[cfg(feature = "codec")]
+mod codec;
 pub mod datasets;
 mod error;
 mod exec;
@@ -31,17 +35,21 @@ mod index;
 pub mod limits;
 mod model;
 mod progress;
+mod runner;
 mod search;
 mod sql;
 mod staging;
 mod worker;
 
 pub use catalog::{CommitMode, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
+#[cfg(feature = "codec")]
+pub use codec::VectorIndexCodec;
 pub use error::{IndexError, Result};
 pub use finalize::{FinalizeOptions, SegmentGrouping};
-pub use index::{SearchHit, VectorIndex};
+pub use index::{SearchHit, ShardBuild, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
+pub use runner::{attach_runner, runner_of, PlanRunner};
 pub use search::SearchOptions;
 pub use sql::VectorIndexSession;
 pub use worker::ShardWriter;

@@ -21,6 +21,8 @@ pub const MAX_EF_CONSTRUCTION: u32 = 4_096;
 pub const MAX_COMMIT_ATTEMPTS: usize = 100;
 /// Parallel merge partitions of one finalize.
 pub const MAX_MERGE_PARTITIONS: usize = 1_024;
+/// Shards one distributed shard build stages (`shards`): each is one task.
+pub const MAX_BUILD_SHARDS: usize = 1_024;
 /// Target size of one segment data file (`target_file_bytes`): 1 TiB.
 pub const MAX_TARGET_FILE_BYTES: u64 = 1 << 40;
 

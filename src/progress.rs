@@ -210,9 +210,16 @@ impl Tracker {
         }
     }
 
+    /// Counts `n` more of `step`. A step counted before anything started it (the
+    /// tasks a remote executor runs count their share without knowing the whole)
+    /// starts with an unknown total.
     pub(crate) fn add(&self, step: ProgressStep, n: u64) {
         if let Some(p) = &self.0 {
-            p.counter(step).done.fetch_add(n, Ordering::Relaxed);
+            let c = p.counter(step);
+            c.done.fetch_add(n, Ordering::Relaxed);
+            if !c.started.load(Ordering::Relaxed) {
+                c.started.store(true, Ordering::Release);
+            }
         }
     }
 }
@@ -254,6 +261,16 @@ mod tests {
         );
         progress.reset();
         assert!(progress.snapshot().is_empty());
+        // Counting a step nothing started starts it, total unknown.
+        tracker.add(ProgressStep::Encoding, 7);
+        assert_eq!(
+            progress.snapshot(),
+            vec![StepProgress {
+                step: ProgressStep::Encoding,
+                done: 7,
+                total: None
+            }]
+        );
         // Without a progress attached, counting is a no-op.
         Tracker::of(&SessionConfig::new()).add(ProgressStep::Merging, 1);
     }

@@ -25,7 +25,7 @@ use crate::format::{
 use crate::model::ModelInfo;
 
 /// What happens to committed segments that new segments overlap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum CommitMode {
     /// Overlap with a committed segment is an error.
     #[default]

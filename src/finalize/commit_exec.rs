@@ -63,6 +63,12 @@ pub(crate) struct VectorIndexCommitExec {
 }
 
 impl VectorIndexCommitExec {
+    #[cfg(feature = "codec")]
+    /// What the operator was built with (the codec's view of it).
+    pub(crate) fn parts(&self) -> (&IndexLocation, &Arc<ModelInfo>, &FinalizeOptions) {
+        (&self.location, &self.model, &self.options)
+    }
+
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,

@@ -11,13 +11,14 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
 };
 use futures::StreamExt;
 
 use super::merge::{merge_unit, MergeState};
 use super::merged_files::{merged_file_schema, to_batch, MergedFile};
-use super::work_units::{units_of, UnitRow};
+use super::work_units::{units_of, work_unit_key, UnitRow};
 use crate::exec::{compute_properties, single_child};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
@@ -39,10 +40,18 @@ pub(crate) struct VectorIndexMergeExec {
     input: Arc<dyn ExecutionPlan>,
     location: IndexLocation,
     model: Arc<ModelInfo>,
+    /// What the input must be hash-partitioned on (see `work_unit_key`).
+    key: Vec<Arc<dyn PhysicalExpr>>,
     properties: Arc<PlanProperties>,
 }
 
 impl VectorIndexMergeExec {
+    #[cfg(feature = "codec")]
+    /// What the operator was built with (the codec's view of it).
+    pub(crate) fn parts(&self) -> (&IndexLocation, &Arc<ModelInfo>) {
+        (&self.location, &self.model)
+    }
+
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,
@@ -50,6 +59,7 @@ impl VectorIndexMergeExec {
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         Ok(Self {
+            key: work_unit_key(&input.schema())?,
             input,
             location,
             model,
@@ -99,6 +109,12 @@ impl ExecutionPlan for VectorIndexMergeExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
+    }
+
+    /// Work units spread by a hash exchange: one a distributed scheduler cuts a stage
+    /// at (it drops round-robin ones), so the units run as tasks on its executors.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::KeyPartitioned(self.key.clone())]
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {

@@ -4,7 +4,7 @@
 //! VectorIndexCommitExec        1 partition: writes segment manifests, commits _versions/<N+1>.json
 //!   CoalescePartitionsExec
 //!     VectorIndexMergeExec     N partitions: merges (segment, partition range) work units
-//!       RepartitionExec        round robin, one work unit per batch
+//!       RepartitionExec        hash of (segment_id, file_index): spreads work units
 //!         VectorIndexPlanExec  1 partition: checks shards, groups segments, emits work units
 //!           CoalescePartitionsExec
 //!             DataSourceExec   the staging table (ShardManifestSource)
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use commit_exec::VectorIndexCommitExec;
 pub(crate) use merge_exec::VectorIndexMergeExec;
 pub(crate) use plan_exec::VectorIndexPlanExec;
+use work_units::work_unit_key;
 
 use crate::catalog::CommitMode;
 use crate::error::Result;
@@ -45,7 +46,7 @@ use crate::model::ModelInfo;
 use crate::staging::{ScannedShards, ShardsTable};
 
 /// How staged shards are grouped into segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SegmentGrouping {
     /// All staged shards become one segment.
     #[default]
@@ -57,7 +58,7 @@ pub enum SegmentGrouping {
 }
 
 /// Options of a finalize.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalizeOptions {
     pub grouping: SegmentGrouping,
     pub mode: CommitMode,
@@ -177,9 +178,13 @@ pub(crate) async fn finalize_plan(
         .merge_partitions
         .unwrap_or(state.config().target_partitions())
         .clamp(1, crate::limits::MAX_MERGE_PARTITIONS);
+    // A hash exchange, not round robin: distributed schedulers (Ballista) cut stages
+    // at hash repartitions and drop round-robin ones, so this is what spreads the
+    // merge's work units over their executors (README, "Ballista").
+    let unit_key = work_unit_key(&plan.schema())?;
     let spread = Arc::new(RepartitionExec::try_new(
         plan,
-        Partitioning::RoundRobinBatch(partitions),
+        Partitioning::Hash(unit_key, partitions),
     )?);
     let merge = Arc::new(VectorIndexMergeExec::try_new(
         spread,

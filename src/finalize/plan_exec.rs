@@ -32,7 +32,7 @@ use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
 ///
 /// Partitioning: requires a single input partition (the staging table's rows,
 /// one per shard) and emits a single partition. Emits one batch per work unit
-/// (schema: [`work_unit_schema`]) so a round-robin repartition spreads units over
+/// (schema: [`work_unit_schema`]) so a hash repartition on the unit spreads units over
 /// merge partitions; the first unit of each segment carries the segment's
 /// fragment set. Fails, before anything is written, on: no complete shards, an
 /// incomplete or unreadable shard, a model/type/metric/dimension mismatch, missing
@@ -50,6 +50,13 @@ pub(crate) struct VectorIndexPlanExec {
 }
 
 impl VectorIndexPlanExec {
+    #[cfg(feature = "codec")]
+    /// What the operator was built with (the codec's view of it; the shards kept
+    /// by the scan below stay in this process).
+    pub(crate) fn parts(&self) -> (&IndexLocation, &Arc<ModelInfo>, &FinalizeOptions) {
+        (&self.location, &self.model, &self.options)
+    }
+
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         location: IndexLocation,

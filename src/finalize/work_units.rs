@@ -62,6 +62,17 @@ pub(crate) fn work_unit_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns that identify a work unit, as expressions over `schema` (the work unit
+/// schema): the key the finalize plan hash-partitions units on.
+pub(super) fn work_unit_key(
+    schema: &SchemaRef,
+) -> datafusion::common::Result<Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>> {
+    ["segment_id", "file_index"]
+        .into_iter()
+        .map(|name| datafusion::physical_expr::expressions::col(name, schema))
+        .collect()
+}
+
 fn roaring_bytes(set: &RoaringBitmap) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(set.serialized_size());
     set.serialize_into(&mut bytes)?;

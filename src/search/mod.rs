@@ -4,7 +4,7 @@
 //! VectorIndexTopKExec        1 partition: the k nearest rows of each query
 //!   CoalescePartitionsExec
 //!     VectorIndexScanExec    N partitions: scores probed (segment, partition) blocks
-//!       RepartitionExec      round robin
+//!       RepartitionExec      hash of (segment, partition)
 //!         VectorIndexProbeExec  ranks partitions once per query, emits probe tasks
 //!           DataSourceExec   the queries (MemorySourceConfig)
 //! ```
@@ -38,7 +38,7 @@ use crate::format::{IndexLocation, SegmentManifest};
 use crate::model::Model;
 
 /// Search parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SearchOptions {
     pub k: usize,
     /// IVF partitions probed per query; default 20 (at most the number of partitions).
@@ -94,6 +94,36 @@ impl SearchTarget {
                 location.url()
             ))
         })?;
+        Self::with_version(location, model, version).await
+    }
+
+    #[cfg(feature = "codec")]
+    /// The target of a plan made elsewhere: `version`, searched with the model
+    /// `fingerprint` (which must still be the index's).
+    pub(crate) async fn load_version(
+        location: &IndexLocation,
+        version: u64,
+        fingerprint: &str,
+    ) -> Result<Arc<Self>> {
+        let (model, version) = futures::try_join!(
+            Model::read_current(location),
+            crate::catalog::read_version(location, version)
+        )?;
+        if model.fingerprint() != fingerprint {
+            return Err(IndexError::Conflict(format!(
+                "index {}: the search was planned with model {fingerprint}, but the index now has model {}; plan it again",
+                location.url(),
+                model.fingerprint()
+            )));
+        }
+        Self::with_version(location, Arc::new(model), version).await
+    }
+
+    async fn with_version(
+        location: &IndexLocation,
+        model: Arc<Model>,
+        version: crate::format::VersionManifest,
+    ) -> Result<Arc<Self>> {
         let ids: Vec<String> = version
             .segments
             .iter()
@@ -185,9 +215,13 @@ pub(crate) fn search_plan(
         options,
     )?);
     let partitions = state.config().target_partitions().max(1);
+    // Hash, not round robin: each probed block is read by one scan partition for all
+    // its queries, and a distributed scheduler cuts a stage here instead of
+    // dropping the exchange.
+    let key = probe_exec::probe_task_key(&probe.schema())?;
     let spread = Arc::new(RepartitionExec::try_new(
         probe,
-        Partitioning::RoundRobinBatch(partitions),
+        Partitioning::Hash(key, partitions),
     )?);
     let scan = Arc::new(VectorIndexScanExec::try_new(
         spread,

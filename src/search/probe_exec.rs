@@ -39,14 +39,23 @@ pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
     ]))
 }
 
+/// The columns that identify a probed block, as expressions over `schema` (the probe
+/// task schema): the key the search plan hash-partitions probe tasks on.
+pub(crate) fn probe_task_key(schema: &SchemaRef) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+    ["segment", "partition"]
+        .into_iter()
+        .map(|name| datafusion::physical_expr::expressions::col(name, schema))
+        .collect()
+}
+
 /// Ranks the IVF partitions of each query once (all segments share the model) and
 /// emits one probe task per (query, segment, probed partition holding rows).
 ///
 /// Partitioning: requires a single input partition of queries (`query_id`,
 /// `query`) and emits a single partition. Tasks are ordered by (segment,
-/// partition, query) and cut into many small batches, so a round-robin
-/// repartition spreads them over scan partitions and each scan reads a block once
-/// for all the queries that probe it.
+/// partition, query) and cut into many small batches; the plan hash-partitions
+/// them on (segment, partition), so each scan partition reads a block once for
+/// all the queries that probe it.
 #[derive(Debug)]
 pub(crate) struct VectorIndexProbeExec {
     input: Arc<dyn ExecutionPlan>,
@@ -56,6 +65,12 @@ pub(crate) struct VectorIndexProbeExec {
 }
 
 impl VectorIndexProbeExec {
+    #[cfg(feature = "codec")]
+    /// What the operator was built with (the codec's view of it).
+    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions) {
+        (&self.target, self.options)
+    }
+
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,

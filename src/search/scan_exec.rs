@@ -13,7 +13,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
 
@@ -43,10 +44,18 @@ pub(crate) struct VectorIndexScanExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
+    /// What the input must be hash-partitioned on (see `probe_task_key`).
+    key: Vec<Arc<dyn PhysicalExpr>>,
     properties: Arc<PlanProperties>,
 }
 
 impl VectorIndexScanExec {
+    #[cfg(feature = "codec")]
+    /// What the operator was built with (the codec's view of it).
+    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions) {
+        (&self.target, self.options)
+    }
+
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,
@@ -54,6 +63,7 @@ impl VectorIndexScanExec {
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         Ok(Self {
+            key: super::probe_exec::probe_task_key(&input.schema())?,
             input,
             target,
             options,
@@ -84,6 +94,12 @@ impl ExecutionPlan for VectorIndexScanExec {
 
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.properties
+    }
+
+    /// Each probed block goes to one partition with all the queries that probe it,
+    /// and a distributed scheduler cuts a stage at the hash exchange this asks for.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::KeyPartitioned(self.key.clone())]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {

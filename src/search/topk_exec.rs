@@ -44,6 +44,11 @@ pub(crate) struct VectorIndexTopKExec {
 }
 
 impl VectorIndexTopKExec {
+    #[cfg(feature = "codec")]
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
     pub(crate) fn try_new(input: Arc<dyn ExecutionPlan>, k: usize) -> Result<Self> {
         Ok(Self {
             input,

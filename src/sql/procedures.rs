@@ -46,6 +46,18 @@ const BUILD_SHARD: Signature = Signature {
     ],
 };
 
+const BUILD_SHARDS: Signature = Signature {
+    name: "build_vector_index_shards",
+    params: &[
+        req("index", Kind::Str),
+        req("table", Kind::Name),
+        req("column", Kind::Name),
+        opt("row_id", Kind::Name),
+        opt("shards", Kind::UInt),
+        opt("where", Kind::Str),
+    ],
+};
+
 const FINALIZE: Signature = Signature {
     name: "finalize_vector_index",
     params: &[
@@ -73,14 +85,16 @@ const VACUUM: Signature = Signature {
 enum Procedure {
     CreateVectorIndex,
     BuildVectorIndexShard,
+    BuildVectorIndexShards,
     FinalizeVectorIndex,
     VacuumVectorIndex,
 }
 
 impl Procedure {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::CreateVectorIndex,
         Self::BuildVectorIndexShard,
+        Self::BuildVectorIndexShards,
         Self::FinalizeVectorIndex,
         Self::VacuumVectorIndex,
     ];
@@ -89,6 +103,7 @@ impl Procedure {
         match self {
             Self::CreateVectorIndex => &CREATE,
             Self::BuildVectorIndexShard => &BUILD_SHARD,
+            Self::BuildVectorIndexShards => &BUILD_SHARDS,
             Self::FinalizeVectorIndex => &FINALIZE,
             Self::VacuumVectorIndex => &VACUUM,
         }
@@ -124,6 +139,13 @@ enum Call {
         row_id: String,
         predicate: Option<String>,
     },
+    BuildShards {
+        table: String,
+        column: String,
+        row_id: String,
+        shards: usize,
+        predicate: Option<String>,
+    },
     Finalize(FinalizeOptions),
     Vacuum(VacuumOptions),
 }
@@ -149,6 +171,16 @@ impl Bound {
                 table: args.required_str("table")?.to_string(),
                 column: args.required_str("column")?.to_string(),
                 row_id: args.str("row_id").unwrap_or("row_id").to_string(),
+                predicate: args.str("where").map(str::to_string),
+            },
+            Procedure::BuildVectorIndexShards => Call::BuildShards {
+                table: args.required_str("table")?.to_string(),
+                column: args.required_str("column")?.to_string(),
+                row_id: args.str("row_id").unwrap_or("row_id").to_string(),
+                shards: match args.uint("shards") {
+                    Some(n) => narrow("shards", n)?,
+                    None => ctx.state().config().target_partitions(),
+                },
                 predicate: args.str("where").map(str::to_string),
             },
             Procedure::FinalizeVectorIndex => Call::Finalize(finalize_options(&args)?),
@@ -363,7 +395,7 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
             row_id,
             predicate,
         } => {
-            let df = shard_input(ctx, &table, predicate.as_deref()).await?;
+            let df = shard_input(ctx, BUILD_SHARD.name, &table, predicate.as_deref()).await?;
             let shard = index.build_shard(df, &row_id, &column).await?;
             Ok(vec![one_row(vec![
                 ("shard_id", str_col(&shard.shard_id)),
@@ -371,6 +403,29 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
                 (
                     "num_fragments",
                     Arc::new(UInt64Array::from(vec![shard.num_fragments])),
+                ),
+            ])?])
+        }
+        Call::BuildShards {
+            table,
+            column,
+            row_id,
+            shards,
+            predicate,
+        } => {
+            let df = shard_input(ctx, BUILD_SHARDS.name, &table, predicate.as_deref()).await?;
+            let built = index
+                .build_shards(ctx, df, &row_id, &column, shards)
+                .await?;
+            Ok(vec![one_row(vec![
+                (
+                    "shards",
+                    Arc::new(UInt64Array::from(vec![built.shard_ids.len() as u64])),
+                ),
+                ("rows", Arc::new(UInt64Array::from(vec![built.rows]))),
+                (
+                    "num_fragments",
+                    Arc::new(UInt64Array::from(vec![built.num_fragments])),
                 ),
             ])?])
         }
@@ -403,6 +458,7 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
 
 async fn shard_input(
     ctx: &SessionContext,
+    procedure: &str,
     table: &str,
     predicate: Option<&str>,
 ) -> Result<datafusion::dataframe::DataFrame> {
@@ -410,10 +466,7 @@ async fn shard_input(
     match predicate {
         Some(predicate) => {
             let expr = df.parse_sql_expr(predicate).map_err(|e| {
-                plan_datafusion_err!(
-                    "build_vector_index_shard: argument 'where': {}",
-                    e.strip_backtrace()
-                )
+                plan_datafusion_err!("{procedure}: argument 'where': {}", e.strip_backtrace())
             })?;
             df.filter(expr)
         }
@@ -458,12 +511,28 @@ pub(super) async fn explain(
             row_id,
             predicate,
         } => {
-            let df = shard_input(ctx, &table, predicate.as_deref()).await?;
+            let df = shard_input(ctx, BUILD_SHARD.name, &table, predicate.as_deref()).await?;
             let df = df.select_columns(&[row_id.as_str(), column.as_str()])?;
             (
                 &BUILD_SHARD,
                 "encode rows with the index's model and stage one partial shard".to_string(),
                 Some(df.create_physical_plan().await?),
+            )
+        }
+        Call::BuildShards {
+            table,
+            column,
+            row_id,
+            shards,
+            predicate,
+        } => {
+            let df = shard_input(ctx, BUILD_SHARDS.name, &table, predicate.as_deref()).await?;
+            (
+                &BUILD_SHARDS,
+                format!(
+                    "encode rows with the index's model and stage up to {shards} shards, whole fragments each"
+                ),
+                Some(index.build_shards_plan(df, &row_id, &column, shards).await?),
             )
         }
         Call::Vacuum(_) => (

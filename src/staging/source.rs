@@ -48,6 +48,12 @@ impl Default for ShardManifestSource {
 }
 
 impl ShardManifestSource {
+    #[cfg(feature = "codec")]
+    /// The index whose local files it reads directly, if any.
+    pub(crate) fn index(&self) -> Option<&IndexLocation> {
+        self.index.as_ref()
+    }
+
     pub(crate) fn new() -> Self {
         let table_schema = TableSchema::from(shards_schema());
         Self {

@@ -1,6 +1,7 @@
 //! An object store that fails on purpose: it counts every operation sent to the
-//! store it wraps (parts of multipart uploads included) and fails the k-th, once
-//! or, as a crashed process would, from the k-th on.
+//! store it wraps (parts of multipart uploads included), or only those on paths
+//! within a scope, and fails the k-th, once or, as a crashed process would, from
+//! the k-th on.
 
 use std::fmt;
 use std::ops::Range;
@@ -58,6 +59,10 @@ pub struct FaultyStore {
     /// A competing writer: the first create-if-absent of a path ending so finds
     /// these bytes written there first.
     competitor: Arc<std::sync::Mutex<Option<(String, Bytes)>>>,
+    /// When set, only operations on paths containing it are counted (and fail).
+    scope: Arc<std::sync::Mutex<Option<String>>>,
+    /// How long each write (put, multipart upload) waits first: a slow disk.
+    write_delay: Arc<std::sync::Mutex<std::time::Duration>>,
 }
 
 impl fmt::Display for FaultyStore {
@@ -72,6 +77,34 @@ impl FaultyStore {
             inner,
             counter: Arc::default(),
             competitor: Arc::default(),
+            scope: Arc::default(),
+            write_delay: Arc::default(),
+        }
+    }
+
+    /// Makes every write wait `delay` before it starts, as on a slow disk.
+    pub fn delay_writes(&self, delay: std::time::Duration) {
+        *self.write_delay.lock().unwrap() = delay;
+    }
+
+    async fn wait_to_write(&self) {
+        let delay = *self.write_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Counts (and fails) only operations on paths containing `part`, such as
+    /// `"segments/"` for what a merge writes.
+    pub fn scope_to(&self, part: &str) {
+        *self.scope.lock().unwrap() = Some(part.to_string());
+    }
+
+    fn in_scope(&self, path: Option<&Path>) -> bool {
+        match (self.scope.lock().unwrap().as_deref(), path) {
+            (None, _) => true,
+            (Some(part), Some(path)) => path.as_ref().contains(part),
+            (Some(_), None) => false,
         }
     }
 
@@ -101,8 +134,8 @@ impl FaultyStore {
         self.counter.ops.store(0, Ordering::SeqCst);
     }
 
-    fn check(&self, what: &str) -> object_store::Result<()> {
-        if self.counter.fails() {
+    fn check(&self, what: &str, path: Option<&Path>) -> object_store::Result<()> {
+        if self.in_scope(path) && self.counter.fails() {
             Err(self.counter.error(what))
         } else {
             Ok(())
@@ -118,7 +151,8 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.check("put")?;
+        self.check("put", Some(location))?;
+        self.wait_to_write().await;
         if opts.mode == object_store::PutMode::Create {
             let racer = {
                 let mut competitor = self.competitor.lock().unwrap();
@@ -141,8 +175,12 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check("put_multipart")?;
+        self.check("put_multipart", Some(location))?;
+        self.wait_to_write().await;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
+        if !self.in_scope(Some(location)) {
+            return Ok(inner);
+        }
         Ok(Box::new(FaultyUpload {
             inner,
             counter: Arc::clone(&self.counter),
@@ -154,7 +192,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.check("get")?;
+        self.check("get", Some(location))?;
         self.inner.get_opts(location, options).await
     }
 
@@ -163,7 +201,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        self.check("get_ranges")?;
+        self.check("get_ranges", Some(location))?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -175,7 +213,10 @@ impl ObjectStore for FaultyStore {
         let inner = Arc::clone(&self.inner);
         locations
             .then(move |path| {
-                let fails = this.check("delete");
+                let fails = match &path {
+                    Ok(p) => this.check("delete", Some(p)),
+                    Err(_) => Ok(()),
+                };
                 let inner = Arc::clone(&inner);
                 async move {
                     fails?;
@@ -194,14 +235,14 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match self.check("list") {
+        match self.check("list", prefix) {
             Ok(()) => self.inner.list(prefix),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.check("list_with_delimiter")?;
+        self.check("list_with_delimiter", prefix)?;
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -211,7 +252,7 @@ impl ObjectStore for FaultyStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.check("copy")?;
+        self.check("copy", Some(to))?;
         self.inner.copy_opts(from, to, options).await
     }
 }

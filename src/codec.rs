@@ -36,7 +36,7 @@ use crate::search::{
     SearchOptions, SearchTarget, VectorIndexProbeExec, VectorIndexScanExec, VectorIndexTopKExec,
 };
 use crate::staging::ShardManifestSource;
-use crate::worker::VectorIndexShardWriteExec;
+use crate::worker::{VectorIndexShardPublishExec, VectorIndexShardWriteExec};
 
 /// Version of the encoded nodes; a codec refuses nodes of another version, so that
 /// a scheduler and executors of different builds fail clearly instead of guessing.
@@ -139,6 +139,9 @@ enum Node {
         model: String,
         row_id: String,
         column: String,
+    },
+    ShardPublish {
+        index: String,
     },
 }
 
@@ -254,6 +257,11 @@ impl VectorIndexCodec {
                 column: column.to_string(),
             });
         }
+        if let Some(exec) = plan.downcast_ref::<VectorIndexShardPublishExec>() {
+            return Ok(Node::ShardPublish {
+                index: exec.location().url().to_string(),
+            });
+        }
         Err(not_ours(plan))
     }
 
@@ -344,6 +352,10 @@ impl VectorIndexCodec {
                     column,
                 )?)
             }
+            Node::ShardPublish { index } => Arc::new(VectorIndexShardPublishExec::new(
+                one_input("shard publish", inputs)?,
+                open(&index, ctx)?,
+            )),
         })
     }
 }

@@ -27,7 +27,8 @@ use crate::runner;
 use crate::search::{search_plan, SearchOptions, SearchTarget};
 use crate::staging::ShardsTable;
 use crate::worker::{
-    fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardWriteExec,
+    fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardPublishExec,
+    VectorIndexShardWriteExec,
 };
 
 /// One vector index: an object-store prefix (see FORMAT.md).
@@ -208,7 +209,10 @@ impl VectorIndex {
             row_id.to_string(),
             column.to_string(),
         )?;
-        Ok(Arc::new(CoalescePartitionsExec::new(Arc::new(write))))
+        Ok(Arc::new(VectorIndexShardPublishExec::new(
+            Arc::new(CoalescePartitionsExec::new(Arc::new(write))),
+            self.location.clone(),
+        )))
     }
 
     /// Workers as one plan: stages the rows of `df` as up to `shards` shards, whole
@@ -228,9 +232,9 @@ impl VectorIndex {
         let mut built = ShardBuild::default();
         for batch in runner::collect(plan, ctx.task_ctx()).await? {
             for shard in StagedShardRow::from_batch(&batch)? {
-                built.rows += shard.rows;
-                built.num_fragments += shard.num_fragments;
-                built.shard_ids.push(shard.shard_id);
+                built.rows += shard.manifest.rows;
+                built.num_fragments += shard.manifest.num_fragments;
+                built.shard_ids.push(shard.manifest.shard_id);
             }
         }
         built.shard_ids.sort();

@@ -341,6 +341,99 @@ async fn a_merge_failing_on_an_executor_commits_nothing_and_a_rerun_succeeds() {
     assert_eq!(total, ROWS as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_writer_failing_on_an_executor_stages_no_shard_and_a_rerun_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let executors = two_slow_executors();
+    let faulty = FaultyStore::new(Arc::new(LocalFileSystem::new()));
+    faulty.scope_to("_staging/");
+    faulty.delay_writes(std::time::Duration::from_millis(50));
+    let failing = Arc::new(RuntimeEnv::default());
+    failing.register_object_store(
+        &url::Url::parse("file://").unwrap(),
+        Arc::new(faulty.clone()),
+    );
+    let cluster = InProcessCluster::start(
+        Arc::new(RuntimeEnv::default()),
+        vec![executors[0].clone(), ExecutorSetup::new(1, failing)],
+    )
+    .await
+    .unwrap();
+    let session = cluster.connect().unwrap();
+    many_partitions(&session);
+    let (_, table) = items();
+    session
+        .context()
+        .register_table("items", Arc::new(table))
+        .unwrap();
+    let url = format!("file://{}/idx", dir.path().display());
+    call(
+        &session,
+        &format!(
+            "CALL create_vector_index(index => '{url}', table => 'items', column => 'vec', \
+             type => 'IVF_SQ', num_partitions => 16, seed => 7)"
+        ),
+    )
+    .await;
+
+    // The second executor's first write of a shard fails.
+    faulty.arm(0, Fault::Once);
+    let err = session
+        .sql(&format!(
+            "CALL build_vector_index_shards(index => '{url}', table => 'items', column => 'vec', \
+             row_id => 'row_id', shards => 6)"
+        ))
+        .await
+        .expect_err("a shard writer failed");
+    assert!(err.to_string().contains("injected fault"), "{err}");
+
+    // No shard is complete: the publish step never ran, so no part of the table is
+    // staged, and the pieces the other writers wrote are incomplete shards.
+    let status = call(
+        &session,
+        &format!(
+            "SELECT count(*) FILTER (WHERE complete) AS complete \
+             FROM vector_index_shards('{url}')"
+        ),
+    )
+    .await;
+    let complete = status[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(complete, 0);
+
+    // So the build can simply run again; finalize skips what the failed run left.
+    faulty.disarm();
+    let built = call(
+        &session,
+        &format!(
+            "CALL build_vector_index_shards(index => '{url}', table => 'items', column => 'vec', \
+             row_id => 'row_id', shards => 6)"
+        ),
+    )
+    .await;
+    assert_eq!(u64_value(&built, "rows"), ROWS as u64);
+    call(
+        &session,
+        &format!("CALL finalize_vector_index(index => '{url}', skip_incomplete => true)"),
+    )
+    .await;
+    let segments = VectorIndex::open(session.context(), &url)
+        .unwrap()
+        .segments()
+        .await
+        .unwrap();
+    let committed: u64 = segments
+        .column_by_name("rows")
+        .unwrap()
+        .as_primitive::<UInt64Type>()
+        .values()
+        .iter()
+        .sum();
+    assert_eq!(committed, ROWS as u64);
+}
+
 /// An index on S3: the client, the scheduler and each executor build their store
 /// from the environment (the `AWS_*` variables point at the test server), as the
 /// processes of a real cluster would.

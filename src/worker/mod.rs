@@ -8,20 +8,27 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, UInt64Type};
 
-pub(crate) use shard_build::{fragment_key, StagedShardRow, VectorIndexShardWriteExec};
+pub(crate) use shard_build::{
+    fragment_key, StagedShardRow, VectorIndexShardPublishExec, VectorIndexShardWriteExec,
+};
 pub use shard_writer::ShardWriter;
 
 use crate::error::{IndexError, Result};
 
-/// Writes one batch of (`row_id`, vector) columns, in that order, into `writer`;
-/// `row_id` and `column` name them in errors.
+/// Writes the columns `row_id` (integers) and `column` (vectors) of `batch` into
+/// `writer`.
 pub(crate) fn write_rows(
     writer: &mut ShardWriter,
     batch: &RecordBatch,
     row_id: &str,
     column: &str,
 ) -> Result<()> {
-    let ids = batch.column(0);
+    let named = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| IndexError::Internal(format!("the rows to index lack column '{name}'")))
+    };
+    let (ids, vectors) = (named(row_id)?, named(column)?);
     if ids.null_count() > 0 {
         return Err(IndexError::InvalidInput(format!(
             "column '{row_id}' has NULL row ids"
@@ -36,11 +43,7 @@ pub(crate) fn write_rows(
             "column '{row_id}': row ids must be non-negative 64-bit integers: {e}"
         ))
     })?;
-    writer.write(
-        ids.as_primitive::<UInt64Type>().values(),
-        batch.column(1),
-        column,
-    )
+    writer.write(ids.as_primitive::<UInt64Type>().values(), vectors, column)
 }
 
 /// The fragment a row id belongs to (Lance's row-address convention).

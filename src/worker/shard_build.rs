@@ -1,4 +1,14 @@
-//! `VectorIndexShardWriteExec`: a distributed shard build, one shard per partition.
+//! The distributed shard build: `VectorIndexShardWriteExec` writes one shard's
+//! pieces per partition, `VectorIndexShardPublishExec` completes them all once every
+//! writer has succeeded.
+//!
+//! ```text
+//! VectorIndexShardPublishExec    1 partition: writes each shard.json, after all writers
+//!   CoalescePartitionsExec
+//!     VectorIndexShardWriteExec  N partitions: data.arrow + fragments.roaring per partition
+//!       RepartitionExec          hash of row_id >> 32: whole fragments per partition
+//!         <the table's scan>
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,18 +29,21 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use super::shard_writer::publish;
 use super::{write_rows, ShardWriter};
 use crate::exec::{compute_properties, single_child, strings};
-use crate::format::IndexLocation;
+use crate::format::{IndexLocation, ShardManifest};
 use crate::model::Model;
 use crate::progress::{ProgressStep, Tracker};
 
-/// Schema of the rows [`VectorIndexShardWriteExec`] emits: one per staged shard.
+/// Schema of the rows both operators emit, one per shard: its id, rows and
+/// fragments, and its `shard.json` (written by the publish step).
 pub(crate) fn staged_shard_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("shard_id", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("num_fragments", DataType::UInt64, false),
+        Field::new("manifest", DataType::Utf8, false),
     ]))
 }
 
@@ -52,51 +65,60 @@ pub(crate) fn fragment_key(schema: &SchemaRef, row_id: &str) -> Result<Arc<dyn P
     )))
 }
 
-/// A staged shard as the shard build reports it (a row of [`staged_shard_schema`]).
+/// A shard as the shard build reports it (a row of [`staged_shard_schema`]).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StagedShardRow {
-    pub shard_id: String,
-    pub rows: u64,
-    pub num_fragments: u64,
+    pub manifest: ShardManifest,
 }
 
 impl StagedShardRow {
-    fn to_batch(&self) -> Result<RecordBatch> {
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
+        let manifests = rows
+            .iter()
+            .map(|r| Ok(String::from_utf8_lossy(&r.manifest.to_json()?).into_owned()))
+            .collect::<crate::error::Result<Vec<_>>>()?;
         Ok(RecordBatch::try_new(
             staged_shard_schema(),
             vec![
-                Arc::new(StringArray::from(vec![self.shard_id.as_str()])),
-                Arc::new(UInt64Array::from(vec![self.rows])),
-                Arc::new(UInt64Array::from(vec![self.num_fragments])),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.manifest.shard_id.as_str()),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|r| r.manifest.rows),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|r| r.manifest.num_fragments),
+                )),
+                Arc::new(StringArray::from(manifests)),
             ],
         )?)
     }
 
     pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
         let ids = strings(batch, "shard_id")?;
-        let rows = crate::exec::primitive::<arrow::datatypes::UInt64Type>(batch, "rows")?;
-        let fragments =
-            crate::exec::primitive::<arrow::datatypes::UInt64Type>(batch, "num_fragments")?;
-        Ok((0..batch.num_rows())
-            .map(|i| Self {
-                shard_id: ids.value(i).to_string(),
-                rows: rows.value(i),
-                num_fragments: fragments.value(i),
+        let manifests = strings(batch, "manifest")?;
+        (0..batch.num_rows())
+            .map(|i| {
+                let manifest =
+                    ShardManifest::from_json(ids.value(i), manifests.value(i).as_bytes())?;
+                Ok(Self { manifest })
             })
-            .collect())
+            .collect()
     }
 }
 
-/// Encodes the rows of each input partition with the index's model and stages them
-/// as one partial shard (`data.arrow`, `fragments.roaring`, then `shard.json`).
+/// Encodes the rows of each input partition with the index's model and writes them
+/// as the pieces of one partial shard (`data.arrow`, `fragments.roaring`);
+/// [`VectorIndexShardPublishExec`] writes its `shard.json`.
 ///
 /// Partitioning: one output partition per input partition. The input (`row_id`,
 /// vector) must hold whole fragments per partition — the plan hash-partitions it
 /// on `row_id >> 32` — so that no fragment is split over two shards. A partition
-/// with no rows stages nothing; every other emits one row (schema:
-/// [`staged_shard_schema`]) once its shard is complete. Each attempt writes under a
-/// new shard id, so a failed or retried task leaves at most an incomplete shard
-/// (no `shard.json`), which finalize never merges and vacuum removes.
+/// with no rows writes nothing; every other emits one row (schema:
+/// [`staged_shard_schema`]) once its pieces are written. Each attempt writes under
+/// a new shard id, so a failed or retried task leaves at most an incomplete shard
+/// (no `shard.json`), which finalize never merges: a task that fails while writing
+/// removes its pieces (best effort), a crashed one's wait for vacuum.
 #[derive(Debug)]
 pub(crate) struct VectorIndexShardWriteExec {
     input: Arc<dyn ExecutionPlan>,
@@ -212,6 +234,7 @@ impl ExecutionPlan for VectorIndexShardWriteExec {
         let mut input = self.input.execute(partition, context)?;
         let mut writer = ShardWriter::new(self.location.clone(), Arc::clone(&self.model));
         let (row_id, column) = (self.row_id.clone(), self.column.clone());
+        let location = self.location.clone();
         let stream = futures::stream::once(async move {
             let mut rows = 0u64;
             while let Some(batch) = input.next().await {
@@ -223,13 +246,129 @@ impl ExecutionPlan for VectorIndexShardWriteExec {
             if rows == 0 {
                 return Ok(RecordBatch::new_empty(staged_shard_schema()));
             }
-            let shard = writer.finish().await?;
-            StagedShardRow {
-                shard_id: shard.shard_id,
-                rows: shard.rows,
-                num_fragments: shard.num_fragments,
+            let shard_id = writer.shard_id().to_string();
+            match writer.write_pieces().await {
+                Ok(manifest) => StagedShardRow::to_batch(&[StagedShardRow { manifest }]),
+                Err(e) => {
+                    // Best effort: without `shard.json` the shard was never complete,
+                    // so nothing can have merged it; a retry writes another.
+                    let _ = location.delete_dir(&location.shard_dir(&shard_id)).await;
+                    Err(e.into())
+                }
             }
-            .to_batch()
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            staged_shard_schema(),
+            stream,
+        )))
+    }
+}
+
+/// Completes the shards whose pieces the writers below wrote: once every writer has
+/// succeeded, writes each `shard.json`, so that a failed build leaves no complete
+/// shard behind and can simply be run again.
+///
+/// Partitioning: requires a single input partition (the writers' rows, coalesced)
+/// and emits a single partition: the input's rows, after their shards are
+/// complete. When a writer fails, removes (best effort) the pieces of the shards it
+/// had received and publishes none.
+#[derive(Debug)]
+pub(crate) struct VectorIndexShardPublishExec {
+    input: Arc<dyn ExecutionPlan>,
+    location: IndexLocation,
+    properties: Arc<PlanProperties>,
+}
+
+impl VectorIndexShardPublishExec {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, location: IndexLocation) -> Self {
+        Self {
+            input,
+            location,
+            properties: compute_properties(staged_shard_schema(), 1, EmissionType::Final),
+        }
+    }
+
+    #[cfg(feature = "codec")]
+    pub(crate) fn location(&self) -> &IndexLocation {
+        &self.location
+    }
+}
+
+impl DisplayAs for VectorIndexShardPublishExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "VectorIndexShardPublishExec: index={}, writes=shard.json of each shard once all are written",
+            self.location.url()
+        )
+    }
+}
+
+impl ExecutionPlan for VectorIndexShardPublishExec {
+    fn name(&self) -> &str {
+        "VectorIndexShardPublishExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            single_child(self.name(), children)?,
+            self.location.clone(),
+        )))
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut input = self.input.execute(partition, context)?;
+        let location = self.location.clone();
+        let stream = futures::stream::once(async move {
+            let mut written = Vec::new();
+            let mut failure = None;
+            while let Some(batch) = input.next().await {
+                match batch.and_then(|b| StagedShardRow::from_batch(&b)) {
+                    Ok(rows) => written.extend(rows),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                for row in &written {
+                    let dir = location.shard_dir(&row.manifest.shard_id);
+                    let _ = location.delete_dir(&dir).await;
+                }
+                return Err(e);
+            }
+            for some in written.chunks(16) {
+                let writes = some.iter().map(|row| publish(&location, &row.manifest));
+                futures::future::try_join_all(writes).await?;
+            }
+            StagedShardRow::to_batch(&written)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             staged_shard_schema(),

@@ -118,6 +118,15 @@ impl ShardWriter {
     /// Writes `data.arrow`, then `fragments.roaring`, then `shard.json`; the shard
     /// is complete only once `shard.json` exists.
     pub async fn finish(self) -> Result<ShardManifest> {
+        let location = self.location.clone();
+        let manifest = self.write_pieces().await?;
+        publish(&location, &manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Writes `data.arrow` and `fragments.roaring` and returns the manifest that
+    /// [`publish`] will write: until then the shard is incomplete.
+    pub(crate) async fn write_pieces(self) -> Result<ShardManifest> {
         let model = Arc::clone(self.encoder.model());
         let schema = model.storage_schema();
         let width = model.code_width();
@@ -182,9 +191,14 @@ impl ShardWriter {
             fragments_file,
             partitions: blocks,
         };
-        self.location
-            .put(&dir.clone().join("shard.json"), manifest.to_json()?)
-            .await?;
         Ok(manifest)
     }
+}
+
+/// Writes `shard.json`, which completes a shard whose pieces are written.
+pub(crate) async fn publish(location: &IndexLocation, manifest: &ShardManifest) -> Result<()> {
+    let dir = location.shard_dir(&manifest.shard_id);
+    location
+        .put(&dir.join("shard.json"), manifest.to_json()?)
+        .await
 }

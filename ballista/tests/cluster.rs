@@ -184,6 +184,28 @@ fn two_slow_executors() -> Vec<ExecutorSetup> {
     ]
 }
 
+/// A cluster of two slow executors (see [`two_slow_executors`]), so both get tasks,
+/// whose second one writes through a store that fails, once armed, the operations
+/// on paths containing `scope`.
+async fn one_failing_executor(scope: &str) -> (InProcessCluster, FaultyStore) {
+    let executors = two_slow_executors();
+    let faulty = FaultyStore::new(Arc::new(LocalFileSystem::new()));
+    faulty.scope_to(scope);
+    faulty.delay_writes(std::time::Duration::from_millis(50));
+    let failing = Arc::new(RuntimeEnv::default());
+    failing.register_object_store(
+        &url::Url::parse("file://").unwrap(),
+        Arc::new(faulty.clone()),
+    );
+    let cluster = InProcessCluster::start(
+        Arc::new(RuntimeEnv::default()),
+        vec![executors[0].clone(), ExecutorSetup::new(1, failing)],
+    )
+    .await
+    .unwrap();
+    (cluster, faulty)
+}
+
 fn two_executors(runtime: &Arc<RuntimeEnv>) -> Vec<ExecutorSetup> {
     vec![
         ExecutorSetup::new(1, Arc::clone(runtime)),
@@ -288,23 +310,7 @@ async fn a_whole_build_runs_as_tasks_on_both_executors_and_matches_one_process()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_merge_failing_on_an_executor_commits_nothing_and_a_rerun_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    // Both executors write through slow stores (see `two_slow_executors`), so both
-    // get merge tasks; only the second one's can fail.
-    let executors = two_slow_executors();
-    let faulty = FaultyStore::new(Arc::new(LocalFileSystem::new()));
-    faulty.scope_to("segments/");
-    faulty.delay_writes(std::time::Duration::from_millis(50));
-    let failing = Arc::new(RuntimeEnv::default());
-    failing.register_object_store(
-        &url::Url::parse("file://").unwrap(),
-        Arc::new(faulty.clone()),
-    );
-    let cluster = InProcessCluster::start(
-        Arc::new(RuntimeEnv::default()),
-        vec![executors[0].clone(), ExecutorSetup::new(1, failing)],
-    )
-    .await
-    .unwrap();
+    let (cluster, faulty) = one_failing_executor("segments/").await;
     let session = cluster.connect().unwrap();
     many_partitions(&session);
     let url = format!("file://{}/idx", dir.path().display());
@@ -344,21 +350,7 @@ async fn a_merge_failing_on_an_executor_commits_nothing_and_a_rerun_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_writer_failing_on_an_executor_stages_no_shard_and_a_rerun_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    let executors = two_slow_executors();
-    let faulty = FaultyStore::new(Arc::new(LocalFileSystem::new()));
-    faulty.scope_to("_staging/");
-    faulty.delay_writes(std::time::Duration::from_millis(50));
-    let failing = Arc::new(RuntimeEnv::default());
-    failing.register_object_store(
-        &url::Url::parse("file://").unwrap(),
-        Arc::new(faulty.clone()),
-    );
-    let cluster = InProcessCluster::start(
-        Arc::new(RuntimeEnv::default()),
-        vec![executors[0].clone(), ExecutorSetup::new(1, failing)],
-    )
-    .await
-    .unwrap();
+    let (cluster, faulty) = one_failing_executor("_staging/").await;
     let session = cluster.connect().unwrap();
     many_partitions(&session);
     let (_, table) = items();

@@ -36,7 +36,7 @@ use datafusion_vector_index::SearchOptions;
 use datafusion_vector_index::{HnswParams, IndexType, Metric, TrainOptions};
 use datafusion_vector_index::{VectorIndex, VectorIndexSession};
 
-use common::{child_field, env_types, env_usize, finalize_child, stats};
+use common::{child_field, env_types, env_usize, finalize_child, ground_truth, stats};
 
 const DIM: usize = 128;
 const PARTITIONS: usize = 256;
@@ -340,22 +340,7 @@ fn main() {
     let t = Instant::now();
     let data = dataset(rows, 7);
     let queries = dataset(QUERIES, 99);
-    let truth: Vec<Vec<u64>> = queries
-        .chunks(DIM)
-        .take(TRUTH_QUERIES)
-        .map(|q| {
-            let mut d: Vec<(f32, u64)> = (0..rows)
-                .map(|i| {
-                    (
-                        Metric::L2.distance(q, &data[i * DIM..(i + 1) * DIM]),
-                        row_id(i, rows),
-                    )
-                })
-                .collect();
-            d.select_nth_unstable_by(10, |a, b| a.0.total_cmp(&b.0));
-            d[..10].iter().map(|x| x.1).collect()
-        })
-        .collect();
+    let truth = ground_truth(&data, &queries, DIM, TRUTH_QUERIES, 10, |i| row_id(i, rows));
     println!(
         "  data and ground truth:              {:>8.2} s",
         t.elapsed().as_secs_f64()

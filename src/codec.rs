@@ -33,7 +33,8 @@ use crate::finalize::{
 use crate::format::IndexLocation;
 use crate::model::{Model, ModelInfo, ModelParams};
 use crate::search::{
-    SearchOptions, SearchTarget, VectorIndexProbeExec, VectorIndexScanExec, VectorIndexTopKExec,
+    LoadedTarget, SearchCache, SearchOptions, SearchTarget, VectorIndexProbeExec,
+    VectorIndexScanExec, VectorIndexTopKExec,
 };
 use crate::staging::ShardManifestSource;
 use crate::worker::{VectorIndexShardPublishExec, VectorIndexShardWriteExec};
@@ -315,14 +316,18 @@ impl VectorIndexCodec {
                 model.info(&index)?,
                 options,
             )?),
-            Node::Probe { target, options } => Arc::new(VectorIndexProbeExec::try_new(
-                one_input("search probe", inputs)?,
-                load_target(target, ctx)?,
-                options,
-            )?),
+            Node::Probe { target, options } => {
+                let loaded = load_target(target, ctx)?;
+                Arc::new(VectorIndexProbeExec::try_new(
+                    one_input("search probe", inputs)?,
+                    loaded.target,
+                    options,
+                    loaded.cached,
+                )?)
+            }
             Node::Scan { target, options } => Arc::new(VectorIndexScanExec::try_new(
                 one_input("search scan", inputs)?,
-                load_target(target, ctx)?,
+                load_target(target, ctx)?.target,
                 options,
             )?),
             Node::TopK { k } => Arc::new(VectorIndexTopKExec::try_new(
@@ -360,12 +365,16 @@ impl VectorIndexCodec {
     }
 }
 
-fn load_target(target: TargetRef, ctx: &TaskContext) -> Result<Arc<SearchTarget>> {
+/// The target a search node names, through the receiving session's search cache
+/// if it has one.
+fn load_target(target: TargetRef, ctx: &TaskContext) -> Result<LoadedTarget> {
     let location = open(&target.index, ctx)?;
+    let cache = SearchCache::of(ctx.session_config());
     block_on(SearchTarget::load_version(
         &location,
         target.version,
         &target.model,
+        cache.as_deref(),
     ))
 }
 

@@ -24,7 +24,7 @@ use crate::model::input::{append_vectors, first_dim, is_vector_type};
 use crate::model::{train_model, Model, SampleCollector, TrainOptions};
 use crate::progress::{ProgressStep, Tracker};
 use crate::runner;
-use crate::search::{search_plan, SearchOptions, SearchTarget};
+use crate::search::{search_plan, SearchCache, SearchOptions, SearchTarget};
 use crate::staging::ShardsTable;
 use crate::worker::{
     fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardPublishExec,
@@ -278,10 +278,12 @@ impl VectorIndex {
         queries: &[f32],
         options: SearchOptions,
     ) -> Result<Vec<Vec<SearchHit>>> {
-        let target = SearchTarget::load(&self.location).await?;
-        let dim = target.model.dim();
+        let state = ctx.state();
+        let cache = SearchCache::of(state.config());
+        let loaded = SearchTarget::load(&self.location, cache.as_deref()).await?;
+        let dim = loaded.target.model.dim();
         let n = queries.len().checked_div(dim).unwrap_or(0);
-        let plan = search_plan(&ctx.state(), target, queries.to_vec(), options)?;
+        let plan = search_plan(&state, loaded, queries.to_vec(), options)?;
         let batches = runner::collect(plan, ctx.task_ctx()).await?;
         let mut hits = vec![Vec::new(); n];
         for b in batches {

@@ -14,10 +14,12 @@
 //! - [`format`](mod@format): the manifests of the on-disk format, for readers of it.
 //! - [`datasets`]: seeded synthetic vectors for examples, benchmarks and tests.
 //! - [`limits`]: the bounds every count argument is checked against.
+//! - [`SearchCache`]: a bounded cache of decoded models, manifests and probed
+//!   partitions that repeated searches share.
 //! - [`Progress`]: live counters of training, shard building, finalize and search,
 //!   attached to a session and readable while they run.
 //! - [`PlanRunner`]: where the plans run (this process, or a distributed engine's
-//!   cluster), and with feature `codec`, [`VectorIndexCodec`] to ship them there.
+//!   cluster), and with feature `codec`, `VectorIndexCodec` to ship them there.
 //!
 //! The plans' operators, the merge and the HNSW graphs are crate-private.
 #![warn(unreachable_pub)]
@@ -50,7 +52,7 @@ pub use index::{SearchHit, ShardBuild, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
 pub use runner::{attach_runner, runner_of, PlanRunner};
-pub use search::SearchOptions;
+pub use search::{SearchCache, SearchCacheStats, SearchOptions, DEFAULT_SEARCH_CACHE_BYTES};
 pub use sql::VectorIndexSession;
 pub use worker::ShardWriter;
 

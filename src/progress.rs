@@ -39,7 +39,7 @@ pub enum ProgressStep {
     Graphs,
     /// Finalize: the commit of the new version (0 or 1 of 1).
     Commit,
-    /// Search: (query, segment, partition) probes scored, out of those planned.
+    /// Search: (query, partition) probes scored (each over every segment), out of those planned.
     Probes,
 }
 

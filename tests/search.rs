@@ -1,13 +1,17 @@
 //! Search: the merge is lossless for every type, IVF_FLAT with every partition
-//! probed equals brute force, and recall on clustered data.
+//! probed equals brute force, recall on clustered data, and the search cache
+//! answering as the store does.
 
 mod common;
 
 use common::*;
+use datafusion::prelude::SessionContext;
 use datafusion_vector_index::FinalizeOptions;
 use datafusion_vector_index::IndexError;
 use datafusion_vector_index::SearchOptions;
 use datafusion_vector_index::{IndexType, Metric};
+use datafusion_vector_index::{SearchCache, SearchHit, VectorIndex, VectorIndexSession};
+use std::sync::Arc;
 
 const ROWS: usize = 3000;
 const FRAGMENTS: u64 = 16;
@@ -239,4 +243,208 @@ async fn search_arguments_are_checked() {
             other => panic!("{arg}: {other:?}"),
         }
     }
+}
+
+/// Searches through a session with `cache` attached, and the same searches through a
+/// session without any cache (the reference answer).
+async fn cached_and_uncached(
+    t: &TestIndex,
+    cache: &Arc<SearchCache>,
+    queries: &[f32],
+) -> (Vec<Vec<SearchHit>>, Vec<Vec<SearchHit>>) {
+    let options = SearchOptions {
+        k: 10,
+        nprobes: 6,
+        ef: None,
+    };
+    let url = t.location().url().to_string();
+    let cached = VectorIndexSession::with_search_cache(Arc::clone(cache));
+    let plain = SessionContext::new();
+    let a = VectorIndex::open(cached.context(), &url)
+        .unwrap()
+        .search(cached.context(), queries, options)
+        .await
+        .unwrap();
+    let b = VectorIndex::open(&plain, &url)
+        .unwrap()
+        .search(&plain, queries, options)
+        .await
+        .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn repeated_searches_come_from_the_cache_with_the_same_hits() {
+    let data = clustered(ROWS, 12, 41);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let queries = clustered(30, 12, 42);
+    for ty in [IndexType::IvfSq, IndexType::IvfHnswSq] {
+        let model = train(&data, ty, Metric::L2, 16);
+        let t = TestIndex::new(&model).await;
+        t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
+        t.index
+            .finalize(&t.ctx, &FinalizeOptions::default())
+            .await
+            .unwrap();
+        let cache = Arc::new(SearchCache::new(64 << 20));
+        let (first, reference) = cached_and_uncached(&t, &cache, &queries).await;
+        assert_eq!(first, reference, "{ty}");
+        let cold = cache.stats();
+        assert_eq!((cold.target_hits, cold.target_misses), (0, 1), "{ty}");
+        assert!(
+            cold.block_misses > 0 && cold.block_hits == 0,
+            "{ty}: {cold:?}"
+        );
+        assert!(
+            cold.bytes > 0 && cold.bytes <= cold.capacity,
+            "{ty}: {cold:?}"
+        );
+        let (again, _) = cached_and_uncached(&t, &cache, &queries).await;
+        assert_eq!(again, reference, "{ty}");
+        let warm = cache.stats();
+        assert_eq!((warm.target_hits, warm.target_misses), (1, 1), "{ty}");
+        assert_eq!(warm.block_misses, cold.block_misses, "{ty}: {warm:?}");
+        assert_eq!(warm.block_hits, cold.block_misses, "{ty}: {warm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_version_or_a_recreated_index_is_never_answered_from_the_cache() {
+    let data = clustered(ROWS, 12, 43);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let queries = clustered(20, 12, 44);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 16);
+    let t = TestIndex::new(&model).await;
+    let cache = Arc::new(SearchCache::new(64 << 20));
+    // Version 1 holds the first half of the fragments, version 2 (an append) all.
+    let half: Vec<usize> = (0..FRAGMENTS as usize)
+        .map(|f| if f < 8 { 0 } else { 1 })
+        .collect();
+    let first: Vec<usize> = (0..ROWS).filter(|&i| (ids[i] >> 32) < 8).collect();
+    let pick = |rows: &[usize]| -> (Vec<f32>, Vec<u64>) {
+        (
+            rows.iter()
+                .flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied())
+                .collect(),
+            rows.iter().map(|&i| ids[i]).collect(),
+        )
+    };
+    let (d1, i1) = pick(&first);
+    t.stage(&model, &d1, &i1, &half).await;
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let (v1, reference) = cached_and_uncached(&t, &cache, &queries).await;
+    assert_eq!(v1, reference);
+    let rest: Vec<usize> = (0..ROWS).filter(|&i| (ids[i] >> 32) >= 8).collect();
+    let (d2, i2) = pick(&rest);
+    t.stage(&model, &d2, &i2, &half).await;
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let (v2, reference) = cached_and_uncached(&t, &cache, &queries).await;
+    assert_eq!(v2, reference);
+    assert_ne!(v1, v2, "version 2 adds rows some queries find");
+    assert_eq!(cache.stats().target_misses, 2);
+
+    // The index is deleted and created again at the same URL with other vectors:
+    // its version 1 is not the cached version 1.
+    std::fs::remove_dir_all(t.path()).unwrap();
+    let other = clustered(ROWS, 12, 45);
+    let model = train(&other, IndexType::IvfFlat, Metric::L2, 16);
+    model.write(t.location()).await.unwrap();
+    t.stage(&model, &other, &ids, &[0; FRAGMENTS as usize])
+        .await;
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let (v1_again, reference) = cached_and_uncached(&t, &cache, &queries).await;
+    assert_eq!(v1_again, reference);
+    assert_ne!(v1_again, v1);
+    assert_eq!(cache.stats().target_misses, 3);
+}
+
+#[tokio::test]
+async fn the_cache_keeps_within_its_budget_and_answers_the_same() {
+    let data = clustered(ROWS, 12, 46);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let queries = clustered(30, 12, 47);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 16);
+    let t = TestIndex::new(&model).await;
+    t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    // Room for a few partitions of 3000 × 16 floats over 16 partitions, and none.
+    for capacity in [40_000, 0] {
+        let cache = Arc::new(SearchCache::new(capacity));
+        for _ in 0..3 {
+            let (a, b) = cached_and_uncached(&t, &cache, &queries).await;
+            assert_eq!(a, b);
+            let stats = cache.stats();
+            assert!(stats.bytes <= capacity, "{stats:?}");
+        }
+        let stats = cache.stats();
+        if capacity == 0 {
+            assert_eq!(
+                (stats.bytes, stats.block_hits, stats.target_hits),
+                (0, 0, 0)
+            );
+        } else {
+            // Whether a block is still there when asked for again depends on the
+            // order the scan partitions ran in; that something was evicted does not.
+            assert!(stats.evictions > 0 && stats.bytes > 0, "{stats:?}");
+        }
+    }
+}
+
+/// `EXPLAIN ANALYZE` of a search shows where its model, manifests and blocks came from.
+#[tokio::test]
+async fn explain_analyze_shows_cache_hits_and_misses() {
+    let data = clustered(ROWS, 12, 48);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfSq, Metric::L2, 16);
+    let t = TestIndex::new(&model).await;
+    t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
+    t.index
+        .finalize(&t.ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let session = VectorIndexSession::new();
+    let query: Vec<String> = data[..DIM].iter().map(|x| x.to_string()).collect();
+    let sql = format!(
+        "EXPLAIN ANALYZE SELECT * FROM vector_search('{}', [{}], 5, 4)",
+        t.location().url(),
+        query.join(", ")
+    );
+    let mut plans = Vec::new();
+    for _ in 0..2 {
+        let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+        plans.push(
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let metric = |plan: &str, name: &str| -> u64 {
+        let at = plan
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {plan}"));
+        plan[at + name.len() + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric(&plans[0], "target_cache_misses"), 1, "{}", plans[0]);
+    assert_eq!(metric(&plans[0], "block_cache_misses"), 4, "{}", plans[0]);
+    assert!(metric(&plans[0], "bytes_read") > 0, "{}", plans[0]);
+    assert_eq!(metric(&plans[1], "target_cache_hits"), 1, "{}", plans[1]);
+    assert_eq!(metric(&plans[1], "block_cache_hits"), 4, "{}", plans[1]);
+    assert_eq!(metric(&plans[1], "block_cache_misses"), 0, "{}", plans[1]);
 }

@@ -71,3 +71,33 @@ pub fn child_field(text: &str, key: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// The ids (`row_id(i)`) of the k nearest rows of `data` to each of the first
+/// `count` queries, by squared L2, exactly.
+pub fn ground_truth(
+    data: &[f32],
+    queries: &[f32],
+    dim: usize,
+    count: usize,
+    k: usize,
+    row_id: impl Fn(usize) -> u64,
+) -> Vec<Vec<u64>> {
+    let rows = data.len() / dim;
+    queries
+        .chunks(dim)
+        .take(count)
+        .map(|q| {
+            let mut d: Vec<(f32, u64)> = (0..rows)
+                .map(|i| {
+                    (
+                        datafusion_vector_index::Metric::L2
+                            .distance(q, &data[i * dim..(i + 1) * dim]),
+                        row_id(i),
+                    )
+                })
+                .collect();
+            d.select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0));
+            d[..k].iter().map(|x| x.1).collect()
+        })
+        .collect()
+}

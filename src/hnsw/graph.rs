@@ -186,6 +186,14 @@ impl HnswGraph {
 
     /// Reads a stored graph of a partition holding `num_nodes` rows, checking that
     /// it is well formed; `what` names the block in errors.
+    /// Bytes the graph takes in memory.
+    pub(crate) fn memory_size(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| 4 * (l.nodes.len() + l.offsets.len() + l.neighbors.len()))
+            .sum()
+    }
+
     pub fn from_batch(what: &str, batch: &RecordBatch, num_nodes: usize) -> Result<Self> {
         let bad = |why: String| IndexError::corrupt(what, why);
         if batch.schema().fields() != graph_schema().fields() {

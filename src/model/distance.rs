@@ -2,8 +2,48 @@
 
 const LANES: usize = 8;
 
+/// `metric`'s distance ([`crate::Metric::distance`], the same arithmetic in the same
+/// order) from `query` to each row of `values` (rows of `query.len()` floats),
+/// appended to `out`; with AVX the compiler widens it to 8 floats per instruction.
+pub(crate) fn distance_rows(
+    metric: crate::Metric,
+    query: &[f32],
+    values: &[f32],
+    out: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU supports AVX, checked just above.
+        return unsafe { distance_rows_avx(metric, query, values, out) };
+    }
+    distance_rows_portable(metric, query, values, out)
+}
+
+// A plain loop over a pre-sized slice: iterator adapters like `extend` are not
+// inlined into the `target_feature` copy and would run without AVX.
+#[inline(always)]
+fn distance_rows_portable(
+    metric: crate::Metric,
+    query: &[f32],
+    values: &[f32],
+    out: &mut Vec<f32>,
+) {
+    let dim = query.len().max(1);
+    let start = out.len();
+    out.resize(start + values.len() / dim, 0.0);
+    for (o, row) in out[start..].iter_mut().zip(values.chunks_exact(dim)) {
+        *o = metric.distance_with::<Exact>(query, row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn distance_rows_avx(metric: crate::Metric, query: &[f32], values: &[f32], out: &mut Vec<f32>) {
+    distance_rows_portable(metric, query, values, out)
+}
+
 /// Squared Euclidean distance.
-#[inline]
+#[inline(always)]
 pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -24,7 +64,7 @@ pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Inner product.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];

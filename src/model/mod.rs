@@ -505,6 +505,16 @@ impl Model {
         self.info.metric()
     }
 
+    /// Bytes the model takes in memory, roughly (centroids and quantizer data).
+    pub(crate) fn memory_size(&self) -> usize {
+        let codec = match &self.codec {
+            Codec::Flat => 0,
+            Codec::Pq(pq) => pq.codebook.len(),
+            Codec::Sq(sq) => sq.lower.len() + sq.upper.len(),
+        };
+        4 * (self.centroids.len() + codec) + 1024
+    }
+
     pub(crate) fn centroid(&self, p: usize) -> &[f32] {
         &self.centroids[p * self.dim()..(p + 1) * self.dim()]
     }

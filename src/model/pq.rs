@@ -81,12 +81,44 @@ impl ProductQuantizer {
     }
 }
 
-/// Sum of table entries picked by `codes`.
-#[inline]
+/// Sum of table entries picked by `codes`. Four running sums: one would make every
+/// addition wait for the previous.
+#[inline(always)]
 pub(crate) fn table_lookup(table: &[f32], codes: &[u8]) -> f32 {
-    codes
+    // Rows of 256 entries: a code indexes one without a bounds check.
+    let (rows, _) = table.as_chunks::<PQ_CODES>();
+    let mut acc = [0f32; 4];
+    let (quads, rest) = codes.as_chunks::<4>();
+    let (row_quads, row_rest) = rows.as_chunks::<4>();
+    for (c, r) in quads.iter().zip(row_quads) {
+        for l in 0..4 {
+            acc[l] += r[l][c[l] as usize];
+        }
+    }
+    let tail: f32 = row_rest
         .iter()
-        .enumerate()
-        .map(|(m, &c)| table[m * PQ_CODES + c as usize])
-        .sum()
+        .zip(rest)
+        .map(|(row, &c)| row[c as usize])
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// [`table_lookup`] of each row of `codes` (rows of `width` bytes), appended to
+/// `out`, with `sign · sum + offset`.
+pub(crate) fn table_lookup_rows(
+    table: &[f32],
+    codes: &[u8],
+    width: usize,
+    sign: f32,
+    offset: f32,
+    out: &mut Vec<f32>,
+) {
+    let start = out.len();
+    out.resize(start + codes.len() / width.max(1), 0.0);
+    for (o, row) in out[start..]
+        .iter_mut()
+        .zip(codes.chunks_exact(width.max(1)))
+    {
+        *o = sign * table_lookup(table, row) + offset;
+    }
 }

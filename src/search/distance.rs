@@ -1,13 +1,11 @@
 //! Scoring stored rows against a query, per quantizer and metric.
 
-use arrow::array::RecordBatch;
-
 use super::topk::{Scored, TopK};
 use crate::error::{IndexError, Result};
 use crate::format::StoredRows;
-use crate::model::distance::dot;
-use crate::model::pq::table_lookup;
-use crate::model::sq::{sq_dot, sq_l2};
+use crate::model::distance::{distance_rows, dot};
+use crate::model::pq::{table_lookup, table_lookup_rows};
+use crate::model::sq::{sq_dot, sq_dot_rows, sq_l2, sq_l2_rows};
 use crate::model::{Codec, Metric, Model};
 
 /// A query prepared for one IVF partition.
@@ -116,19 +114,6 @@ impl Scorer {
             )),
         }
     }
-
-    /// Scores every row of a storage batch into `top`.
-    pub(super) fn score_batch(&self, batch: &RecordBatch, top: &mut TopK) -> Result<()> {
-        let rows = StoredRows::of(batch)?;
-        let scorer = self.bind(&rows)?;
-        for (i, &row_id) in rows.ids.iter().enumerate() {
-            let distance = scorer.distance(i);
-            if distance <= top.threshold() {
-                top.push(Scored { distance, row_id });
-            }
-        }
-        Ok(())
-    }
 }
 
 impl CodeScorer {
@@ -152,6 +137,61 @@ impl CodeScorer {
 }
 
 impl BoundScorer<'_> {
+    /// Scores every bound row (whose row ids are `ids`) into `top`; `distances` is
+    /// scratch space.
+    pub(super) fn score_into(&self, ids: &[u64], distances: &mut Vec<f32>, top: &mut TopK) {
+        distances.clear();
+        self.distances(distances);
+        for (&distance, &row_id) in distances.iter().zip(ids) {
+            if distance <= top.threshold() {
+                top.push(Scored { distance, row_id });
+            }
+        }
+    }
+
+    /// The distances of all the bound rows, appended to `out`, a block at a time
+    /// (kernels the CPU's widest vectors run).
+    fn distances(&self, out: &mut Vec<f32>) {
+        match self {
+            Self::Codes {
+                scorer: CodeScorer::SqL2 { scaled, weights },
+                bytes,
+                ..
+            } => sq_l2_rows(scaled, weights, bytes, out),
+            Self::Codes {
+                scorer:
+                    CodeScorer::SqDot {
+                        weights,
+                        offset,
+                        base,
+                    },
+                bytes,
+                ..
+            } => {
+                let from = out.len();
+                sq_dot_rows(weights, *offset, bytes, out);
+                for d in &mut out[from..] {
+                    *d = base - *d;
+                }
+            }
+            Self::Codes {
+                scorer:
+                    CodeScorer::Pq {
+                        table,
+                        offset,
+                        sign,
+                    },
+                bytes,
+                width,
+            } => table_lookup_rows(table, bytes, *width, *sign, *offset, out),
+            Self::Flat {
+                query,
+                metric,
+                values,
+            } => distance_rows(*metric, query, values, out),
+        }
+    }
+
     /// Distance to row `i` of the bound rows.
     #[inline]
     pub(super) fn distance(&self, i: usize) -> f32 {

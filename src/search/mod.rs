@@ -3,12 +3,13 @@
 //! ```text
 //! VectorIndexTopKExec        1 partition: the k nearest rows of each query
 //!   CoalescePartitionsExec
-//!     VectorIndexScanExec    N partitions: scores probed (segment, partition) blocks
-//!       RepartitionExec      hash of (segment, partition)
+//!     VectorIndexScanExec    N partitions: scores every segment's block of probed partitions
+//!       RepartitionExec      hash of the partition
 //!         VectorIndexProbeExec  ranks partitions once per query, emits probe tasks
 //!           DataSourceExec   the queries (MemorySourceConfig)
 //! ```
 
+mod cache;
 mod distance;
 mod probe_exec;
 mod scan_exec;
@@ -16,6 +17,7 @@ mod table;
 pub(crate) mod topk;
 mod topk_exec;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{FixedSizeListArray, Float32Array, RecordBatch, UInt32Array};
@@ -27,14 +29,16 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::{StreamExt, TryStreamExt};
 
+use cache::{BlockKey, CachedTarget};
+pub use cache::{SearchCache, SearchCacheStats, DEFAULT_SEARCH_CACHE_BYTES};
 pub(crate) use probe_exec::VectorIndexProbeExec;
 pub(crate) use scan_exec::VectorIndexScanExec;
 pub(crate) use table::VectorSearchTable;
 pub(crate) use topk_exec::{search_output_schema, VectorIndexTopKExec};
 
-use crate::catalog::{latest_version, read_segment};
+use crate::catalog::{list_versions, read_segment, read_version};
 use crate::error::{IndexError, Result};
-use crate::format::{IndexLocation, SegmentManifest};
+use crate::format::{IndexLocation, SegmentManifest, VersionManifest};
 use crate::model::Model;
 
 /// Search parameters.
@@ -76,25 +80,43 @@ impl Default for SearchOptions {
     }
 }
 
-/// The committed state a search reads: the model and the segments of the latest version.
+/// The committed state a search reads: the model and the segments of one version.
 #[derive(Debug)]
 pub(crate) struct SearchTarget {
     pub location: IndexLocation,
     pub model: Arc<Model>,
     pub version: u64,
     pub segments: Vec<SegmentManifest>,
+    /// Per IVF partition, the segments holding rows in it (segment number and the
+    /// block's cache key), in segment order: worked out once per target, not per
+    /// search.
+    pub(super) blocks_by_partition: Vec<Vec<(usize, BlockKey)>>,
+}
+
+/// A target and whether it came from a [`SearchCache`] (shown by `EXPLAIN ANALYZE`).
+#[derive(Debug, Clone)]
+pub(crate) struct LoadedTarget {
+    pub target: Arc<SearchTarget>,
+    pub cached: bool,
 }
 
 impl SearchTarget {
-    pub(crate) async fn load(location: &IndexLocation) -> Result<Arc<Self>> {
-        let model = Arc::new(Model::read_current(location).await?);
-        let version = latest_version(location).await?.ok_or_else(|| {
-            IndexError::NotFound(format!(
+    /// The latest committed version of `location`, from `cache` when it holds that
+    /// very version (two small reads: the version list and the latest manifest).
+    pub(crate) async fn load(
+        location: &IndexLocation,
+        cache: Option<&SearchCache>,
+    ) -> Result<LoadedTarget> {
+        let Some(&latest) = list_versions(location).await?.last() else {
+            // No index at all is a different error from an index never finalized.
+            Model::read_current(location).await?;
+            return Err(IndexError::NotFound(format!(
                 "index {} has no committed version yet; run finalize_vector_index first",
                 location.url()
-            ))
-        })?;
-        Self::with_version(location, model, version).await
+            )));
+        };
+        let manifest = read_version(location, latest).await?;
+        Self::of_manifest(location, manifest, None, cache).await
     }
 
     #[cfg(feature = "codec")]
@@ -104,35 +126,66 @@ impl SearchTarget {
         location: &IndexLocation,
         version: u64,
         fingerprint: &str,
-    ) -> Result<Arc<Self>> {
-        let (model, version) = futures::try_join!(
-            Model::read_current(location),
-            crate::catalog::read_version(location, version)
-        )?;
-        if model.fingerprint() != fingerprint {
-            return Err(IndexError::Conflict(format!(
-                "index {}: the search was planned with model {fingerprint}, but the index now has model {}; plan it again",
-                location.url(),
-                model.fingerprint()
-            )));
-        }
-        Self::with_version(location, Arc::new(model), version).await
+        cache: Option<&SearchCache>,
+    ) -> Result<LoadedTarget> {
+        let manifest = read_version(location, version).await?;
+        Self::of_manifest(location, manifest, Some(fingerprint), cache).await
     }
 
-    async fn with_version(
+    /// The target `manifest` describes. With a cache: the cached target if it was
+    /// built from this manifest, else one that reuses the cached model (same
+    /// fingerprint) and the manifests of the segments both versions list.
+    async fn of_manifest(
         location: &IndexLocation,
-        model: Arc<Model>,
-        version: crate::format::VersionManifest,
-    ) -> Result<Arc<Self>> {
-        let ids: Vec<String> = version
+        manifest: VersionManifest,
+        fingerprint: Option<&str>,
+        cache: Option<&SearchCache>,
+    ) -> Result<LoadedTarget> {
+        let key = location.url().to_string();
+        let previous = cache.and_then(|c| c.target(&key));
+        if let Some(hit) = previous.as_ref().filter(|p| p.manifest == manifest) {
+            if let Some(c) = cache {
+                c.record_target(true);
+            }
+            return Self::checked(Arc::clone(&hit.target), fingerprint).map(|target| {
+                LoadedTarget {
+                    target,
+                    cached: true,
+                }
+            });
+        }
+        let previous = previous.map(|p| Arc::clone(&p.target));
+        let model = match previous
+            .as_ref()
+            .filter(|p| p.model.fingerprint() == manifest.model)
+        {
+            Some(p) => Arc::clone(&p.model),
+            None => Arc::new(Model::read_current(location).await?),
+        };
+        let known: HashMap<&str, &SegmentManifest> = previous
+            .iter()
+            .flat_map(|p| p.segments.iter().map(|s| (s.segment_id.as_str(), s)))
+            .collect();
+        // Owned inputs: the future must be `Send` for any lifetime (`TableProvider::scan`).
+        let wanted: Vec<(String, Option<SegmentManifest>)> = manifest
             .segments
             .iter()
-            .map(|s| s.segment_id.clone())
+            .map(|s| {
+                let id = s.segment_id.clone();
+                let known = known.get(id.as_str()).map(|m| (*m).clone());
+                (id, known)
+            })
             .collect();
-        let segments: Vec<SegmentManifest> = futures::stream::iter(ids)
-            .map(|id| {
+        drop(known);
+        let segments: Vec<SegmentManifest> = futures::stream::iter(wanted)
+            .map(|(id, known)| {
                 let location = location.clone();
-                async move { read_segment(&location, &id).await }
+                async move {
+                    match known {
+                        Some(m) => Ok(m),
+                        None => read_segment(&location, &id).await,
+                    }
+                }
             })
             .buffered(16)
             .try_collect()
@@ -143,12 +196,99 @@ impl SearchTarget {
                 "built with another model",
             ));
         }
-        Ok(Arc::new(Self {
+        let blocks_by_partition = Self::blocks_by_partition(location, &model, &segments)?;
+        let target = Arc::new(Self {
             location: location.clone(),
             model,
-            version: version.version,
+            version: manifest.version,
             segments,
-        }))
+            blocks_by_partition,
+        });
+        if let Some(c) = cache {
+            c.record_target(false);
+            c.put_target(
+                &key,
+                Arc::new(CachedTarget {
+                    manifest,
+                    target: Arc::clone(&target),
+                }),
+            );
+        }
+        Self::checked(target, fingerprint).map(|target| LoadedTarget {
+            target,
+            cached: false,
+        })
+    }
+
+    fn blocks_by_partition(
+        location: &IndexLocation,
+        model: &Model,
+        segments: &[SegmentManifest],
+    ) -> Result<Vec<Vec<(usize, BlockKey)>>> {
+        let index: Arc<str> = location.url().to_string().into();
+        let ids: Vec<Arc<str>> = segments
+            .iter()
+            .map(|s| s.segment_id.as_str().into())
+            .collect();
+        (0..model.num_partitions() as u32)
+            .map(|p| {
+                let mut holding = Vec::new();
+                for (s, seg) in segments.iter().enumerate() {
+                    let Some((_, info)) = seg.block(p) else {
+                        return Err(IndexError::corrupt(
+                            format!("segment {}", seg.segment_id),
+                            format!("has no block for partition {p}"),
+                        ));
+                    };
+                    if info.rows > 0 {
+                        holding.push((
+                            s,
+                            BlockKey {
+                                index: Arc::clone(&index),
+                                segment_id: Arc::clone(&ids[s]),
+                                partition: p,
+                                offset: info.offset,
+                                crc32: info.crc32,
+                            },
+                        ));
+                    }
+                }
+                Ok(holding)
+            })
+            .collect()
+    }
+
+    /// `target`, if it is searched with the model `fingerprint` a plan names.
+    fn checked(target: Arc<Self>, fingerprint: Option<&str>) -> Result<Arc<Self>> {
+        match fingerprint {
+            Some(f) if f != target.model.fingerprint() => Err(IndexError::Conflict(format!(
+                "index {}: the search was planned with model {f}, but the index now has model {}; plan it again",
+                target.location.url(),
+                target.model.fingerprint()
+            ))),
+            _ => Ok(target),
+        }
+    }
+
+    /// Bytes the target takes in memory, roughly (for the cache's budget).
+    pub(crate) fn memory_size(&self) -> usize {
+        let manifests: usize = self
+            .segments
+            .iter()
+            .map(|s| {
+                256 + s
+                    .files
+                    .iter()
+                    .map(|f| 128 + 64 * f.partitions.len() * if f.graph.is_some() { 2 } else { 1 })
+                    .sum::<usize>()
+            })
+            .sum();
+        let keys: usize = self
+            .blocks_by_partition
+            .iter()
+            .map(|b| 24 + 48 * b.len())
+            .sum();
+        self.model.memory_size() + manifests + keys
     }
 }
 
@@ -171,10 +311,11 @@ pub(crate) fn queries_schema(dim: usize) -> SchemaRef {
 /// `row_id`, `distance`, ordered by query then distance.
 pub(crate) fn search_plan(
     state: &dyn Session,
-    target: Arc<SearchTarget>,
+    loaded: LoadedTarget,
     queries: Vec<f32>,
     options: SearchOptions,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let target = loaded.target;
     let dim = target.model.dim();
     options.check()?;
     if queries.is_empty() || !queries.len().is_multiple_of(dim) {
@@ -213,6 +354,7 @@ pub(crate) fn search_plan(
         leaf,
         Arc::clone(&target),
         options,
+        loaded.cached,
     )?);
     let partitions = state.config().target_partitions().max(1);
     // Hash, not round robin: each probed block is read by one scan partition for all

@@ -10,6 +10,7 @@ use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
@@ -22,11 +23,10 @@ use crate::model::distance::normalize;
 use crate::model::Metric;
 use crate::progress::{ProgressStep, Tracker};
 
-/// Probe tasks: score `query` against IVF `partition` of segment number `segment`.
+/// Probe tasks: score `query` against IVF `partition` of every segment.
 pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::UInt32, false),
-        Field::new("segment", DataType::UInt32, false),
         Field::new("partition", DataType::UInt32, false),
         Field::new(
             "query",
@@ -39,28 +39,35 @@ pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
     ]))
 }
 
-/// The columns that identify a probed block, as expressions over `schema` (the probe
-/// task schema): the key the search plan hash-partitions probe tasks on.
+/// The column that identifies the probed blocks of a task, as an expression over
+/// `schema` (the probe task schema): the key the search plan hash-partitions probe
+/// tasks on.
 pub(crate) fn probe_task_key(schema: &SchemaRef) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-    ["segment", "partition"]
-        .into_iter()
-        .map(|name| datafusion::physical_expr::expressions::col(name, schema))
-        .collect()
+    Ok(vec![datafusion::physical_expr::expressions::col(
+        "partition",
+        schema,
+    )?])
 }
 
 /// Ranks the IVF partitions of each query once (all segments share the model) and
-/// emits one probe task per (query, segment, probed partition holding rows).
+/// emits one probe task per (query, probed partition holding rows in some segment).
+/// A task covers the partition in every segment: the query is prepared for the
+/// partition once and scores its blocks one after another, so 64 small segments
+/// cost about what one large one does.
 ///
 /// Partitioning: requires a single input partition of queries (`query_id`,
-/// `query`) and emits a single partition. Tasks are ordered by (segment,
-/// partition, query) and cut into many small batches; the plan hash-partitions
-/// them on (segment, partition), so each scan partition reads a block once for
-/// all the queries that probe it.
+/// `query`) and emits a single partition. Tasks are ordered by (partition, query)
+/// and cut into many small batches; the plan hash-partitions them on the
+/// partition, so each scan partition reads a block once for all the queries that
+/// probe it.
 #[derive(Debug)]
 pub(crate) struct VectorIndexProbeExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
+    /// Whether the target came from the session's search cache.
+    target_cached: bool,
+    metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
 
@@ -75,12 +82,15 @@ impl VectorIndexProbeExec {
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,
         options: SearchOptions,
+        target_cached: bool,
     ) -> Result<Self> {
         let schema = probe_task_schema(target.model.dim());
         Ok(Self {
             input,
             target,
             options,
+            target_cached,
+            metrics: ExecutionPlanMetricsSet::new(),
             properties: compute_properties(schema, 1, EmissionType::Final),
         })
     }
@@ -126,7 +136,14 @@ impl ExecutionPlan for VectorIndexProbeExec {
             single_child(self.name(), children)?,
             Arc::clone(&self.target),
             self.options,
+            self.target_cached,
         )?))
+    }
+
+    /// `target_cache_hits` / `target_cache_misses`: whether the model and segment
+    /// manifests came from the session's search cache or were read.
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn apply_expressions(
@@ -147,6 +164,15 @@ impl ExecutionPlan for VectorIndexProbeExec {
             );
         }
         let spread = context.session_config().target_partitions().max(1);
+        let (hits, misses) = (
+            MetricBuilder::new(&self.metrics).counter("target_cache_hits", 0),
+            MetricBuilder::new(&self.metrics).counter("target_cache_misses", 0),
+        );
+        if self.target_cached {
+            hits.add(1);
+        } else {
+            misses.add(1);
+        }
         let tracker = Tracker::of_task(&context);
         let input = self.input.execute(0, context)?;
         let target = Arc::clone(&self.target);
@@ -171,7 +197,6 @@ impl ExecutionPlan for VectorIndexProbeExec {
 }
 
 struct Task {
-    segment: u32,
     partition: u32,
     query_id: u32,
     query: Arc<Vec<f32>>,
@@ -193,20 +218,17 @@ fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Resu
             }
             let q = Arc::new(q);
             for p in model.rank_partitions(&q, nprobes) {
-                for (s, seg) in target.segments.iter().enumerate() {
-                    if seg.block(p as u32).is_some_and(|(_, b)| b.rows > 0) {
-                        tasks.push(Task {
-                            segment: s as u32,
-                            partition: p as u32,
-                            query_id: ids.value(i),
-                            query: Arc::clone(&q),
-                        });
-                    }
+                if !target.blocks_by_partition[p].is_empty() {
+                    tasks.push(Task {
+                        partition: p as u32,
+                        query_id: ids.value(i),
+                        query: Arc::clone(&q),
+                    });
                 }
             }
         }
     }
-    tasks.sort_by_key(|t| (t.segment, t.partition, t.query_id));
+    tasks.sort_by_key(|t| (t.partition, t.query_id));
     Ok(tasks)
 }
 
@@ -221,9 +243,6 @@ fn task_batch(schema: &SchemaRef, target: &SearchTarget, tasks: &[Task]) -> Resu
         vec![
             Arc::new(UInt32Array::from_iter_values(
                 tasks.iter().map(|t| t.query_id),
-            )),
-            Arc::new(UInt32Array::from_iter_values(
-                tasks.iter().map(|t| t.segment),
             )),
             Arc::new(UInt32Array::from_iter_values(
                 tasks.iter().map(|t| t.partition),

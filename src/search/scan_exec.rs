@@ -11,6 +11,9 @@ use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -18,21 +21,23 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use super::cache::{BlockKey, SearchCache};
 use super::distance::Scorer;
 use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, primitive, single_child, vectors};
-use crate::format::{decode_block, StoredRows};
+use crate::format::{decode_block, SegmentManifest, StoredRows};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::progress::{ProgressStep, Tracker};
 
 /// Blocks read at once by one scan partition.
 const READ_CONCURRENCY: usize = 8;
 
-/// Reads each probed (segment, partition) block with one ranged read (checked
-/// against its CRC-32), scores it for every query that probes it, and keeps each
+/// Reads every segment's block of each probed partition with one ranged read (checked
+/// against its CRC-32) — or takes it decoded from the session's [`SearchCache`]
+/// (`block_cache_hits` / `block_cache_misses` in `EXPLAIN ANALYZE`) — scores it for every query that probes it, and keeps each
 /// query's k nearest rows. For the HNSW types the partition's graph block is read
 /// alongside (graphs are loaded lazily, only for probed partitions) and searched
 /// with breadth `ef` instead of scoring every row.
@@ -46,6 +51,7 @@ pub(crate) struct VectorIndexScanExec {
     options: SearchOptions,
     /// What the input must be hash-partitioned on (see `probe_task_key`).
     key: Vec<Arc<dyn PhysicalExpr>>,
+    metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
 
@@ -67,6 +73,7 @@ impl VectorIndexScanExec {
             input,
             target,
             options,
+            metrics: ExecutionPlanMetricsSet::new(),
             properties: compute_properties(search_output_schema(), partitions, EmissionType::Final),
         })
     }
@@ -117,6 +124,10 @@ impl ExecutionPlan for VectorIndexScanExec {
         )?))
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
@@ -130,15 +141,30 @@ impl ExecutionPlan for VectorIndexScanExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let tracker = Tracker::of_task(&context);
+        let blocks = Blocks {
+            target: Arc::clone(&self.target),
+            cache: SearchCache::of(context.session_config()),
+            hits: MetricBuilder::new(&self.metrics).counter("block_cache_hits", partition),
+            misses: MetricBuilder::new(&self.metrics).counter("block_cache_misses", partition),
+            bytes_read: MetricBuilder::new(&self.metrics).counter("bytes_read", partition),
+        };
         let mut input = self.input.execute(partition, context)?;
-        let target = Arc::clone(&self.target);
         let options = self.options;
         let stream = futures::stream::once(async move {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
             let mut visited = Visited::default();
+            let mut distances = Vec::new();
             while let Some(batch) = input.next().await {
                 let batch = batch?;
-                scan_tasks(&target, &batch, options, &mut tops, &mut visited).await?;
+                scan_tasks(
+                    &blocks,
+                    &batch,
+                    options,
+                    &mut tops,
+                    &mut visited,
+                    &mut distances,
+                )
+                .await?;
                 tracker.add(ProgressStep::Probes, batch.num_rows() as u64);
             }
             Ok(tops_to_batch(tops)?)
@@ -151,13 +177,89 @@ impl ExecutionPlan for VectorIndexScanExec {
 }
 
 /// A probed partition: its rows and, for HNSW types, its graph.
-struct Block {
-    rows: RecordBatch,
-    graph: Option<HnswGraph>,
+#[derive(Debug)]
+pub(super) struct Block {
+    pub rows: RecordBatch,
+    pub graph: Option<HnswGraph>,
 }
 
-async fn read_block(target: &SearchTarget, s: u32, p: u32) -> crate::error::Result<Block> {
-    let seg = &target.segments[s as usize];
+impl Block {
+    /// Bytes the block takes in memory (for the cache's budget).
+    pub(super) fn memory_size(&self) -> usize {
+        self.rows.get_array_memory_size() + self.graph.as_ref().map_or(0, HnswGraph::memory_size)
+    }
+}
+
+/// Where one scan partition gets its blocks: the session's cache, else the store.
+struct Blocks {
+    target: Arc<SearchTarget>,
+    cache: Option<Arc<SearchCache>>,
+    hits: Count,
+    misses: Count,
+    bytes_read: Count,
+}
+
+impl Blocks {
+    /// Every segment's block of each partition in `probed`, in segment order: one
+    /// pass through the cache, then the misses read concurrently.
+    async fn of_partitions(
+        &self,
+        probed: &[u32],
+    ) -> crate::error::Result<HashMap<u32, Vec<Arc<Block>>>> {
+        let (segment_of, wanted): (Vec<usize>, Vec<BlockKey>) = probed
+            .iter()
+            .flat_map(|&p| {
+                self.target
+                    .blocks_by_partition
+                    .get(p as usize)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+            })
+            .unzip();
+        let cached = match &self.cache {
+            Some(cache) => cache.blocks(&wanted),
+            None => vec![None; wanted.len()],
+        };
+        let misses: Vec<usize> = (0..wanted.len()).filter(|&i| cached[i].is_none()).collect();
+        self.hits.add(wanted.len() - misses.len());
+        self.misses.add(misses.len());
+        let read: Vec<(usize, Arc<Block>)> = futures::stream::iter(misses)
+            .map(|i| {
+                let (key, seg) = (&wanted[i], &self.target.segments[segment_of[i]]);
+                async move {
+                    let (block, bytes) = read_block(&self.target, seg, key.partition).await?;
+                    self.bytes_read.add(bytes);
+                    let block = Arc::new(block);
+                    if let Some(cache) = &self.cache {
+                        cache.put_block(key.clone(), Arc::clone(&block));
+                    }
+                    Ok::<_, IndexError>((i, block))
+                }
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut all = cached;
+        for (i, block) in read {
+            all[i] = Some(block);
+        }
+        let mut of_partition: HashMap<u32, Vec<Arc<Block>>> = HashMap::new();
+        for (key, block) in wanted.iter().zip(all) {
+            let block = block
+                .ok_or_else(|| IndexError::Internal("a block neither cached nor read".into()))?;
+            of_partition.entry(key.partition).or_default().push(block);
+        }
+        Ok(of_partition)
+    }
+}
+
+/// Reads and decodes a block; also returns the bytes read.
+async fn read_block(
+    target: &SearchTarget,
+    seg: &SegmentManifest,
+    p: u32,
+) -> crate::error::Result<(Block, usize)> {
     let what = format!("segment {}, partition {p}", seg.segment_id);
     let (file, block) = seg
         .block(p)
@@ -178,73 +280,89 @@ async fn read_block(target: &SearchTarget, s: u32, p: u32) -> crate::error::Resu
         let bytes = location
             .get_described_range(&dir.clone().join(file.name.as_str()), block.range(), &what)
             .await?;
+        let len = bytes.len();
         Ok::<_, IndexError>(Some((
             what.clone(),
+            len,
             decode_block(&what, &graph_schema(), block, bytes)?,
         )))
     };
     let (data, graph) = futures::try_join!(data, graph)?;
+    let mut bytes = data.len();
     let rows = decode_block(&what, &schema, block, data)?;
     let graph = match graph {
-        Some((what, batch)) => Some(HnswGraph::from_batch(&what, &batch, rows.num_rows())?),
+        Some((what, graph_bytes, batch)) => {
+            bytes += graph_bytes;
+            Some(HnswGraph::from_batch(&what, &batch, rows.num_rows())?)
+        }
         None => None,
     };
-    Ok(Block { rows, graph })
+    Ok((Block { rows, graph }, bytes))
 }
 
 async fn scan_tasks(
-    target: &Arc<SearchTarget>,
+    blocks: &Blocks,
     batch: &RecordBatch,
     options: SearchOptions,
     tops: &mut BTreeMap<u32, TopK>,
     visited: &mut Visited,
+    distances: &mut Vec<f32>,
 ) -> Result<()> {
     let query_ids = primitive::<UInt32Type>(batch, "query_id")?;
-    let segments = primitive::<UInt32Type>(batch, "segment")?;
     let partitions = primitive::<UInt32Type>(batch, "partition")?;
     let queries = vectors(batch, "query")?;
+    let target = &blocks.target;
     let dim = target.model.dim();
-    let mut wanted: Vec<(u32, u32)> = (0..batch.num_rows())
-        .map(|i| (segments.value(i), partitions.value(i)))
-        .collect();
-    wanted.dedup();
-    let blocks: HashMap<(u32, u32), Block> = futures::stream::iter(wanted)
-        .map(|(s, p)| {
-            let target = Arc::clone(target);
-            async move { Ok::<_, IndexError>(((s, p), read_block(&target, s, p).await?)) }
-        })
-        .buffer_unordered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let mut probed: Vec<u32> = partitions.values().to_vec();
+    probed.sort_unstable();
+    probed.dedup();
+    let of_partition = blocks.of_partitions(&probed).await?;
     let values = queries.values().as_primitive::<Float32Type>().values();
-    for i in 0..batch.num_rows() {
-        let (s, p) = (segments.value(i), partitions.value(i));
-        let start = (queries.offset() + i) * dim;
-        let scorer = Scorer::new(&target.model, &values[start..start + dim], p as usize)?;
-        let top = tops
-            .entry(query_ids.value(i))
-            .or_insert_with(|| TopK::new(options.k));
-        let block = &blocks[&(s, p)];
-        match &block.graph {
-            Some(graph) => {
-                let rows = StoredRows::of(&block.rows)?;
+    // Runs of tasks of one partition (the probe step orders them so): their queries
+    // are prepared once, and each block's rows are bound once for all of them.
+    let n = batch.num_rows();
+    let mut first = 0;
+    while first < n {
+        let p = partitions.value(first);
+        let mut end = first + 1;
+        while end < n && partitions.value(end) == p {
+            end += 1;
+        }
+        let scorers = (first..end)
+            .map(|i| {
+                let start = (queries.offset() + i) * dim;
+                let scorer = Scorer::new(&target.model, &values[start..start + dim], p as usize)?;
+                Ok((query_ids.value(i), scorer))
+            })
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        for block in of_partition.get(&p).into_iter().flatten() {
+            let rows = StoredRows::of(&block.rows)?;
+            for (query_id, scorer) in &scorers {
+                let top = tops
+                    .entry(*query_id)
+                    .or_insert_with(|| TopK::new(options.k));
                 let bound = scorer.bind(&rows)?;
-                let found = graph.search(
-                    options.effective_ef(),
-                    |node| bound.distance(node as usize),
-                    visited,
-                );
-                for c in found {
-                    if c.distance <= top.threshold() {
-                        top.push(Scored {
-                            distance: c.distance,
-                            row_id: rows.ids[c.node as usize],
-                        });
+                match &block.graph {
+                    Some(graph) => {
+                        let found = graph.search(
+                            options.effective_ef(),
+                            |node| bound.distance(node as usize),
+                            visited,
+                        );
+                        for c in found {
+                            if c.distance <= top.threshold() {
+                                top.push(Scored {
+                                    distance: c.distance,
+                                    row_id: rows.ids[c.node as usize],
+                                });
+                            }
+                        }
                     }
+                    None => bound.score_into(rows.ids, distances, top),
                 }
             }
-            None => scorer.score_batch(&block.rows, top)?,
         }
+        first = end;
     }
     Ok(())
 }

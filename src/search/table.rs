@@ -12,7 +12,7 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{search_plan, SearchOptions, SearchTarget};
+use super::{search_plan, SearchCache, SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::format::IndexLocation;
 
@@ -58,7 +58,9 @@ impl TableProvider for VectorSearchTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let target = SearchTarget::load(&self.location).await?;
+        let cache = SearchCache::of(state.config());
+        let loaded = SearchTarget::load(&self.location, cache.as_deref()).await?;
+        let target = &loaded.target;
         // One query: exactly one vector of the index's dimension (the Rust API takes
         // several queries in one slice; SQL does not).
         let dim = target.model.dim();
@@ -73,7 +75,7 @@ impl TableProvider for VectorSearchTable {
             )
             .into());
         }
-        let plan = search_plan(state, target, self.query.clone(), self.options)?;
+        let plan = search_plan(state, loaded, self.query.clone(), self.options)?;
         let all = vec![0, 1];
         let exprs = projection.unwrap_or(&all).iter().map(|&i| {
             let name = SCHEMA.field(i).name();

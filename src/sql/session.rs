@@ -19,6 +19,7 @@ use object_store::memory::InMemory;
 use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
 use super::procedures;
 use crate::progress::Progress;
+use crate::search::{SearchCache, DEFAULT_SEARCH_CACHE_BYTES};
 
 /// Registers the table functions and a `memory://` object store on `ctx`.
 pub(super) fn register(ctx: &SessionContext) {
@@ -45,9 +46,17 @@ impl Default for VectorIndexSession {
 }
 
 impl VectorIndexSession {
-    /// A session with DataFusion's defaults and a [`Progress`] attached.
+    /// A session with DataFusion's defaults, a [`Progress`] and a [`SearchCache`] of
+    /// [`DEFAULT_SEARCH_CACHE_BYTES`] attached.
     pub fn new() -> Self {
-        let config = Progress::new().attach(SessionConfig::new());
+        Self::with_search_cache(Arc::new(SearchCache::new(DEFAULT_SEARCH_CACHE_BYTES)))
+    }
+
+    /// A session like [`VectorIndexSession::new`]'s whose searches use `cache` (share
+    /// one between sessions, or size it: `SearchCache::new(bytes)`; zero bytes keeps
+    /// nothing).
+    pub fn with_search_cache(cache: Arc<SearchCache>) -> Self {
+        let config = cache.attach(Progress::new().attach(SessionConfig::new()));
         Self::with_context(SessionContext::new_with_config(config))
     }
 
@@ -58,6 +67,11 @@ impl VectorIndexSession {
 
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// The search cache of this session, if its config has one attached.
+    pub fn search_cache(&self) -> Option<Arc<SearchCache>> {
+        SearchCache::of(self.ctx.state_ref().read().config())
     }
 
     /// The progress counters of this session's work, if its config has a

@@ -1,0 +1,299 @@
+//! Search throughput: one segment against 64, cold and warm, batches and SQL calls.
+//!
+//! ```text
+//! cargo bench --bench search                             # N = 1,000,000
+//! SEARCH_BENCH_ROWS=200000 SEARCH_BENCH_NPROBES=12 SEARCH_BENCH_TYPES=IVF_SQ cargo bench --bench search
+//! ```
+//!
+//! For IVF_FLAT, IVF_PQ and IVF_SQ (`SEARCH_BENCH_TYPES`): the finalize bench's data
+//! (a seeded Gaussian mixture of N × 128 vectors, 256 partitions), staged by 64
+//! workers (one fragment each), finalized twice: into one segment, and with
+//! `segments => 'per_shard'` into 64. Each index is searched at nprobes 20, k 10,
+//! through the public API:
+//!
+//! - `batch`: 200 queries in one `VectorIndex::search` call;
+//! - `sql call`: the same 200 queries, one `SELECT … FROM vector_search(…)` per query;
+//!
+//! each with a session whose [`SearchCache`] holds nothing yet (`cold`: the model,
+//! manifests and probed partitions are read and decoded; the files themselves are
+//! in the page cache), again with the same cache (`warm`, median of
+//! `SEARCH_BENCH_RUNS`), and with a cache of zero bytes (`no cache`). Recall@10 of
+//! the first 100 queries against brute force. One `summary` line per index.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use datafusion_vector_index::datasets::{gaussian_mixture, vector_column};
+use datafusion_vector_index::{
+    FinalizeOptions, IndexType, Metric, SearchCache, SearchOptions, SegmentGrouping, ShardWriter,
+    TrainOptions, VectorIndex, VectorIndexSession,
+};
+
+use common::{env_types, env_usize, ground_truth, stats};
+
+const DIM: usize = 128;
+const PARTITIONS: usize = 256;
+const FRAGMENTS: usize = 64;
+const CLUSTERS: usize = 1024;
+const QUERIES: usize = 200;
+const TRUTH_QUERIES: usize = 100;
+const CACHE_BYTES: usize = 4 << 30;
+
+fn row_id(i: usize, rows: usize) -> u64 {
+    let per = rows.div_ceil(FRAGMENTS);
+    (((i / per) as u64) << 32) | (i % per) as u64
+}
+
+struct Setup<'a> {
+    queries: &'a [f32],
+    truth: &'a [Vec<u64>],
+    options: SearchOptions,
+    runs: usize,
+}
+
+/// Queries per second of a batch and of one SQL call per query, cold, warm and
+/// without a cache; recall@10.
+#[derive(Debug, Default)]
+struct Figures {
+    batch: [f64; 3],
+    call: [f64; 3],
+    recall: f64,
+}
+
+async fn batch_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> (f64, f64) {
+    let ctx = session.context();
+    let index = VectorIndex::open(ctx, url).unwrap();
+    let t = Instant::now();
+    let hits = index.search(ctx, s.queries, s.options).await.unwrap();
+    let qps = QUERIES as f64 / t.elapsed().as_secs_f64();
+    let found: usize = hits
+        .iter()
+        .zip(s.truth)
+        .map(|(h, t)| h.iter().filter(|x| t.contains(&x.row_id)).count())
+        .sum();
+    (qps, found as f64 / (s.truth.len() * s.options.k) as f64)
+}
+
+async fn call_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> f64 {
+    let t = Instant::now();
+    for q in s.queries.chunks(DIM) {
+        let literal: Vec<String> = q.iter().map(|x| x.to_string()).collect();
+        let sql = format!(
+            "SELECT row_id, distance FROM vector_search('{url}', [{}], {}, {})",
+            literal.join(", "),
+            s.options.k,
+            s.options.nprobes
+        );
+        let rows: usize = session
+            .sql(&sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
+        assert_eq!(rows, s.options.k);
+    }
+    QUERIES as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn measure(url: &str, s: &Setup<'_>) -> Figures {
+    let mut f = Figures::default();
+    let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+    let (cold, recall) = batch_qps(&cached, url, s).await;
+    f.recall = recall;
+    let mut warm = Vec::new();
+    for _ in 0..s.runs {
+        warm.push(batch_qps(&cached, url, s).await.0);
+    }
+    let none = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(0)));
+    f.batch = [cold, stats(&warm).0, batch_qps(&none, url, s).await.0];
+
+    let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+    let cold = call_qps(&cached, url, s).await;
+    let mut warm = Vec::new();
+    for _ in 0..s.runs {
+        warm.push(call_qps(&cached, url, s).await);
+    }
+    f.call = [cold, stats(&warm).0, call_qps(&none, url, s).await];
+    f
+}
+
+async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> Vec<String> {
+    println!("\n== {ty}: {rows} × {DIM}, {PARTITIONS} partitions, {FRAGMENTS} workers");
+    let work = tempfile::tempdir().unwrap();
+    let session = VectorIndexSession::new();
+    let ctx = session.context();
+    let one_dir = work.path().join("one");
+    let url = |dir: &std::path::Path| format!("file://{}", dir.display());
+    let index = VectorIndex::open(ctx, &url(&one_dir)).unwrap();
+    let options = TrainOptions {
+        index_type: ty,
+        metric: Metric::L2,
+        num_partitions: PARTITIONS,
+        ..Default::default()
+    };
+    let table = RecordBatch::try_from_iter([("vec", vector_column(data, DIM))]).unwrap();
+    let model = Arc::new(
+        index
+            .create(ctx.read_batch(table).unwrap(), "vec", &options)
+            .await
+            .unwrap(),
+    );
+    let per = rows.div_ceil(FRAGMENTS);
+    for chunk in (0..rows).collect::<Vec<_>>().chunks(per) {
+        let mut writer = ShardWriter::new(index.location().clone(), Arc::clone(&model));
+        for part in chunk.chunks(8192) {
+            let ids: Vec<u64> = part.iter().map(|&i| row_id(i, rows)).collect();
+            let vals = &data[part[0] * DIM..(part[part.len() - 1] + 1) * DIM];
+            writer
+                .write(&ids, &vector_column(vals, DIM), "vec")
+                .unwrap();
+        }
+        writer.finish().await.unwrap();
+    }
+    let many_dir = work.path().join("many");
+    let ok = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&one_dir)
+        .arg(&many_dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -r failed");
+    let mut summaries = Vec::new();
+    let mut figures = Vec::new();
+    for (dir, grouping) in [
+        (&one_dir, SegmentGrouping::Single),
+        (&many_dir, SegmentGrouping::PerShard),
+    ] {
+        let index = VectorIndex::open(ctx, &url(dir)).unwrap();
+        let committed = index
+            .finalize(
+                ctx,
+                &FinalizeOptions {
+                    grouping,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let segments: usize = committed.iter().map(RecordBatch::num_rows).sum();
+        // SEARCH_BENCH_PROFILE=<secs> repeats warm batch searches (with
+        // SEARCH_BENCH_PROFILE_CALLS set: SQL calls) of the first index that long,
+        // e.g. under `perf record`, and measures nothing else.
+        if let Some(secs) = std::env::var("SEARCH_BENCH_PROFILE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            let session =
+                VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+            batch_qps(&session, &url(dir), s).await;
+            println!("  profiling for {secs} s");
+            let t = Instant::now();
+            let mut n = 0;
+            let calls = std::env::var("SEARCH_BENCH_PROFILE_CALLS").is_ok();
+            while t.elapsed().as_secs_f64() < secs {
+                if calls {
+                    call_qps(&session, &url(dir), s).await;
+                } else {
+                    batch_qps(&session, &url(dir), s).await;
+                }
+                n += 1;
+            }
+            println!(
+                "  profiled {n} rounds of {QUERIES} queries: {:.0} q/s",
+                (n * QUERIES) as f64 / t.elapsed().as_secs_f64()
+            );
+            return summaries;
+        }
+        let f = measure(&url(dir), s).await;
+        println!(
+            "  {segments:>2} segment(s)  batch of {QUERIES}: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | one SQL call per query: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | recall@10 {:.3}",
+            f.batch[0], f.batch[1], f.batch[2], f.call[0], f.call[1], f.call[2], f.recall
+        );
+        summaries.push(format!(
+            "summary {} segments={segments} nprobes={} batch_cold_qps={:.0} batch_warm_qps={:.0} batch_no_cache_qps={:.0} call_cold_qps={:.0} call_warm_qps={:.0} call_no_cache_qps={:.0} recall_at_10={:.3}",
+            ty.name(),
+            s.options.nprobes,
+            f.batch[0],
+            f.batch[1],
+            f.batch[2],
+            f.call[0],
+            f.call[1],
+            f.call[2],
+            f.recall
+        ));
+        figures.push(f);
+    }
+    if let [one, many] = &figures[..] {
+        let line = format!(
+            "summary {} one_over_many_segments batch_warm={:.2} call_warm={:.2}",
+            ty.name(),
+            one.batch[1] / many.batch[1],
+            one.call[1] / many.call[1]
+        );
+        println!(
+            "  one segment ÷ 64 segments, warm q/s: batch {:.2}, SQL call {:.2}",
+            one.batch[1] / many.batch[1],
+            one.call[1] / many.call[1]
+        );
+        summaries.push(line);
+    }
+    summaries
+}
+
+fn main() {
+    let rows = env_usize("SEARCH_BENCH_ROWS", 1_000_000);
+    let runs = env_usize("SEARCH_BENCH_RUNS", 5).max(1);
+    let nprobes = env_usize("SEARCH_BENCH_NPROBES", 20);
+    let types = env_types("SEARCH_BENCH_TYPES");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "search bench: {rows} rows × {DIM}, {} cores, nprobes {nprobes}, k 10, {QUERIES} queries",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let data = gaussian_mixture(rows, DIM, CLUSTERS, 0.15, 1, 7);
+    let queries = gaussian_mixture(QUERIES, DIM, CLUSTERS, 0.15, 1, 99);
+    // SEARCH_BENCH_EXPORT=<dir> writes the vectors and queries (little-endian f32,
+    // row-major) for benches/faiss_search.py, and measures nothing.
+    if let Ok(dir) = std::env::var("SEARCH_BENCH_EXPORT") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(dir.join("base.f32"), bytes(&data)).unwrap();
+        std::fs::write(dir.join("queries.f32"), bytes(&queries)).unwrap();
+        println!(
+            "wrote {rows} vectors and {QUERIES} queries of dimension {DIM} to {}",
+            dir.display()
+        );
+        return;
+    }
+    let truth = ground_truth(&data, &queries, DIM, TRUTH_QUERIES, 10, |i| row_id(i, rows));
+    let setup = Setup {
+        queries: &queries,
+        truth: &truth,
+        options: SearchOptions {
+            k: 10,
+            nprobes,
+            ef: None,
+        },
+        runs,
+    };
+    let mut summaries = Vec::new();
+    for ty in types {
+        summaries.extend(rt.block_on(bench_type(ty, &data, rows, &setup)));
+    }
+    println!();
+    for s in summaries {
+        println!("{s}");
+    }
+}

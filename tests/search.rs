@@ -245,6 +245,14 @@ async fn search_arguments_are_checked() {
     }
 }
 
+/// An index of `data`, staged by one worker and finalized into one segment.
+async fn committed(model: &datafusion_vector_index::Model, data: &[f32], ids: &[u64]) -> TestIndex {
+    let t = TestIndex::new(model).await;
+    t.stage(model, data, ids, &[0; FRAGMENTS as usize]).await;
+    t.finalize().await;
+    t
+}
+
 /// Searches through a session with `cache` attached, and the same searches through a
 /// session without any cache (the reference answer).
 async fn cached_and_uncached(
@@ -280,12 +288,7 @@ async fn repeated_searches_come_from_the_cache_with_the_same_hits() {
     let queries = clustered(30, 12, 42);
     for ty in [IndexType::IvfSq, IndexType::IvfHnswSq] {
         let model = train(&data, ty, Metric::L2, 16);
-        let t = TestIndex::new(&model).await;
-        t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
-        t.index
-            .finalize(&t.ctx, &FinalizeOptions::default())
-            .await
-            .unwrap();
+        let t = committed(&model, &data, &ids).await;
         let cache = Arc::new(SearchCache::new(64 << 20));
         let (first, reference) = cached_and_uncached(&t, &cache, &queries).await;
         assert_eq!(first, reference, "{ty}");
@@ -331,19 +334,13 @@ async fn a_new_version_or_a_recreated_index_is_never_answered_from_the_cache() {
     };
     let (d1, i1) = pick(&first);
     t.stage(&model, &d1, &i1, &half).await;
-    t.index
-        .finalize(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    t.finalize().await;
     let (v1, reference) = cached_and_uncached(&t, &cache, &queries).await;
     assert_eq!(v1, reference);
     let rest: Vec<usize> = (0..ROWS).filter(|&i| (ids[i] >> 32) >= 8).collect();
     let (d2, i2) = pick(&rest);
     t.stage(&model, &d2, &i2, &half).await;
-    t.index
-        .finalize(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    t.finalize().await;
     let (v2, reference) = cached_and_uncached(&t, &cache, &queries).await;
     assert_eq!(v2, reference);
     assert_ne!(v1, v2, "version 2 adds rows some queries find");
@@ -357,10 +354,7 @@ async fn a_new_version_or_a_recreated_index_is_never_answered_from_the_cache() {
     model.write(t.location()).await.unwrap();
     t.stage(&model, &other, &ids, &[0; FRAGMENTS as usize])
         .await;
-    t.index
-        .finalize(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    t.finalize().await;
     let (v1_again, reference) = cached_and_uncached(&t, &cache, &queries).await;
     assert_eq!(v1_again, reference);
     assert_ne!(v1_again, v1);
@@ -373,12 +367,7 @@ async fn the_cache_keeps_within_its_budget_and_answers_the_same() {
     let ids = row_ids(ROWS, FRAGMENTS);
     let queries = clustered(30, 12, 47);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 16);
-    let t = TestIndex::new(&model).await;
-    t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
-    t.index
-        .finalize(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    let t = committed(&model, &data, &ids).await;
     // Room for a few partitions of 3000 × 16 floats over 16 partitions, and none.
     for capacity in [40_000, 0] {
         let cache = Arc::new(SearchCache::new(capacity));
@@ -408,12 +397,7 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
     let data = clustered(ROWS, 12, 48);
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfSq, Metric::L2, 16);
-    let t = TestIndex::new(&model).await;
-    t.stage(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
-    t.index
-        .finalize(&t.ctx, &FinalizeOptions::default())
-        .await
-        .unwrap();
+    let t = committed(&model, &data, &ids).await;
     let session = VectorIndexSession::new();
     let query: Vec<String> = data[..DIM].iter().map(|x| x.to_string()).collect();
     let sql = format!(

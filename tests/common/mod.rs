@@ -106,6 +106,17 @@ impl TestIndex {
             .to_string()
     }
 
+    /// Finalizes what is staged, with the default options.
+    pub async fn finalize(&self) {
+        self.index
+            .finalize(
+                &self.ctx,
+                &datafusion_vector_index::FinalizeOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     pub fn path(&self) -> std::path::PathBuf {
         self.dir.path().join("idx")
     }

@@ -13,7 +13,8 @@
 //! partition a graph is built (one partition per core at a time, like finalize),
 //! then queries drawn from the same mixture search each partition with `ef` = 100
 //! and are compared with the exact 10 nearest decoded rows of that partition.
-//! Prints build time, rows/s, recall@10, memory and search time; with the
+//! Prints build time, rows/s, recall@10, memory, search time and a fingerprint of
+//! the graphs (a speed-up meant to leave them as they were must keep it); with the
 //! `hnsw-crate-comparison` feature, the same for the `hnsw_rs` crate with the same
 //! parameters (its own L2 kernel, one graph per partition, serial insertion).
 //!
@@ -142,6 +143,15 @@ fn main() {
         .map(|g| g.to_batch().unwrap().get_array_memory_size())
         .sum();
     let rss_built = rss_mib();
+    // Changes meant to leave the graphs as they were (speed-ups) must keep this.
+    let mut fingerprint = std::hash::DefaultHasher::new();
+    for g in &graphs {
+        for level in 0..g.num_levels() {
+            for node in 0..g.num_nodes() as u32 {
+                std::hash::Hash::hash(g.neighbors_of(level, node), &mut fingerprint);
+            }
+        }
+    }
     let mut visited = Visited::default();
     let mut search_at = |ef: usize| {
         measure(&queries, &query_partition, &exact, |q, p| {
@@ -156,11 +166,12 @@ fn main() {
     let (narrow, _) = search_at(10);
     let (recall, search) = search_at(EF);
     println!(
-        "  ours:     build {build:>6.2} s ({:>6.0} rows/s), recall@10 {recall:.3} (ef 10: {narrow:.3}), graphs {:>6.1} MiB stored, RSS +{:.0} MiB, {QUERIES} searches {:.1} ms",
+        "  ours:     build {build:>6.2} s ({:>6.0} rows/s), recall@10 {recall:.3} (ef 10: {narrow:.3}), graphs {:>6.1} MiB stored, RSS +{:.0} MiB, {QUERIES} searches {:.1} ms, graphs' fingerprint {:016x}",
         rows as f64 / build,
         bytes as f64 / (1 << 20) as f64,
         rss_built - rss_before,
-        search * 1e3
+        search * 1e3,
+        std::hash::Hasher::finish(&fingerprint)
     );
     drop(graphs);
     #[cfg(feature = "hnsw-crate-comparison")]

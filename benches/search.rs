@@ -19,6 +19,9 @@
 //! in the page cache), again with the same cache (`warm`, median of
 //! `SEARCH_BENCH_RUNS`), and with a cache of zero bytes (`no cache`). Recall@10 of
 //! the first 100 queries against brute force. One `summary` line per index.
+//!
+//! `SEARCH_BENCH_BREAKDOWN=1` instead prints where a warm one-query SQL call spends
+//! its time (parsing and planning, running, the API alone, nprobes 1).
 
 mod common;
 
@@ -100,6 +103,61 @@ async fn call_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> f64
         assert_eq!(rows, s.options.k);
     }
     QUERIES as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Median milliseconds of 50 runs of `f`.
+async fn median_ms<F: std::future::Future<Output = ()>>(mut f: impl FnMut() -> F) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    stats(&times).0
+}
+
+/// Where a warm call with one query spends its time: SQL parsing and logical
+/// planning (`sql()`), physical planning and running (`collect()`), against a
+/// trivial statement, a bare 128-float literal, and the public API's search with
+/// nprobes 20 and 1.
+async fn breakdown(session: &VectorIndexSession, url: &str, s: &Setup<'_>) {
+    let q = &s.queries[..DIM];
+    let list: Vec<String> = q.iter().map(|x| x.to_string()).collect();
+    let list = list.join(", ");
+    let (k, nprobes) = (s.options.k, s.options.nprobes);
+    for (what, sql) in [
+        ("SELECT 1", "SELECT 1".to_string()),
+        ("SELECT [128 floats]", format!("SELECT [{list}]")),
+        (
+            "vector_search",
+            format!(
+                "SELECT row_id, distance FROM vector_search('{url}', [{list}], {k}, {nprobes})"
+            ),
+        ),
+    ] {
+        let plan = median_ms(|| async {
+            session.sql(&sql).await.unwrap();
+        })
+        .await;
+        let whole = median_ms(|| async {
+            session.sql(&sql).await.unwrap().collect().await.unwrap();
+        })
+        .await;
+        println!("  {what}: sql() {plan:.3} ms, sql() and collect() {whole:.3} ms");
+    }
+    let ctx = session.context();
+    let index = VectorIndex::open(ctx, url).unwrap();
+    for nprobes in [s.options.nprobes, 1] {
+        let options = SearchOptions {
+            nprobes,
+            ..s.options
+        };
+        let api = median_ms(|| async {
+            index.search(ctx, q, options).await.unwrap();
+        })
+        .await;
+        println!("  VectorIndex::search of one query, nprobes {nprobes}: {api:.3} ms");
+    }
 }
 
 async fn measure(url: &str, s: &Setup<'_>) -> Figures {
@@ -184,6 +242,15 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
             .await
             .unwrap();
         let segments: usize = committed.iter().map(RecordBatch::num_rows).sum();
+        // SEARCH_BENCH_BREAKDOWN=1 prints where a warm one-query call's time goes
+        // (on the first index) and measures nothing else.
+        if std::env::var("SEARCH_BENCH_BREAKDOWN").is_ok() {
+            let session =
+                VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+            call_qps(&session, &url(dir), s).await;
+            breakdown(&session, &url(dir), s).await;
+            return summaries;
+        }
         // SEARCH_BENCH_PROFILE=<secs> repeats warm batch searches (with
         // SEARCH_BENCH_PROFILE_CALLS set: SQL calls) of the first index that long,
         // e.g. under `perf record`, and measures nothing else.

@@ -88,14 +88,14 @@ impl HnswGraph {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn num_nodes(&self) -> usize {
+    #[cfg(any(test, feature = "internals"))]
+    pub fn num_nodes(&self) -> usize {
         self.num_nodes
     }
 
     /// Number of levels, 0 for an empty graph.
-    #[cfg(test)]
-    pub(crate) fn num_levels(&self) -> usize {
+    #[cfg(any(test, feature = "internals"))]
+    pub fn num_levels(&self) -> usize {
         if self.num_nodes == 0 {
             0
         } else {
@@ -114,8 +114,8 @@ impl HnswGraph {
     }
 
     /// Neighbors of `node` on `level` (empty when the node is not on it).
-    #[cfg(test)]
-    pub(crate) fn neighbors_of(&self, level: usize, node: u32) -> &[u32] {
+    #[cfg(any(test, feature = "internals"))]
+    pub fn neighbors_of(&self, level: usize, node: u32) -> &[u32] {
         self.neighbors(level, node)
     }
 

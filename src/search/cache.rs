@@ -85,6 +85,18 @@ struct Entry<V> {
     slot: u64,
 }
 
+impl<V> Entry<V> {
+    /// An entry used just now, at `now`.
+    fn new(value: V, bytes: usize, now: u64) -> Self {
+        Self {
+            value,
+            bytes,
+            used: now,
+            slot: now,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     targets: HashMap<Arc<str>, Entry<Arc<CachedTarget>>>,
@@ -192,25 +204,13 @@ impl Inner {
         bytes: usize,
     ) {
         if let Some(now) = self.admit(capacity, Key::Target(Arc::clone(&key)), bytes) {
-            let entry = Entry {
-                value,
-                bytes,
-                used: now,
-                slot: now,
-            };
-            self.targets.insert(key, entry);
+            self.targets.insert(key, Entry::new(value, bytes, now));
         }
     }
 
     fn insert_block(&mut self, capacity: usize, key: BlockKey, value: Arc<Block>, bytes: usize) {
         if let Some(now) = self.admit(capacity, Key::Block(key.clone()), bytes) {
-            let entry = Entry {
-                value,
-                bytes,
-                used: now,
-                slot: now,
-            };
-            self.blocks.insert(key, entry);
+            self.blocks.insert(key, Entry::new(value, bytes, now));
         }
     }
 

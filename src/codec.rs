@@ -127,6 +127,7 @@ enum Node {
     Probe {
         target: TargetRef,
         options: SearchOptions,
+        slots: usize,
     },
     Scan {
         target: TargetRef,
@@ -233,10 +234,11 @@ impl VectorIndexCodec {
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexProbeExec>() {
-            let (target, options) = exec.parts();
+            let (target, options, slots) = exec.parts();
             return Ok(Node::Probe {
                 target: TargetRef::of(target),
                 options,
+                slots,
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexScanExec>() {
@@ -316,13 +318,18 @@ impl VectorIndexCodec {
                 model.info(&index)?,
                 options,
             )?),
-            Node::Probe { target, options } => {
+            Node::Probe {
+                target,
+                options,
+                slots,
+            } => {
                 let loaded = load_target(target, ctx)?;
                 Arc::new(VectorIndexProbeExec::try_new(
                     one_input("search probe", inputs)?,
                     loaded.target,
                     options,
                     loaded.cached,
+                    slots,
                 )?)
             }
             Node::Scan { target, options } => Arc::new(VectorIndexScanExec::try_new(

@@ -432,3 +432,78 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
     assert_eq!(metric(&plans[1], "block_cache_hits"), 4, "{}", plans[1]);
     assert_eq!(metric(&plans[1], "block_cache_misses"), 0, "{}", plans[1]);
 }
+
+/// One query over few large partitions: the probe splits them into parts scored by
+/// every scan partition (`split_partitions` in EXPLAIN ANALYZE), and the hits are
+/// those of a search that scores each partition whole — brute force for IVF_FLAT
+/// probing every partition. HNSW graphs are searched whole.
+#[tokio::test]
+async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
+    let rows = 12_000;
+    let data = clustered(rows, 3, 51);
+    let ids = row_ids(rows, FRAGMENTS);
+    let queries = clustered(3, 3, 52);
+    let session = |partitions| {
+        VectorIndexSession::with_context(SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(partitions),
+        ))
+    };
+    let (whole, split) = (session(1), session(8));
+    let options = SearchOptions {
+        k: 10,
+        nprobes: 2,
+        ef: None,
+    };
+    for ty in IndexType::ALL {
+        let model = train(&data, ty, Metric::L2, 2);
+        let t = TestIndex::new(&model).await;
+        let owners: Vec<usize> = (0..FRAGMENTS as usize).map(|f| f % 3).collect();
+        t.stage(&model, &data, &ids, &owners).await;
+        t.index
+            .finalize(
+                &t.ctx,
+                &FinalizeOptions {
+                    grouping: datafusion_vector_index::SegmentGrouping::PerShard,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let url = t.location().url().to_string();
+        for q in queries.chunks(DIM) {
+            let search = |s: &VectorIndexSession| {
+                let ctx = s.context().clone();
+                let url = url.clone();
+                async move {
+                    VectorIndex::open(&ctx, &url)
+                        .unwrap()
+                        .search(&ctx, q, options)
+                        .await
+                        .unwrap()
+                }
+            };
+            let (a, b) = (search(&whole).await, search(&split).await);
+            assert_eq!(a, b, "{ty}");
+            if ty == IndexType::IvfFlat {
+                let got: Vec<(u64, f32)> = b[0].iter().map(|s| (s.row_id, s.distance)).collect();
+                assert_eq!(got, brute_force(&data, &ids, q, Metric::L2, 10));
+            }
+        }
+        let literal: Vec<String> = queries[..DIM].iter().map(|x| x.to_string()).collect();
+        let sql = format!(
+            "EXPLAIN ANALYZE SELECT * FROM vector_search('{url}', [{}], 10, 2)",
+            literal.join(", ")
+        );
+        let plan = arrow::util::pretty::pretty_format_batches(
+            &split.sql(&sql).await.unwrap().collect().await.unwrap(),
+        )
+        .unwrap()
+        .to_string();
+        let expected = if ty.is_hnsw() {
+            "split_partitions=0"
+        } else {
+            "split_partitions=2"
+        };
+        assert!(plan.contains(expected), "{ty}: {plan}");
+    }
+}

@@ -288,7 +288,7 @@ async fn a_whole_build_runs_as_tasks_on_both_executors_and_matches_one_process()
         .unwrap()
         .to_string();
     assert!(
-        explained.contains("partitioning=Hash([partition@1], 8)"),
+        explained.contains("partitioning=Hash([slot@0], 8)"),
         "{explained}"
     );
     for row in [0, 1234, 5999] {

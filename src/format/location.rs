@@ -176,22 +176,85 @@ impl IndexLocation {
         IndexError::store(format!("{operation} {}", self.object_url(path)), e)
     }
 
+    /// A whole small object: manifests and models (blocks and shards have their own
+    /// ranged and positional reads).
     pub(crate) async fn get(&self, path: &Path) -> Result<Bytes> {
-        let read = async { self.store.get(path).await?.bytes().await };
+        let read = async {
+            match self.read_local(path) {
+                Some(read) => read,
+                None => self.store.get(path).await?.bytes().await,
+            }
+        };
         read.await.map_err(|e| self.failed("reading", path, e))
     }
 
-    /// `None` when the object does not exist.
+    /// [`Self::get`], `None` when the object does not exist.
     pub(crate) async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.store.get(path).await {
-            Ok(r) => Ok(Some(
-                r.bytes()
-                    .await
-                    .map_err(|e| self.failed("reading", path, e))?,
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.failed("reading", path, e)),
+        match self.get(path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(IndexError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// On a local filesystem, reads `path` on the calling thread: the object store
+    /// would open and read it on blocking threads, two hand-offs that cost more than
+    /// reading a small manifest, and a search reads one every time it runs.
+    fn read_local(&self, path: &Path) -> Option<object_store::Result<Bytes>> {
+        let file = self.local_file(path)?;
+        Some(std::fs::read(&file).map(Bytes::from).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                object_store::Error::NotFound {
+                    path: path.to_string(),
+                    source: Box::new(e),
+                }
+            } else {
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                }
+            }
+        }))
+    }
+
+    /// On a local filesystem, lists `dir` on the calling thread, as the object store
+    /// would: files (links followed) but not the store's unfinished uploads
+    /// (`name#digits`); nothing for a missing folder.
+    fn list_local(&self, dir: &Path) -> Option<object_store::Result<Vec<(String, u64)>>> {
+        let folder = self.local_file(dir)?;
+        let failed = |e: std::io::Error| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        };
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Ok(Vec::new())),
+            Err(e) => return Some(Err(failed(e))),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(failed(e))),
+            };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let unfinished = name
+                .split_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            match std::fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_file() && !unfinished => files.push((name, meta.len())),
+                Ok(_) => {}
+                // Gone since the listing (a vacuum), as the store would skip it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Some(Err(failed(e))),
+            }
+        }
+        Some(Ok(files))
     }
 
     /// Bytes `range` of a file a manifest describes, `what` naming it in errors: a
@@ -277,16 +340,16 @@ impl IndexLocation {
 
     /// Files directly in `dir`: (name, size), sorted by name.
     pub(crate) async fn list_files(&self, dir: &Path) -> Result<Vec<(String, u64)>> {
-        let listing = self
-            .store
-            .list_with_delimiter(Some(dir))
-            .await
-            .map_err(|e| self.failed("listing", dir, e))?;
-        let mut files: Vec<(String, u64)> = listing
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
-            .collect();
+        let listed = match self.list_local(dir) {
+            Some(listed) => listed,
+            None => self.store.list_with_delimiter(Some(dir)).await.map(|l| {
+                l.objects
+                    .iter()
+                    .filter_map(|o| o.location.filename().map(|n| (n.to_string(), o.size)))
+                    .collect()
+            }),
+        };
+        let mut files = listed.map_err(|e| self.failed("listing", dir, e))?;
         files.sort();
         Ok(files)
     }
@@ -353,5 +416,74 @@ mod tests {
         runtime.register_object_store(&memory, Arc::new(InMemory::new()));
         let memory = location("memory:///idx", &runtime);
         assert_eq!(memory.local_file(&memory.path("index.json")), None);
+    }
+
+    /// Listing and reading a local index on the calling thread answers as the
+    /// object store does: the same files and sizes (links followed, no folders, no
+    /// unfinished uploads), the same bytes, `NotFound` for what is missing.
+    #[tokio::test]
+    async fn local_reads_answer_as_the_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        let local = location(&format!("file://{}/idx", dir.path().display()), &runtime);
+        let versions = dir.path().join("idx/_versions");
+        std::fs::create_dir_all(versions.join("sub")).unwrap();
+        std::fs::write(versions.join("1.json"), b"one").unwrap();
+        std::fs::write(versions.join("2.json"), b"two!").unwrap();
+        std::fs::write(versions.join("3.json#17"), b"unfinished").unwrap();
+        std::fs::write(versions.join("4.json#x"), b"a name").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(versions.join("2.json"), versions.join("5.json")).unwrap();
+        let dir_path = local.versions_dir();
+        let listed = local.list_files(&dir_path).await.unwrap();
+        let store = local
+            .store()
+            .list_with_delimiter(Some(&dir_path))
+            .await
+            .unwrap();
+        let mut expected: Vec<(String, u64)> = store
+            .objects
+            .iter()
+            .map(|o| (o.location.filename().unwrap().to_string(), o.size))
+            .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+        assert!(listed.contains(&("4.json#x".to_string(), 6)), "{listed:?}");
+        assert!(!listed.iter().any(|(n, _)| n == "3.json#17" || n == "sub"));
+        assert!(local
+            .list_files(&local.segments_dir())
+            .await
+            .unwrap()
+            .is_empty());
+
+        let one = local.version_file(1);
+        assert_eq!(&local.get(&one).await.unwrap()[..], b"one");
+        assert_eq!(
+            local.get(&one).await.unwrap(),
+            local
+                .store()
+                .get(&one)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        );
+        assert_eq!(local.get_opt(&local.version_file(9)).await.unwrap(), None);
+        let missing = local.get(&local.version_file(9)).await.unwrap_err();
+        assert!(
+            matches!(
+                &missing,
+                IndexError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }
+            ),
+            "{missing:?}"
+        );
+        assert!(
+            missing.to_string().contains("_versions/9.json"),
+            "{missing}"
+        );
     }
 }

@@ -1,11 +1,16 @@
 //! Scoring stored rows against a query, per quantizer and metric.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
 use super::topk::{Scored, TopK};
+use super::SearchTarget;
 use crate::error::{IndexError, Result};
 use crate::format::StoredRows;
-use crate::model::distance::{distance_rows, dot};
-use crate::model::pq::{table_lookup, table_lookup_rows};
+use crate::model::distance::{distance_rows, dot, l2_sq};
+use crate::model::pq::{table_lookup, table_lookup_rows, PQ_CODES};
 use crate::model::sq::{sq_dot, sq_dot_rows, sq_l2, sq_l2_rows};
+use crate::model::ProductQuantizer;
 use crate::model::{Codec, Metric, Model};
 
 /// A query prepared for one IVF partition.
@@ -116,6 +121,124 @@ impl Scorer {
     }
 }
 
+/// The most a target keeps of PQ's query-independent table terms ([`PqTerms`]);
+/// indexes with more partitions compute whole tables.
+const MAX_PQ_TERMS_BYTES: usize = 64 << 20;
+/// The most a scan keeps of its queries' shared PQ terms.
+const MAX_QUERY_TERMS_BYTES: usize = 64 << 20;
+
+/// For a PQ index searched with L2, each partition's query-independent table terms
+/// (`ProductQuantizer::residual_terms`), worked out the first time a search probes
+/// the partition: a query's table for it is then one addition per entry instead of a
+/// distance per entry. Kept with the search target, so with a [`super::SearchCache`]
+/// they outlive the search.
+#[derive(Debug)]
+pub(crate) struct PqTerms {
+    norms: Vec<f32>,
+    partitions: Vec<OnceLock<Box<[f32]>>>,
+    bytes: usize,
+}
+
+impl PqTerms {
+    /// `None` for other indexes, or when all partitions' terms would take more than
+    /// `MAX_PQ_TERMS_BYTES`.
+    pub(super) fn of(model: &Model) -> Option<Self> {
+        let Codec::Pq(pq) = model.codec() else {
+            return None;
+        };
+        let bytes = model.num_partitions() * pq.num_sub_vectors * PQ_CODES * 4;
+        (model.metric() == Metric::L2 && bytes <= MAX_PQ_TERMS_BYTES).then(|| Self {
+            norms: pq.codeword_norms(),
+            partitions: (0..model.num_partitions())
+                .map(|_| OnceLock::new())
+                .collect(),
+            bytes,
+        })
+    }
+
+    /// Bytes the terms take once every partition was probed.
+    pub(super) fn memory_size(&self) -> usize {
+        self.bytes + self.norms.len() * 4
+    }
+
+    fn of_partition(&self, model: &Model, pq: &ProductQuantizer, p: usize) -> Option<&[f32]> {
+        let terms = self
+            .partitions
+            .get(p)?
+            .get_or_init(|| pq.residual_terms(model.centroid(p), &self.norms).into());
+        Some(terms)
+    }
+}
+
+/// Prepares a scan's queries for the partitions they probe, keeping per query what
+/// all its partitions share — for PQ, the query–codeword products — so a query
+/// probing 20 partitions computes them once, not 20 times.
+pub(super) struct Preparer {
+    target: Arc<SearchTarget>,
+    shared: HashMap<u32, Arc<[f32]>>,
+    bytes: usize,
+}
+
+impl Preparer {
+    pub(super) fn new(target: Arc<SearchTarget>) -> Self {
+        Self {
+            target,
+            shared: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Query `query_id` (`query`, normalized for cosine) prepared for `partition`;
+    /// the same distances as [`Scorer::new`], up to rounding.
+    pub(super) fn scorer(
+        &mut self,
+        query_id: u32,
+        query: &[f32],
+        partition: usize,
+    ) -> Result<Scorer> {
+        let target = Arc::clone(&self.target);
+        let model = &target.model;
+        let Codec::Pq(pq) = model.codec() else {
+            return Scorer::new(model, query, partition);
+        };
+        let c = model.centroid(partition);
+        let own = target
+            .pq_terms
+            .as_ref()
+            .and_then(|t| t.of_partition(model, pq, partition));
+        Ok(Scorer::Codes(match (model.metric(), own) {
+            (Metric::L2, Some(own)) => {
+                let shared = self.shared(query_id, || pq.query_terms(query));
+                CodeScorer::Pq {
+                    table: own.iter().zip(shared.iter()).map(|(a, b)| a + b).collect(),
+                    offset: l2_sq(query, c),
+                    sign: 1.0,
+                }
+            }
+            (Metric::L2, None) => return Scorer::new(model, query, partition),
+            (metric, _) => CodeScorer::Pq {
+                table: self
+                    .shared(query_id, || pq.distance_table(query, true))
+                    .to_vec(),
+                offset: if metric == Metric::Cosine { 1.0 } else { 0.0 } - dot(query, c),
+                sign: -1.0,
+            },
+        }))
+    }
+
+    fn shared(&mut self, query_id: u32, make: impl FnOnce() -> Vec<f32>) -> Arc<[f32]> {
+        if let Some(terms) = self.shared.get(&query_id) {
+            return Arc::clone(terms);
+        }
+        let terms: Arc<[f32]> = make().into();
+        if self.bytes + terms.len() * 4 <= MAX_QUERY_TERMS_BYTES {
+            self.bytes += terms.len() * 4;
+            self.shared.insert(query_id, Arc::clone(&terms));
+        }
+        terms
+    }
+}
+
 impl CodeScorer {
     /// Distance of one row of codes.
     #[inline]
@@ -220,6 +343,65 @@ mod tests {
     use crate::model::{decode_rows, train_model, Encoder, IndexType, TrainOptions};
     use std::sync::Arc;
 
+    /// A model of 4 partitions (and 4 PQ sub-vectors) trained on `data`.
+    fn small_model(ty: IndexType, metric: Metric, dim: usize, data: &[f32]) -> Arc<Model> {
+        let options = TrainOptions {
+            index_type: ty,
+            metric,
+            num_partitions: 4,
+            num_sub_vectors: Some(4),
+            max_iterations: 5,
+            ..Default::default()
+        };
+        Arc::new(train_model(dim, data.to_vec(), &options, &Default::default()).unwrap())
+    }
+
+    /// A scan's prepared PQ scorers (shared query terms, and for L2 the target's
+    /// residual terms) score as the direct ones do, for every metric.
+    #[test]
+    fn prepared_pq_scores_equal_direct_ones() {
+        let dim = 16;
+        let mut rng = SplitMix64::new(6);
+        let data: Vec<f32> = (0..2000 * dim).map(|_| rng.normal() as f32).collect();
+        for metric in [Metric::L2, Metric::Dot, Metric::Cosine] {
+            let model = small_model(IndexType::IvfPq, metric, dim, &data);
+            let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+            let target = Arc::new(SearchTarget {
+                location: crate::format::IndexLocation::from_url("file:///t", &runtime).unwrap(),
+                model: Arc::clone(&model),
+                version: 1,
+                segments: vec![],
+                blocks_by_partition: vec![],
+                rows_by_partition: vec![],
+                pq_terms: PqTerms::of(&model).map(Arc::new),
+            });
+            assert_eq!(target.pq_terms.is_some(), metric == Metric::L2);
+            let mut preparer = Preparer::new(target);
+            let codes: Vec<u8> = (0..4 * 30).map(|_| rng.next_u64() as u8).collect();
+            for query_id in 0..3 {
+                let mut q: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+                if metric == Metric::Cosine {
+                    crate::model::distance::normalize(&mut q);
+                }
+                for p in 0..4 {
+                    let (Scorer::Codes(direct), Scorer::Codes(prepared)) = (
+                        Scorer::new(&model, &q, p).unwrap(),
+                        preparer.scorer(query_id, &q, p).unwrap(),
+                    ) else {
+                        panic!("PQ scores codes");
+                    };
+                    for row in codes.chunks(4) {
+                        let (a, b) = (direct.score(row), prepared.score(row));
+                        assert!(
+                            (a - b).abs() < 1e-4 * (1.0 + a.abs()),
+                            "{metric}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Asymmetric PQ and SQ scores equal the exact distance to the decoded vector
     /// (`decode_rows`, which the HNSW builder uses).
     #[test]
@@ -235,16 +417,7 @@ mod tests {
             (IndexType::IvfSq, Metric::Dot),
             (IndexType::IvfSq, Metric::Cosine),
         ] {
-            let options = TrainOptions {
-                index_type: ty,
-                metric,
-                num_partitions: 4,
-                num_sub_vectors: Some(4),
-                max_iterations: 5,
-                ..Default::default()
-            };
-            let model =
-                Arc::new(train_model(dim, data.clone(), &options, &Default::default()).unwrap());
+            let model = small_model(ty, metric, dim, &data);
             let mut rows = data[..20 * dim].to_vec();
             let (mut parts, mut codes) = (Vec::new(), Vec::new());
             Encoder::new(Arc::clone(&model)).encode(&mut rows, &mut parts, &mut codes);

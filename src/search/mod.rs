@@ -4,7 +4,7 @@
 //! VectorIndexTopKExec        1 partition: the k nearest rows of each query
 //!   CoalescePartitionsExec
 //!     VectorIndexScanExec    N partitions: scores every segment's block of probed partitions
-//!       RepartitionExec      hash of the partition
+//!       RepartitionExec      hash of the slot the probe balanced each task onto
 //!         VectorIndexProbeExec  ranks partitions once per query, emits probe tasks
 //!           DataSourceExec   the queries (MemorySourceConfig)
 //! ```
@@ -12,6 +12,7 @@
 mod cache;
 mod distance;
 mod probe_exec;
+mod probe_tasks;
 mod scan_exec;
 mod table;
 pub(crate) mod topk;
@@ -90,8 +91,15 @@ pub(crate) struct SearchTarget {
     /// Per IVF partition, the segments holding rows in it (segment number and the
     /// block's cache key), in segment order: worked out once per target, not per
     /// search.
-    pub(super) blocks_by_partition: Vec<Vec<(usize, BlockKey)>>,
+    pub(super) blocks_by_partition: Vec<Holding>,
+    /// Per IVF partition, its rows over all segments (what scoring it costs).
+    pub(super) rows_by_partition: Vec<u64>,
+    /// PQ's query-independent table terms, when kept.
+    pub(super) pq_terms: Option<Arc<distance::PqTerms>>,
 }
+
+/// The blocks holding rows in one IVF partition: (segment number, cache key).
+type Holding = Vec<(usize, BlockKey)>;
 
 /// A target and whether it came from a [`SearchCache`] (shown by `EXPLAIN ANALYZE`).
 #[derive(Debug, Clone)]
@@ -155,12 +163,16 @@ impl SearchTarget {
             });
         }
         let previous = previous.map(|p| Arc::clone(&p.target));
-        let model = match previous
+        let (model, pq_terms) = match previous
             .as_ref()
             .filter(|p| p.model.fingerprint() == manifest.model)
         {
-            Some(p) => Arc::clone(&p.model),
-            None => Arc::new(Model::read_current(location).await?),
+            Some(p) => (Arc::clone(&p.model), p.pq_terms.clone()),
+            None => {
+                let model = Arc::new(Model::read_current(location).await?);
+                let terms = distance::PqTerms::of(&model).map(Arc::new);
+                (model, terms)
+            }
         };
         let known: HashMap<&str, &SegmentManifest> = previous
             .iter()
@@ -196,13 +208,16 @@ impl SearchTarget {
                 "built with another model",
             ));
         }
-        let blocks_by_partition = Self::blocks_by_partition(location, &model, &segments)?;
+        let (blocks_by_partition, rows_by_partition) =
+            Self::blocks_by_partition(location, &model, &segments)?;
         let target = Arc::new(Self {
             location: location.clone(),
             model,
             version: manifest.version,
             segments,
             blocks_by_partition,
+            rows_by_partition,
+            pq_terms,
         });
         if let Some(c) = cache {
             c.record_target(false);
@@ -220,11 +235,12 @@ impl SearchTarget {
         })
     }
 
+    /// Per IVF partition, the segments' blocks holding rows in it, and its rows.
     fn blocks_by_partition(
         location: &IndexLocation,
         model: &Model,
         segments: &[SegmentManifest],
-    ) -> Result<Vec<Vec<(usize, BlockKey)>>> {
+    ) -> Result<(Vec<Holding>, Vec<u64>)> {
         let index: Arc<str> = location.url().to_string().into();
         let ids: Vec<Arc<str>> = segments
             .iter()
@@ -233,6 +249,7 @@ impl SearchTarget {
         (0..model.num_partitions() as u32)
             .map(|p| {
                 let mut holding = Vec::new();
+                let mut rows = 0;
                 for (s, seg) in segments.iter().enumerate() {
                     let Some((_, info)) = seg.block(p) else {
                         return Err(IndexError::corrupt(
@@ -240,6 +257,7 @@ impl SearchTarget {
                             format!("has no block for partition {p}"),
                         ));
                     };
+                    rows += info.rows;
                     if info.rows > 0 {
                         holding.push((
                             s,
@@ -253,9 +271,10 @@ impl SearchTarget {
                         ));
                     }
                 }
-                Ok(holding)
+                Ok((holding, rows))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .map(|all| all.into_iter().unzip())
     }
 
     /// `target`, if it is searched with the model `fingerprint` a plan names.
@@ -286,9 +305,10 @@ impl SearchTarget {
         let keys: usize = self
             .blocks_by_partition
             .iter()
-            .map(|b| 24 + 48 * b.len())
+            .map(|b| 32 + 48 * b.len())
             .sum();
-        self.model.memory_size() + manifests + keys
+        let terms = self.pq_terms.as_ref().map_or(0, |t| t.memory_size());
+        self.model.memory_size() + manifests + keys + terms
     }
 }
 
@@ -296,15 +316,20 @@ impl SearchTarget {
 pub(crate) fn queries_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::UInt32, false),
-        Field::new(
-            "query",
-            DataType::FixedSizeList(
-                Arc::new(Field::new("item", DataType::Float32, false)),
-                dim as i32,
-            ),
-            false,
-        ),
+        query_field(dim),
     ]))
+}
+
+/// The `query` column of the operators' rows: `dim` floats.
+fn query_field(dim: usize) -> Field {
+    Field::new(
+        "query",
+        DataType::FixedSizeList(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            dim as i32,
+        ),
+        false,
+    )
 }
 
 /// Builds the search plan for `queries` (n × dim, row-major). Output: `query_id`,
@@ -350,17 +375,19 @@ pub(crate) fn search_plan(
         ],
     )?;
     let leaf = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
+    let partitions = state.config().target_partitions().max(1);
     let probe = Arc::new(VectorIndexProbeExec::try_new(
         leaf,
         Arc::clone(&target),
         options,
         loaded.cached,
+        partitions,
     )?);
-    let partitions = state.config().target_partitions().max(1);
-    // Hash, not round robin: each probed block is read by one scan partition for all
-    // its queries, and a distributed scheduler cuts a stage here instead of
-    // dropping the exchange.
-    let key = probe_exec::probe_task_key(&probe.schema())?;
+    // Hash, not round robin: the probe balanced its tasks over the scan partitions
+    // and chose keys the hash sends there (a partition's block is read by one scan
+    // partition for all its queries unless it was split), and a distributed
+    // scheduler cuts a stage here instead of dropping the exchange.
+    let key = probe_tasks::probe_task_key(&probe.schema())?;
     let spread = Arc::new(RepartitionExec::try_new(
         probe,
         Partitioning::Hash(key, partitions),

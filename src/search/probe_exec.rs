@@ -1,12 +1,13 @@
 //! `VectorIndexProbeExec`: ranks IVF partitions once per query.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt32Type};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, UInt32Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::EmissionType;
@@ -17,49 +18,26 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 
+use super::probe_tasks::{balance, probe_task_schema, slot_keys, tasks_batch, ProbeTask, Probed};
 use super::{SearchOptions, SearchTarget};
 use crate::exec::{compute_properties, primitive, single_child, vectors};
 use crate::model::distance::normalize;
 use crate::model::Metric;
 use crate::progress::{ProgressStep, Tracker};
 
-/// Probe tasks: score `query` against IVF `partition` of every segment.
-pub(super) fn probe_task_schema(dim: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::UInt32, false),
-        Field::new("partition", DataType::UInt32, false),
-        Field::new(
-            "query",
-            DataType::FixedSizeList(
-                Arc::new(Field::new("item", DataType::Float32, false)),
-                dim as i32,
-            ),
-            false,
-        ),
-    ]))
-}
-
-/// The column that identifies the probed blocks of a task, as an expression over
-/// `schema` (the probe task schema): the key the search plan hash-partitions probe
-/// tasks on.
-pub(crate) fn probe_task_key(schema: &SchemaRef) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-    Ok(vec![datafusion::physical_expr::expressions::col(
-        "partition",
-        schema,
-    )?])
-}
-
 /// Ranks the IVF partitions of each query once (all segments share the model) and
-/// emits one probe task per (query, probed partition holding rows in some segment).
-/// A task covers the partition in every segment: the query is prepared for the
-/// partition once and scores its blocks one after another, so 64 small segments
-/// cost about what one large one does.
+/// emits one probe task per (query, probed partition holding rows in some segment)
+/// — or per part of it, when few queries probe few partitions and a large one would
+/// hold up one core (see [`super::probe_tasks`]). A task covers the partition in
+/// every segment: the query is prepared for the partition once and scores its blocks
+/// one after another, so 64 small segments cost about what one large one does.
 ///
 /// Partitioning: requires a single input partition of queries (`query_id`,
-/// `query`) and emits a single partition. Tasks are ordered by (partition, query)
-/// and cut into many small batches; the plan hash-partitions them on the
-/// partition, so each scan partition reads a block once for all the queries that
-/// probe it.
+/// `query`) and emits a single partition. Tasks are ordered by (partition, part,
+/// query) and cut into many small batches; each carries the slot of the `slots`
+/// scan partitions it was balanced onto (by rows to score), which the plan's hash
+/// exchange routes it to, so each scan partition reads a block once for all the
+/// queries that probe it.
 #[derive(Debug)]
 pub(crate) struct VectorIndexProbeExec {
     input: Arc<dyn ExecutionPlan>,
@@ -67,6 +45,8 @@ pub(crate) struct VectorIndexProbeExec {
     options: SearchOptions,
     /// Whether the target came from the session's search cache.
     target_cached: bool,
+    /// Partitions of the hash exchange above, which tasks are balanced over.
+    slots: usize,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
@@ -74,8 +54,8 @@ pub(crate) struct VectorIndexProbeExec {
 impl VectorIndexProbeExec {
     #[cfg(feature = "codec")]
     /// What the operator was built with (the codec's view of it).
-    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions) {
-        (&self.target, self.options)
+    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions, usize) {
+        (&self.target, self.options, self.slots)
     }
 
     pub(crate) fn try_new(
@@ -83,6 +63,7 @@ impl VectorIndexProbeExec {
         target: Arc<SearchTarget>,
         options: SearchOptions,
         target_cached: bool,
+        slots: usize,
     ) -> Result<Self> {
         let schema = probe_task_schema(target.model.dim());
         Ok(Self {
@@ -90,6 +71,7 @@ impl VectorIndexProbeExec {
             target,
             options,
             target_cached,
+            slots: slots.max(1),
             metrics: ExecutionPlanMetricsSet::new(),
             properties: compute_properties(schema, 1, EmissionType::Final),
         })
@@ -137,11 +119,13 @@ impl ExecutionPlan for VectorIndexProbeExec {
             Arc::clone(&self.target),
             self.options,
             self.target_cached,
+            self.slots,
         )?))
     }
 
     /// `target_cache_hits` / `target_cache_misses`: whether the model and segment
-    /// manifests came from the session's search cache or were read.
+    /// manifests came from the session's search cache or were read;
+    /// `split_partitions`: partitions scored in parts by several scan partitions.
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
@@ -163,10 +147,11 @@ impl ExecutionPlan for VectorIndexProbeExec {
                 "VectorIndexProbeExec has one partition, asked for {partition}"
             );
         }
-        let spread = context.session_config().target_partitions().max(1);
-        let (hits, misses) = (
+        let slots = self.slots;
+        let (hits, misses, split) = (
             MetricBuilder::new(&self.metrics).counter("target_cache_hits", 0),
             MetricBuilder::new(&self.metrics).counter("target_cache_misses", 0),
+            MetricBuilder::new(&self.metrics).counter("split_partitions", 0),
         );
         if self.target_cached {
             hits.add(1);
@@ -181,13 +166,15 @@ impl ExecutionPlan for VectorIndexProbeExec {
         let out_schema = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let tasks = probe(&target, nprobes, &batches)?;
+            let (tasks, split_partitions) = probe(&target, nprobes, slots, &batches)?;
+            split.add(split_partitions);
             tracker.start(ProgressStep::Probes, Some(tasks.len() as u64));
-            // Several batches per scan partition keep every core busy.
-            let per_batch = tasks.len().div_ceil(spread * 4).clamp(1, 256);
+            // Several batches per scan partition let the scans start early.
+            let per_batch = tasks.len().div_ceil(slots * 4).clamp(1, 256);
+            let dim = target.model.dim();
             let out: Vec<Result<RecordBatch>> = tasks
                 .chunks(per_batch)
-                .map(|c| task_batch(&out_schema, &target, c))
+                .map(|c| tasks_batch(&out_schema, dim, c))
                 .collect();
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out))
         })
@@ -196,16 +183,21 @@ impl ExecutionPlan for VectorIndexProbeExec {
     }
 }
 
-struct Task {
-    partition: u32,
-    query_id: u32,
-    query: Arc<Vec<f32>>,
-}
+type Query = (u32, Arc<[f32]>);
 
-fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Result<Vec<Task>> {
+/// The probe tasks of the queries in `batches`: each query's `nprobes` nearest
+/// partitions that hold rows, split and balanced over `slots` scan partitions,
+/// ordered by (partition, part, query); and how many partitions were split.
+fn probe(
+    target: &SearchTarget,
+    nprobes: usize,
+    slots: usize,
+    batches: &[RecordBatch],
+) -> Result<(Vec<ProbeTask>, usize)> {
     let model = &target.model;
     let dim = model.dim();
-    let mut tasks = Vec::new();
+    // Per partition, the queries (id, vector) that probe it.
+    let mut probing: BTreeMap<u32, Vec<Query>> = BTreeMap::new();
     for b in batches {
         let ids = primitive::<UInt32Type>(b, "query_id")?;
         let list = vectors(b, "query")?;
@@ -216,39 +208,42 @@ fn probe(target: &SearchTarget, nprobes: usize, batches: &[RecordBatch]) -> Resu
             if model.metric() == Metric::Cosine {
                 normalize(&mut q);
             }
-            let q = Arc::new(q);
+            let q: Arc<[f32]> = q.into();
             for p in model.rank_partitions(&q, nprobes) {
                 if !target.blocks_by_partition[p].is_empty() {
-                    tasks.push(Task {
-                        partition: p as u32,
-                        query_id: ids.value(i),
-                        query: Arc::clone(&q),
-                    });
+                    probing
+                        .entry(p as u32)
+                        .or_default()
+                        .push((ids.value(i), Arc::clone(&q)));
                 }
             }
         }
     }
-    tasks.sort_by_key(|t| (t.partition, t.query_id));
-    Ok(tasks)
-}
-
-fn task_batch(schema: &SchemaRef, target: &SearchTarget, tasks: &[Task]) -> Result<RecordBatch> {
-    let dim = target.model.dim();
-    let values: Vec<f32> = tasks.iter().flat_map(|t| t.query.iter().copied()).collect();
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let queries =
-        FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?;
-    RecordBatch::try_new(
-        Arc::clone(schema),
-        vec![
-            Arc::new(UInt32Array::from_iter_values(
-                tasks.iter().map(|t| t.query_id),
-            )),
-            Arc::new(UInt32Array::from_iter_values(
-                tasks.iter().map(|t| t.partition),
-            )),
-            Arc::new(queries),
-        ],
-    )
-    .map_err(|e| exec_datafusion_err!("{e}"))
+    let splittable = !model.index_type().is_hnsw();
+    let probed: Vec<Probed> = probing
+        .iter()
+        .map(|(&partition, queries)| Probed {
+            partition,
+            rows: target.rows_by_partition[partition as usize],
+            queries: queries.len() as u32,
+            splittable,
+        })
+        .collect();
+    let keys = slot_keys(slots)?;
+    let mut tasks = Vec::new();
+    let units = balance(&probed, slots);
+    let split = units.iter().filter(|u| u.1.index() == 1).count();
+    for (partition, part, slot) in units {
+        for (query_id, query) in probing.get(&partition).into_iter().flatten() {
+            tasks.push(ProbeTask {
+                slot: keys[slot],
+                query_id: *query_id,
+                partition,
+                part,
+                query: Arc::clone(query),
+            });
+        }
+    }
+    tasks.sort_by_key(|t| (t.partition, t.part, t.query_id));
+    Ok((tasks, split))
 }

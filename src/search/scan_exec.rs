@@ -4,8 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, UInt32Type};
+use arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -22,12 +21,13 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::cache::{BlockKey, SearchCache};
-use super::distance::Scorer;
+use super::distance::Preparer;
+use super::probe_tasks::TaskRows;
 use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
-use crate::exec::{compute_properties, primitive, single_child, vectors};
+use crate::exec::{compute_properties, single_child};
 use crate::format::{decode_block, SegmentManifest, StoredRows};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::progress::{ProgressStep, Tracker};
@@ -49,7 +49,7 @@ pub(crate) struct VectorIndexScanExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
-    /// What the input must be hash-partitioned on (see `probe_task_key`).
+    /// What the input must be hash-partitioned on (the tasks' slots).
     key: Vec<Arc<dyn PhysicalExpr>>,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
@@ -69,7 +69,7 @@ impl VectorIndexScanExec {
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         Ok(Self {
-            key: super::probe_exec::probe_task_key(&input.schema())?,
+            key: super::probe_tasks::probe_task_key(&input.schema())?,
             input,
             target,
             options,
@@ -152,6 +152,7 @@ impl ExecutionPlan for VectorIndexScanExec {
         let options = self.options;
         let stream = futures::stream::once(async move {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
+            let mut preparer = Preparer::new(Arc::clone(&blocks.target));
             let mut visited = Visited::default();
             let mut distances = Vec::new();
             while let Some(batch) = input.next().await {
@@ -160,6 +161,7 @@ impl ExecutionPlan for VectorIndexScanExec {
                     &blocks,
                     &batch,
                     options,
+                    &mut preparer,
                     &mut tops,
                     &mut visited,
                     &mut distances,
@@ -304,39 +306,47 @@ async fn scan_tasks(
     blocks: &Blocks,
     batch: &RecordBatch,
     options: SearchOptions,
+    preparer: &mut Preparer,
     tops: &mut BTreeMap<u32, TopK>,
     visited: &mut Visited,
     distances: &mut Vec<f32>,
 ) -> Result<()> {
-    let query_ids = primitive::<UInt32Type>(batch, "query_id")?;
-    let partitions = primitive::<UInt32Type>(batch, "partition")?;
-    let queries = vectors(batch, "query")?;
-    let target = &blocks.target;
-    let dim = target.model.dim();
-    let mut probed: Vec<u32> = partitions.values().to_vec();
+    let tasks = TaskRows::of(batch)?;
+    let mut probed: Vec<u32> = (0..tasks.len()).map(|i| tasks.partition(i)).collect();
     probed.sort_unstable();
     probed.dedup();
     let of_partition = blocks.of_partitions(&probed).await?;
-    let values = queries.values().as_primitive::<Float32Type>().values();
-    // Runs of tasks of one partition (the probe step orders them so): their queries
-    // are prepared once, and each block's rows are bound once for all of them.
-    let n = batch.num_rows();
+    // Runs of tasks of one partition and part (the probe step orders them so): their
+    // queries are prepared once, and each block's rows are bound once for all of them.
+    let n = tasks.len();
     let mut first = 0;
     while first < n {
-        let p = partitions.value(first);
+        let (p, part) = (tasks.partition(first), tasks.part(first)?);
         let mut end = first + 1;
-        while end < n && partitions.value(end) == p {
+        while end < n && tasks.partition(end) == p && tasks.part(end)? == part {
             end += 1;
         }
         let scorers = (first..end)
             .map(|i| {
-                let start = (queries.offset() + i) * dim;
-                let scorer = Scorer::new(&target.model, &values[start..start + dim], p as usize)?;
-                Ok((query_ids.value(i), scorer))
+                let scorer = preparer.scorer(tasks.query_id(i), tasks.query(i), p as usize)?;
+                Ok((tasks.query_id(i), scorer))
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
         for block in of_partition.get(&p).into_iter().flatten() {
-            let rows = StoredRows::of(&block.rows)?;
+            let share = match (&block.graph, part.is_whole()) {
+                (_, true) => None,
+                (None, false) => {
+                    let range = part.rows(block.rows.num_rows());
+                    Some(block.rows.slice(range.start, range.len()))
+                }
+                (Some(_), false) => {
+                    return Err(IndexError::Internal(format!(
+                        "a probe task asks for part of HNSW partition {p}, whose graph is searched whole"
+                    ))
+                    .into())
+                }
+            };
+            let rows = StoredRows::of(share.as_ref().unwrap_or(&block.rows))?;
             for (query_id, scorer) in &scorers {
                 let top = tops
                     .entry(*query_id)

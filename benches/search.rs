@@ -252,12 +252,17 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
             return summaries;
         }
         // SEARCH_BENCH_PROFILE=<secs> repeats warm batch searches (with
-        // SEARCH_BENCH_PROFILE_CALLS set: SQL calls) of the first index that long,
-        // e.g. under `perf record`, and measures nothing else.
+        // SEARCH_BENCH_PROFILE_CALLS set: SQL calls) of the one-segment index (with
+        // SEARCH_BENCH_PROFILE_MANY set: the 64-segment one) that long, e.g. under
+        // `perf record`, and measures nothing else.
         if let Some(secs) = std::env::var("SEARCH_BENCH_PROFILE")
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
         {
+            let many = std::env::var("SEARCH_BENCH_PROFILE_MANY").is_ok();
+            if many != (grouping == SegmentGrouping::PerShard) {
+                continue;
+            }
             let session =
                 VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
             batch_qps(&session, &url(dir), s).await;

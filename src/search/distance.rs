@@ -175,16 +175,35 @@ impl PqTerms {
 /// probing 20 partitions computes them once, not 20 times.
 pub(super) struct Preparer {
     target: Arc<SearchTarget>,
-    shared: HashMap<u32, Arc<[f32]>>,
+    shared: SharedTerms,
+}
+
+/// Per query, the PQ terms all its partitions share, up to `MAX_QUERY_TERMS_BYTES`.
+#[derive(Default)]
+struct SharedTerms {
+    by_query: HashMap<u32, Arc<[f32]>>,
     bytes: usize,
+}
+
+impl SharedTerms {
+    fn get_or_make(&mut self, query_id: u32, make: impl FnOnce() -> Vec<f32>) -> Arc<[f32]> {
+        if let Some(terms) = self.by_query.get(&query_id) {
+            return Arc::clone(terms);
+        }
+        let terms: Arc<[f32]> = make().into();
+        if self.bytes + terms.len() * 4 <= MAX_QUERY_TERMS_BYTES {
+            self.bytes += terms.len() * 4;
+            self.by_query.insert(query_id, Arc::clone(&terms));
+        }
+        terms
+    }
 }
 
 impl Preparer {
     pub(super) fn new(target: Arc<SearchTarget>) -> Self {
         Self {
             target,
-            shared: HashMap::new(),
-            bytes: 0,
+            shared: SharedTerms::default(),
         }
     }
 
@@ -196,19 +215,19 @@ impl Preparer {
         query: &[f32],
         partition: usize,
     ) -> Result<Scorer> {
-        let target = Arc::clone(&self.target);
-        let model = &target.model;
+        let model = &self.target.model;
         let Codec::Pq(pq) = model.codec() else {
             return Scorer::new(model, query, partition);
         };
         let c = model.centroid(partition);
-        let own = target
+        let own = self
+            .target
             .pq_terms
             .as_ref()
             .and_then(|t| t.of_partition(model, pq, partition));
         Ok(Scorer::Codes(match (model.metric(), own) {
             (Metric::L2, Some(own)) => {
-                let shared = self.shared(query_id, || pq.query_terms(query));
+                let shared = self.shared.get_or_make(query_id, || pq.query_terms(query));
                 CodeScorer::Pq {
                     table: own.iter().zip(shared.iter()).map(|(a, b)| a + b).collect(),
                     offset: l2_sq(query, c),
@@ -218,24 +237,13 @@ impl Preparer {
             (Metric::L2, None) => return Scorer::new(model, query, partition),
             (metric, _) => CodeScorer::Pq {
                 table: self
-                    .shared(query_id, || pq.distance_table(query, true))
+                    .shared
+                    .get_or_make(query_id, || pq.distance_table(query, true))
                     .to_vec(),
                 offset: if metric == Metric::Cosine { 1.0 } else { 0.0 } - dot(query, c),
                 sign: -1.0,
             },
         }))
-    }
-
-    fn shared(&mut self, query_id: u32, make: impl FnOnce() -> Vec<f32>) -> Arc<[f32]> {
-        if let Some(terms) = self.shared.get(&query_id) {
-            return Arc::clone(terms);
-        }
-        let terms: Arc<[f32]> = make().into();
-        if self.bytes + terms.len() * 4 <= MAX_QUERY_TERMS_BYTES {
-            self.bytes += terms.len() * 4;
-            self.shared.insert(query_id, Arc::clone(&terms));
-        }
-        terms
     }
 }
 

@@ -124,12 +124,15 @@ impl<'a> TaskRows<'a> {
         let dim = list.value_length() as usize;
         let values = list.values().as_primitive::<Float32Type>().values();
         let start = list.offset() * dim;
+        let Some(queries) = values.get(start..start + list.len() * dim) else {
+            return internal_err!("probe task queries hold fewer values than their rows need");
+        };
         Ok(Self {
             query_ids: primitive::<UInt32Type>(batch, "query_id")?.values(),
             partitions: primitive::<UInt32Type>(batch, "partition")?.values(),
             parts: primitive::<UInt32Type>(batch, "part")?.values(),
             part_counts: primitive::<UInt32Type>(batch, "parts")?.values(),
-            queries: &values[start..start + list.len() * dim],
+            queries,
             dim,
         })
     }

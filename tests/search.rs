@@ -436,7 +436,8 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
 /// One query over few large partitions: the probe splits them into parts scored by
 /// every scan partition (`split_partitions` in EXPLAIN ANALYZE), and the hits are
 /// those of a search that scores each partition whole — brute force for IVF_FLAT
-/// probing every partition. HNSW graphs are searched whole.
+/// probing every partition. HNSW graphs are searched whole. IVF_PQ scans skip rows
+/// by distance bounds where the CPU can (`pq_rows_skipped_by_bound`).
 #[tokio::test]
 async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
     let rows = 12_000;
@@ -505,5 +506,34 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
             "split_partitions=2"
         };
         assert!(plan.contains(expected), "{ty}: {plan}");
+        // IVF_PQ rows whose distance bound cannot enter the top k go unscored, on CPUs
+        // with the bound's byte permutes.
+        let skipped = plan.split("pq_rows_skipped_by_bound=").nth(1).map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        });
+        let skipped: u64 = skipped
+            .unwrap_or_else(|| panic!("{ty}: {plan}"))
+            .parse()
+            .unwrap();
+        let bounds = cfg!(target_arch = "x86_64") && has_byte_permutes();
+        assert_eq!(
+            skipped > 0,
+            ty == IndexType::IvfPq && bounds,
+            "{ty}: {plan}"
+        );
+    }
+}
+
+fn has_byte_permutes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod input;
 mod io;
 pub(crate) mod kmeans;
 pub(crate) mod pq;
+pub(crate) mod pq_bound;
 pub(crate) mod rng;
 pub(crate) mod sq;
 mod train;

@@ -323,7 +323,11 @@ mod tests {
     fn block() -> Arc<Block> {
         let rows =
             arrow::array::RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
-        Arc::new(Block { rows, graph: None })
+        Arc::new(Block {
+            rows,
+            graph: None,
+            columns: None,
+        })
     }
 
     /// Every entry has exactly one slot in the order, at or before its last use, and

@@ -1,5 +1,6 @@
 //! Scoring stored rows against a query, per quantizer and metric.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +10,7 @@ use crate::error::{IndexError, Result};
 use crate::format::StoredRows;
 use crate::model::distance::{distance_rows, dot, l2_sq};
 use crate::model::pq::{table_lookup, table_lookup_rows, PQ_CODES};
+use crate::model::pq_bound::{Columns, PqBound, BOUND_ROWS};
 use crate::model::sq::{sq_dot, sq_dot_rows, sq_l2, sq_l2_rows};
 use crate::model::ProductQuantizer;
 use crate::model::{Codec, Metric, Model};
@@ -28,6 +30,8 @@ pub(super) enum CodeScorer {
         table: Vec<f32>,
         offset: f32,
         sign: f32,
+        /// The table in steps, made on the first scan of rows stored by columns.
+        bound: OnceCell<Option<PqBound>>,
     },
     SqL2 {
         scaled: Vec<f32>,
@@ -53,6 +57,8 @@ pub(super) enum BoundScorer<'a> {
         scorer: &'a CodeScorer,
         bytes: &'a [u8],
         width: usize,
+        /// The same rows' codes by columns, when the block keeps them (PQ).
+        columns: Option<Columns<'a>>,
     },
 }
 
@@ -70,17 +76,9 @@ impl Scorer {
                 let c = model.centroid(partition);
                 Self::Codes(if metric == Metric::L2 {
                     let residual: Vec<f32> = query.iter().zip(c).map(|(q, c)| q - c).collect();
-                    CodeScorer::Pq {
-                        table: pq.distance_table(&residual, false),
-                        offset: 0.0,
-                        sign: 1.0,
-                    }
+                    CodeScorer::pq(pq.distance_table(&residual, false), 0.0, 1.0)
                 } else {
-                    CodeScorer::Pq {
-                        table: pq.distance_table(query, true),
-                        offset: base - dot(query, c),
-                        sign: -1.0,
-                    }
+                    CodeScorer::pq(pq.distance_table(query, true), base - dot(query, c), -1.0)
                 })
             }
             Codec::Sq(sq) => Self::Codes(if metric == Metric::L2 {
@@ -97,9 +95,14 @@ impl Scorer {
         })
     }
 
-    /// This scorer over `rows`, or an error naming the mismatch when they do not hold
-    /// what it reads (vectors of the query's length for FLAT, codes otherwise).
-    pub(super) fn bind<'a>(&'a self, rows: &StoredRows<'a>) -> Result<BoundScorer<'a>> {
+    /// This scorer over `rows` (whose codes `columns` may hold by columns too), or an
+    /// error naming the mismatch when they do not hold what it reads (vectors of the
+    /// query's length for FLAT, codes otherwise).
+    pub(super) fn bind<'a>(
+        &'a self,
+        rows: &StoredRows<'a>,
+        columns: Option<Columns<'a>>,
+    ) -> Result<BoundScorer<'a>> {
         match (self, rows.vectors) {
             (Self::Flat { query, metric }, Some((values, dim))) if query.len() == dim => {
                 Ok(BoundScorer::Flat {
@@ -112,6 +115,7 @@ impl Scorer {
                 scorer,
                 bytes: rows.bytes,
                 width: rows.width,
+                columns,
             }),
             _ => Err(IndexError::corrupt(
                 "segment",
@@ -228,26 +232,34 @@ impl Preparer {
         Ok(Scorer::Codes(match (model.metric(), own) {
             (Metric::L2, Some(own)) => {
                 let shared = self.shared.get_or_make(query_id, || pq.query_terms(query));
-                CodeScorer::Pq {
-                    table: own.iter().zip(shared.iter()).map(|(a, b)| a + b).collect(),
-                    offset: l2_sq(query, c),
-                    sign: 1.0,
-                }
+                CodeScorer::pq(
+                    own.iter().zip(shared.iter()).map(|(a, b)| a + b).collect(),
+                    l2_sq(query, c),
+                    1.0,
+                )
             }
             (Metric::L2, None) => return Scorer::new(model, query, partition),
-            (metric, _) => CodeScorer::Pq {
-                table: self
-                    .shared
+            (metric, _) => CodeScorer::pq(
+                self.shared
                     .get_or_make(query_id, || pq.distance_table(query, true))
                     .to_vec(),
-                offset: if metric == Metric::Cosine { 1.0 } else { 0.0 } - dot(query, c),
-                sign: -1.0,
-            },
+                if metric == Metric::Cosine { 1.0 } else { 0.0 } - dot(query, c),
+                -1.0,
+            ),
         }))
     }
 }
 
 impl CodeScorer {
+    fn pq(table: Vec<f32>, offset: f32, sign: f32) -> Self {
+        Self::Pq {
+            table,
+            offset,
+            sign,
+            bound: OnceCell::new(),
+        }
+    }
+
     /// Distance of one row of codes.
     #[inline]
     pub(super) fn score(&self, codes: &[u8]) -> f32 {
@@ -256,6 +268,7 @@ impl CodeScorer {
                 table,
                 offset,
                 sign,
+                ..
             } => sign * table_lookup(table, codes) + offset,
             Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, codes),
             Self::SqDot {
@@ -269,8 +282,32 @@ impl CodeScorer {
 
 impl BoundScorer<'_> {
     /// Scores every bound row (whose row ids are `ids`) into `top`; `distances` is
-    /// scratch space.
-    pub(super) fn score_into(&self, ids: &[u64], distances: &mut Vec<f32>, top: &mut TopK) {
+    /// scratch space. Returns how many rows bounds showed could not enter `top`
+    /// and were left unscored.
+    pub(super) fn score_into(
+        &self,
+        ids: &[u64],
+        distances: &mut Vec<f32>,
+        top: &mut TopK,
+    ) -> usize {
+        if let Self::Codes {
+            scorer:
+                scorer @ CodeScorer::Pq {
+                    table,
+                    offset,
+                    sign,
+                    bound,
+                },
+            bytes,
+            width,
+            columns: Some(columns),
+        } = self
+        {
+            let bound = bound.get_or_init(|| PqBound::new(table, *sign, *offset));
+            if let Some(bound) = bound {
+                return score_bounded(scorer, bound, *columns, bytes, *width, ids, distances, top);
+            }
+        }
         distances.clear();
         self.distances(distances);
         for (&distance, &row_id) in distances.iter().zip(ids) {
@@ -278,6 +315,7 @@ impl BoundScorer<'_> {
                 top.push(Scored { distance, row_id });
             }
         }
+        0
     }
 
     /// The distances of all the bound rows, appended to `out`, a block at a time
@@ -311,9 +349,11 @@ impl BoundScorer<'_> {
                         table,
                         offset,
                         sign,
+                        ..
                     },
                 bytes,
                 width,
+                ..
             } => table_lookup_rows(table, bytes, *width, *sign, *offset, out),
             Self::Flat {
                 query,
@@ -339,14 +379,84 @@ impl BoundScorer<'_> {
                 scorer,
                 bytes,
                 width,
+                ..
             } => scorer.score(&bytes[i * width..(i + 1) * width]),
         }
     }
 }
 
+/// [`BoundScorer::score_into`] for PQ rows kept by columns too: 64 rows at a time,
+/// only those whose bound is within the current k-th distance are scored (by the
+/// same lookup as every other row), so the hits are the same as scoring them all.
+/// Returns how many rows were left unscored.
+#[allow(clippy::too_many_arguments)]
+fn score_bounded(
+    scorer: &CodeScorer,
+    bound: &PqBound,
+    columns: Columns<'_>,
+    bytes: &[u8],
+    width: usize,
+    ids: &[u64],
+    distances: &mut Vec<f32>,
+    top: &mut TopK,
+) -> usize {
+    let CodeScorer::Pq {
+        table,
+        offset,
+        sign,
+        ..
+    } = scorer
+    else {
+        return 0;
+    };
+    let n = ids.len().min(bytes.len() / width.max(1));
+    let (mut first, mut scored) = (0, 0);
+    while first < n {
+        let end = (first + BOUND_ROWS).min(n);
+        let candidates = bound
+            .cutoff(top.threshold())
+            .and_then(|cutoff| bound.candidates(columns, first, end - first, cutoff));
+        let Some(mut candidates) = candidates else {
+            // Nothing to bound by yet (fewer than k rows seen): score them all.
+            distances.clear();
+            table_lookup_rows(
+                table,
+                &bytes[first * width..end * width],
+                width,
+                *sign,
+                *offset,
+                distances,
+            );
+            for (&distance, &row_id) in distances.iter().zip(&ids[first..end]) {
+                if distance <= top.threshold() {
+                    top.push(Scored { distance, row_id });
+                }
+            }
+            scored += end - first;
+            first = end;
+            continue;
+        };
+        scored += candidates.count_ones() as usize;
+        while candidates != 0 {
+            let i = first + candidates.trailing_zeros() as usize;
+            let distance = sign * table_lookup(table, &bytes[i * width..(i + 1) * width]) + offset;
+            if distance <= top.threshold() {
+                top.push(Scored {
+                    distance,
+                    row_id: ids[i],
+                });
+            }
+            candidates &= candidates - 1;
+        }
+        first = end;
+    }
+    n - scored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::pq_bound;
     use crate::model::rng::SplitMix64;
     use crate::model::{decode_rows, train_model, Encoder, IndexType, TrainOptions};
     use std::sync::Arc;
@@ -447,6 +557,62 @@ mod tests {
                     (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
                     "{ty} {metric}: {got} vs {exact}"
                 );
+            }
+        }
+    }
+
+    /// Scanning PQ rows with their codes by columns (bounds skip rows) finds the
+    /// same k nearest rows as scoring every row, for each metric, k, row count and
+    /// part of a block, ties included.
+    #[test]
+    fn bounded_pq_scans_find_what_full_scans_find() {
+        let dim = 16;
+        let mut rng = SplitMix64::new(11);
+        let data: Vec<f32> = (0..3000 * dim).map(|_| rng.normal() as f32).collect();
+        for metric in [Metric::L2, Metric::Dot, Metric::Cosine] {
+            let model = small_model(IndexType::IvfPq, metric, dim, &data);
+            let w = model.code_width();
+            // Duplicated rows make equal distances, which ties must break by row id.
+            let mut rows = [&data[..1000 * dim], &data[..300 * dim]].concat();
+            let (mut parts, mut codes) = (Vec::new(), Vec::new());
+            Encoder::new(Arc::clone(&model)).encode(&mut rows, &mut parts, &mut codes);
+            let n = parts.len();
+            let ids: Vec<u64> = (0..n as u64).map(|i| (i * 7919) % 10007).collect();
+            let columns = pq_bound::columns(&codes, w);
+            for query in 0..4 {
+                let mut q: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+                if metric == Metric::Cosine {
+                    crate::model::distance::normalize(&mut q);
+                }
+                let Scorer::Codes(scorer) = Scorer::new(&model, &q, query % 4).unwrap() else {
+                    panic!("PQ scores codes");
+                };
+                for (k, range) in [(1, 0..n), (10, 0..n), (100, 5..n - 3), (10, 17..17 + 64)] {
+                    let top_of = |columns: Option<Columns>| {
+                        let bound = BoundScorer::Codes {
+                            scorer: &scorer,
+                            bytes: &codes[range.start * w..range.end * w],
+                            width: w,
+                            columns,
+                        };
+                        let mut top = TopK::new(k);
+                        let skipped =
+                            bound.score_into(&ids[range.clone()], &mut Vec::new(), &mut top);
+                        (top.into_sorted(), skipped)
+                    };
+                    let bounded = Columns {
+                        codes: &columns,
+                        stride: n,
+                        start: range.start,
+                    };
+                    let ((found, skipped), (all, none)) = (top_of(Some(bounded)), top_of(None));
+                    assert_eq!(found, all, "{metric}, k {k}, rows {range:?}");
+                    assert_eq!(none, 0);
+                    if k == 1 && pq_bound::available() {
+                        // Most rows cannot beat the best of the first 64.
+                        assert!(skipped > n / 2, "{metric}: {skipped} of {n} rows skipped");
+                    }
+                }
             }
         }
     }

@@ -30,6 +30,8 @@ use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::{decode_block, SegmentManifest, StoredRows};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
+use crate::model::pq_bound::{self, Columns};
+use crate::model::IndexType;
 use crate::progress::{ProgressStep, Tracker};
 
 /// Blocks read at once by one scan partition.
@@ -147,6 +149,8 @@ impl ExecutionPlan for VectorIndexScanExec {
             hits: MetricBuilder::new(&self.metrics).counter("block_cache_hits", partition),
             misses: MetricBuilder::new(&self.metrics).counter("block_cache_misses", partition),
             bytes_read: MetricBuilder::new(&self.metrics).counter("bytes_read", partition),
+            rows_skipped: MetricBuilder::new(&self.metrics)
+                .counter("pq_rows_skipped_by_bound", partition),
         };
         let mut input = self.input.execute(partition, context)?;
         let options = self.options;
@@ -183,12 +187,26 @@ impl ExecutionPlan for VectorIndexScanExec {
 pub(super) struct Block {
     pub rows: RecordBatch,
     pub graph: Option<HnswGraph>,
+    /// IVF_PQ, where the CPU bounds distances from them: the codes by columns
+    /// (`pq_bound::columns`).
+    pub columns: Option<Vec<u8>>,
 }
 
 impl Block {
     /// Bytes the block takes in memory (for the cache's budget).
     pub(super) fn memory_size(&self) -> usize {
-        self.rows.get_array_memory_size() + self.graph.as_ref().map_or(0, HnswGraph::memory_size)
+        self.rows.get_array_memory_size()
+            + self.graph.as_ref().map_or(0, HnswGraph::memory_size)
+            + self.columns.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Rows `range` of the block's codes by columns, if it keeps them.
+    fn columns(&self, range: std::ops::Range<usize>) -> Option<Columns<'_>> {
+        self.columns.as_deref().map(|codes| Columns {
+            codes,
+            stride: self.rows.num_rows(),
+            start: range.start,
+        })
     }
 }
 
@@ -199,6 +217,8 @@ struct Blocks {
     hits: Count,
     misses: Count,
     bytes_read: Count,
+    /// PQ rows left unscored because their distance bound could not enter the top k.
+    rows_skipped: Count,
 }
 
 impl Blocks {
@@ -299,7 +319,17 @@ async fn read_block(
         }
         None => None,
     };
-    Ok((Block { rows, graph }, bytes))
+    let columns = (target.model.index_type() == IndexType::IvfPq && pq_bound::available())
+        .then(|| StoredRows::of(&rows).map(|r| pq_bound::columns(r.bytes, r.width)))
+        .transpose()?;
+    Ok((
+        Block {
+            rows,
+            graph,
+            columns,
+        },
+        bytes,
+    ))
 }
 
 async fn scan_tasks(
@@ -333,12 +363,10 @@ async fn scan_tasks(
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
         for block in of_partition.get(&p).into_iter().flatten() {
+            let range = part.rows(block.rows.num_rows());
             let share = match (&block.graph, part.is_whole()) {
                 (_, true) => None,
-                (None, false) => {
-                    let range = part.rows(block.rows.num_rows());
-                    Some(block.rows.slice(range.start, range.len()))
-                }
+                (None, false) => Some(block.rows.slice(range.start, range.len())),
                 (Some(_), false) => {
                     return Err(IndexError::Internal(format!(
                         "a probe task asks for part of HNSW partition {p}, whose graph is searched whole"
@@ -347,11 +375,12 @@ async fn scan_tasks(
                 }
             };
             let rows = StoredRows::of(share.as_ref().unwrap_or(&block.rows))?;
+            let columns = block.columns(range);
             for (query_id, scorer) in &scorers {
                 let top = tops
                     .entry(*query_id)
                     .or_insert_with(|| TopK::new(options.k));
-                let bound = scorer.bind(&rows)?;
+                let bound = scorer.bind(&rows, columns)?;
                 match &block.graph {
                     Some(graph) => {
                         let found = graph.search(
@@ -368,7 +397,9 @@ async fn scan_tasks(
                             }
                         }
                     }
-                    None => bound.score_into(rows.ids, distances, top),
+                    None => blocks
+                        .rows_skipped
+                        .add(bound.score_into(rows.ids, distances, top)),
                 }
             }
         }

@@ -21,7 +21,8 @@
 //! the first 100 queries against brute force. One `summary` line per index.
 //!
 //! `SEARCH_BENCH_BREAKDOWN=1` instead prints where a warm one-query SQL call spends
-//! its time (parsing and planning, running, the API alone, nprobes 1).
+//! its time (parsing and planning, running, the query written as text, the API
+//! alone, nprobes 1).
 
 mod common;
 
@@ -132,6 +133,12 @@ async fn breakdown(session: &VectorIndexSession, url: &str, s: &Setup<'_>) {
             "vector_search",
             format!(
                 "SELECT row_id, distance FROM vector_search('{url}', [{list}], {k}, {nprobes})"
+            ),
+        ),
+        (
+            "vector_search, query as text",
+            format!(
+                "SELECT row_id, distance FROM vector_search('{url}', '[{list}]', {k}, {nprobes})"
             ),
         ),
     ] {

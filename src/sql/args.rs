@@ -267,6 +267,21 @@ pub(super) fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Res
             _ => return Err(wrong(&value)),
         },
         Kind::Vector => {
+            if let ScalarValue::Utf8(Some(text))
+            | ScalarValue::LargeUtf8(Some(text))
+            | ScalarValue::Utf8View(Some(text)) = &value
+            {
+                return match vector_from_text(text) {
+                    Ok(v) => Ok(Some(Value::Vector(v))),
+                    Err(why) => plan_err!(
+                        "{}: argument '{}' must be {}, got '{}': {why}",
+                        sig.name,
+                        param.name,
+                        param.kind.describe(),
+                        abbreviated(text)
+                    ),
+                };
+            }
             let array = value.to_array()?;
             let values = match array.data_type() {
                 DataType::List(_) => array.as_list::<i32>().value(0),
@@ -281,6 +296,39 @@ pub(super) fn convert(sig: &Signature, param: &Param, value: ScalarValue) -> Res
             Value::Vector(floats.as_primitive::<Float32Type>().values().to_vec())
         }
     }))
+}
+
+/// A vector written as text, as pgvector prints one: `'[1, 2.5, -3e-2]'`. Parsing
+/// 128 numbers from one string literal costs far less than planning and simplifying
+/// a 128-element `[…]`. Each number is read as a double and then narrowed, as a `[…]`
+/// of SQL literals is, so both spellings give the same vector.
+fn vector_from_text(text: &str) -> std::result::Result<Vec<f32>, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or("as text, a vector is written '[1, 2.5, -3]'")?;
+    if inner.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|x| {
+            let x = x.trim();
+            match x.parse::<f64>() {
+                Ok(v) if v.is_finite() && (v as f32).is_finite() => Ok(v as f32),
+                _ => Err(format!("'{}' is not a finite number", abbreviated(x))),
+            }
+        })
+        .collect()
+}
+
+/// At most 40 characters of `text`, for messages.
+fn abbreviated(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// Bound and evaluated arguments, by parameter name.
@@ -377,5 +425,34 @@ mod tests {
                 None => assert!(!direct, "{sql} was evaluated"),
             }
         }
+    }
+
+    #[test]
+    fn vectors_as_text_read_as_literals_do() {
+        assert_eq!(
+            vector_from_text(" [1, 2.5,-3e-2 ] "),
+            Ok(vec![1.0, 2.5, -0.03])
+        );
+        assert_eq!(vector_from_text("[]"), Ok(vec![]));
+        // Read as a double, then narrowed: what a `[…]` of SQL literals gives.
+        let x = "0.10000000149011612";
+        assert_eq!(
+            vector_from_text(&format!("[{x}]")),
+            Ok(vec![x.parse::<f64>().unwrap() as f32])
+        );
+        assert!(vector_from_text("1, 2")
+            .unwrap_err()
+            .contains("written '[1, 2.5, -3]'"));
+        for (text, bad) in [
+            ("[1, x]", "x"),
+            ("[1,,2]", ""),
+            ("[NaN]", "NaN"),
+            ("[1e39]", "1e39"),
+        ] {
+            let why = format!("'{bad}' is not a finite number");
+            assert_eq!(vector_from_text(text), Err(why));
+        }
+        let long = format!("[{}]", "1.0, ".repeat(30));
+        assert!(abbreviated(&long).ends_with('…') && abbreviated(&long).chars().count() == 41);
     }
 }

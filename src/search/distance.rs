@@ -4,7 +4,7 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use super::topk::{Scored, TopK};
+use super::topk::TopK;
 use super::SearchTarget;
 use crate::error::{IndexError, Result};
 use crate::format::StoredRows;
@@ -311,9 +311,7 @@ impl BoundScorer<'_> {
         distances.clear();
         self.distances(distances);
         for (&distance, &row_id) in distances.iter().zip(ids) {
-            if distance <= top.threshold() {
-                top.push(Scored { distance, row_id });
-            }
+            top.offer(distance, row_id);
         }
         0
     }
@@ -428,9 +426,7 @@ fn score_bounded(
                 distances,
             );
             for (&distance, &row_id) in distances.iter().zip(&ids[first..end]) {
-                if distance <= top.threshold() {
-                    top.push(Scored { distance, row_id });
-                }
+                top.offer(distance, row_id);
             }
             scored += end - first;
             first = end;
@@ -440,12 +436,7 @@ fn score_bounded(
         while candidates != 0 {
             let i = first + candidates.trailing_zeros() as usize;
             let distance = sign * table_lookup(table, &bytes[i * width..(i + 1) * width]) + offset;
-            if distance <= top.threshold() {
-                top.push(Scored {
-                    distance,
-                    row_id: ids[i],
-                });
-            }
+            top.offer(distance, ids[i]);
             candidates &= candidates - 1;
         }
         first = end;

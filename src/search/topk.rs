@@ -66,6 +66,14 @@ impl TopK {
         }
     }
 
+    /// [`TopK::push`] behind the cheap test most rows of a scan fail.
+    #[inline]
+    pub(crate) fn offer(&mut self, distance: f32, row_id: u64) {
+        if distance <= self.threshold() {
+            self.push(Scored { distance, row_id });
+        }
+    }
+
     pub(crate) fn into_sorted(self) -> Vec<Scored> {
         self.heap.into_sorted_vec()
     }

@@ -12,7 +12,8 @@
 //! through the public API:
 //!
 //! - `batch`: 200 queries in one `VectorIndex::search` call;
-//! - `sql call`: the same 200 queries, one `SELECT … FROM vector_search(…)` per query;
+//! - `sql call`: the same 200 queries, one `SELECT … FROM vector_search(…)` per query,
+//!   the query a list literal (`[…]`; warm also as text, `'[…]'`);
 //!
 //! each with a session whose [`SearchCache`] holds nothing yet (`cold`: the model,
 //! manifests and probed partitions are read and decoded; the files themselves are
@@ -64,6 +65,8 @@ struct Setup<'a> {
 struct Figures {
     batch: [f64; 3],
     call: [f64; 3],
+    /// Warm, the query written as text.
+    call_text: f64,
     recall: f64,
 }
 
@@ -81,12 +84,15 @@ async fn batch_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> (f
     (qps, found as f64 / (s.truth.len() * s.options.k) as f64)
 }
 
-async fn call_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> f64 {
+/// One SQL call per query; the query as a list literal (`[…]`), or with `text` as
+/// a string (`'[…]'`).
+async fn call_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>, text: bool) -> f64 {
+    let quote = if text { "'" } else { "" };
     let t = Instant::now();
     for q in s.queries.chunks(DIM) {
         let literal: Vec<String> = q.iter().map(|x| x.to_string()).collect();
         let sql = format!(
-            "SELECT row_id, distance FROM vector_search('{url}', [{}], {}, {})",
+            "SELECT row_id, distance FROM vector_search('{url}', {quote}[{}]{quote}, {}, {})",
             literal.join(", "),
             s.options.k,
             s.options.nprobes
@@ -180,12 +186,15 @@ async fn measure(url: &str, s: &Setup<'_>) -> Figures {
     f.batch = [cold, stats(&warm).0, batch_qps(&none, url, s).await.0];
 
     let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
-    let cold = call_qps(&cached, url, s).await;
+    let cold = call_qps(&cached, url, s, false).await;
     let mut warm = Vec::new();
+    let mut text = Vec::new();
     for _ in 0..s.runs {
-        warm.push(call_qps(&cached, url, s).await);
+        warm.push(call_qps(&cached, url, s, false).await);
+        text.push(call_qps(&cached, url, s, true).await);
     }
-    f.call = [cold, stats(&warm).0, call_qps(&none, url, s).await];
+    f.call = [cold, stats(&warm).0, call_qps(&none, url, s, false).await];
+    f.call_text = stats(&text).0;
     f
 }
 
@@ -254,12 +263,13 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
         if std::env::var("SEARCH_BENCH_BREAKDOWN").is_ok() {
             let session =
                 VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
-            call_qps(&session, &url(dir), s).await;
+            call_qps(&session, &url(dir), s, false).await;
             breakdown(&session, &url(dir), s).await;
             return summaries;
         }
         // SEARCH_BENCH_PROFILE=<secs> repeats warm batch searches (with
-        // SEARCH_BENCH_PROFILE_CALLS set: SQL calls) of the one-segment index (with
+        // SEARCH_BENCH_PROFILE_CALLS set: SQL calls; with SEARCH_BENCH_PROFILE_ONE:
+        // one query per API call) of the one-segment index (with
         // SEARCH_BENCH_PROFILE_MANY set: the 64-segment one) that long, e.g. under
         // `perf record`, and measures nothing else.
         if let Some(secs) = std::env::var("SEARCH_BENCH_PROFILE")
@@ -277,9 +287,15 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
             let t = Instant::now();
             let mut n = 0;
             let calls = std::env::var("SEARCH_BENCH_PROFILE_CALLS").is_ok();
+            let one = std::env::var("SEARCH_BENCH_PROFILE_ONE").is_ok();
+            let index = VectorIndex::open(session.context(), &url(dir)).unwrap();
             while t.elapsed().as_secs_f64() < secs {
                 if calls {
-                    call_qps(&session, &url(dir), s).await;
+                    call_qps(&session, &url(dir), s, false).await;
+                } else if one {
+                    for q in s.queries.chunks(DIM) {
+                        index.search(session.context(), q, s.options).await.unwrap();
+                    }
                 } else {
                     batch_qps(&session, &url(dir), s).await;
                 }
@@ -293,11 +309,11 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
         }
         let f = measure(&url(dir), s).await;
         println!(
-            "  {segments:>2} segment(s)  batch of {QUERIES}: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | one SQL call per query: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | recall@10 {:.3}",
-            f.batch[0], f.batch[1], f.batch[2], f.call[0], f.call[1], f.call[2], f.recall
+            "  {segments:>2} segment(s)  batch of {QUERIES}: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | one SQL call per query: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0}  warm, query as text {:>6.0} q/s | recall@10 {:.3}",
+            f.batch[0], f.batch[1], f.batch[2], f.call[0], f.call[1], f.call[2], f.call_text, f.recall
         );
         summaries.push(format!(
-            "summary {} segments={segments} nprobes={} batch_cold_qps={:.0} batch_warm_qps={:.0} batch_no_cache_qps={:.0} call_cold_qps={:.0} call_warm_qps={:.0} call_no_cache_qps={:.0} recall_at_10={:.3}",
+            "summary {} segments={segments} nprobes={} batch_cold_qps={:.0} batch_warm_qps={:.0} batch_no_cache_qps={:.0} call_cold_qps={:.0} call_warm_qps={:.0} call_no_cache_qps={:.0} call_text_warm_qps={:.0} recall_at_10={:.3}",
             ty.name(),
             s.options.nprobes,
             f.batch[0],
@@ -306,6 +322,7 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
             f.call[0],
             f.call[1],
             f.call[2],
+            f.call_text,
             f.recall
         ));
         figures.push(f);

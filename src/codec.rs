@@ -33,7 +33,7 @@ use crate::finalize::{
 use crate::format::IndexLocation;
 use crate::model::{Model, ModelInfo, ModelParams};
 use crate::search::{
-    LoadedTarget, SearchCache, SearchOptions, SearchTarget, VectorIndexProbeExec,
+    LoadedTarget, SearchCache, SearchOptions, SearchTarget, TaskRouting, VectorIndexProbeExec,
     VectorIndexScanExec, VectorIndexTopKExec,
 };
 use crate::staging::ShardManifestSource;
@@ -41,7 +41,7 @@ use crate::worker::{VectorIndexShardPublishExec, VectorIndexShardWriteExec};
 
 /// Version of the encoded nodes; a codec refuses nodes of another version, so that
 /// a scheduler and executors of different builds fail clearly instead of guessing.
-const CODEC_VERSION: u32 = 1;
+const CODEC_VERSION: u32 = 2;
 
 /// A `PhysicalExtensionCodec` for every operator and source of this crate: the
 /// finalize (staging scan, planner, merge, commit), the search (probe, scan, top-k)
@@ -132,6 +132,7 @@ enum Node {
     Scan {
         target: TargetRef,
         options: SearchOptions,
+        routing: TaskRouting,
     },
     TopK {
         k: usize,
@@ -242,10 +243,11 @@ impl VectorIndexCodec {
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexScanExec>() {
-            let (target, options) = exec.parts();
+            let (target, options, routing) = exec.parts();
             return Ok(Node::Scan {
                 target: TargetRef::of(target),
                 options,
+                routing,
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexTopKExec>() {
@@ -332,10 +334,15 @@ impl VectorIndexCodec {
                     slots,
                 )?)
             }
-            Node::Scan { target, options } => Arc::new(VectorIndexScanExec::try_new(
+            Node::Scan {
+                target,
+                options,
+                routing,
+            } => Arc::new(VectorIndexScanExec::try_new(
                 one_input("search scan", inputs)?,
                 load_target(target, ctx)?.target,
                 options,
+                routing,
             )?),
             Node::TopK { k } => Arc::new(VectorIndexTopKExec::try_new(
                 one_input("search top-k", inputs)?,

@@ -52,7 +52,9 @@ pub use index::{SearchHit, ShardBuild, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
 pub use runner::{attach_runner, runner_of, PlanRunner};
-pub use search::{SearchCache, SearchCacheStats, SearchOptions, DEFAULT_SEARCH_CACHE_BYTES};
+pub use search::{
+    SearchCache, SearchCacheStats, SearchOptions, VectorIndexConfig, DEFAULT_SEARCH_CACHE_BYTES,
+};
 pub use sql::VectorIndexSession;
 pub use worker::ShardWriter;
 

@@ -10,7 +10,9 @@ use datafusion_vector_index::FinalizeOptions;
 use datafusion_vector_index::IndexError;
 use datafusion_vector_index::SearchOptions;
 use datafusion_vector_index::{IndexType, Metric};
-use datafusion_vector_index::{SearchCache, SearchHit, VectorIndex, VectorIndexSession};
+use datafusion_vector_index::{
+    SearchCache, SearchHit, VectorIndex, VectorIndexConfig, VectorIndexSession,
+};
 use std::sync::Arc;
 
 const ROWS: usize = 3000;
@@ -433,6 +435,78 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
     assert_eq!(metric(&plans[1], "block_cache_misses"), 0, "{}", plans[1]);
 }
 
+/// The `vector_index.` settings with `parallel_search_min_bytes` of `bytes`.
+fn parallel_search_min_bytes(bytes: usize) -> VectorIndexConfig {
+    let mut config = VectorIndexConfig::default();
+    config.parallel_search_min_bytes = bytes;
+    config
+}
+
+/// A search that may score fewer bytes of codes than
+/// `vector_index.parallel_search_min_bytes` is planned in one partition, without an
+/// exchange; larger ones over `target_partitions`; the hits are the same. A
+/// `VectorIndexSession` over a context that has the settings keeps them.
+#[tokio::test]
+async fn small_searches_run_in_one_partition_larger_ones_spread() {
+    let data = clustered(ROWS, 12, 45);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let queries = clustered(40, 12, 46);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 16);
+    let t = committed(&model, &data, &ids).await;
+    let url = t.location().url().to_string();
+    let session = |min_size: usize| {
+        let config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(3)
+            .with_option_extension(parallel_search_min_bytes(min_size));
+        VectorIndexSession::with_context(SessionContext::new_with_config(config))
+    };
+    let literal: Vec<String> = queries[..DIM].iter().map(|x| x.to_string()).collect();
+    let sql = format!(
+        "EXPLAIN SELECT * FROM vector_search('{url}', [{}], 10, 4)",
+        literal.join(", ")
+    );
+    let plan = |s: VectorIndexSession| {
+        let sql = sql.clone();
+        async move {
+            let batches = s.sql(&sql).await.unwrap().collect().await.unwrap();
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        }
+    };
+    let spread = plan(session(1)).await;
+    assert!(
+        spread.contains("RepartitionExec: partitioning=Hash([slot@0], 3)"),
+        "{spread}"
+    );
+    let single = plan(session(usize::MAX)).await;
+    assert!(!single.contains("RepartitionExec"), "{single}");
+    assert!(!single.contains("CoalescePartitionsExec"), "{single}");
+    assert!(single.contains("VectorIndexScanExec"), "{single}");
+    // One query reads at most every row (ROWS × DIM × 4 bytes), forty queries probing
+    // 4 of 16 partitions at least ten times that: at this threshold single queries
+    // run in one partition and the batch spreads. Every way gives the same hits.
+    let options = SearchOptions {
+        k: 10,
+        nprobes: 4,
+        ef: None,
+    };
+    let reference = VectorIndex::open(&SessionContext::new(), &url)
+        .unwrap()
+        .search(&SessionContext::new(), &queries, options)
+        .await
+        .unwrap();
+    for s in [session(1), session(ROWS * DIM * 4 + 1), session(usize::MAX)] {
+        let index = VectorIndex::open(s.context(), &url).unwrap();
+        let hits = index.search(s.context(), &queries, options).await.unwrap();
+        assert_eq!(hits, reference);
+        for (q, found) in queries.chunks(DIM).zip(&hits) {
+            let one = index.search(s.context(), q, options).await.unwrap();
+            assert_eq!(&one[0], found);
+        }
+    }
+}
+
 /// One query over few large partitions: the probe splits them into parts scored by
 /// every scan partition (`split_partitions` in EXPLAIN ANALYZE), and the hits are
 /// those of a search that scores each partition whole — brute force for IVF_FLAT
@@ -444,10 +518,12 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
     let data = clustered(rows, 3, 51);
     let ids = row_ids(rows, FRAGMENTS);
     let queries = clustered(3, 3, 52);
+    // The split session spreads even this small search over its partitions.
     let session = |partitions| {
-        VectorIndexSession::with_context(SessionContext::new_with_config(
-            datafusion::prelude::SessionConfig::new().with_target_partitions(partitions),
-        ))
+        let config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_option_extension(parallel_search_min_bytes(0));
+        VectorIndexSession::with_context(SessionContext::new_with_config(config))
     };
     let (whole, split) = (session(1), session(8));
     let options = SearchOptions {

@@ -281,15 +281,28 @@ async fn a_whole_build_runs_as_tasks_on_both_executors_and_matches_one_process()
     assert!(!distributed.is_empty());
     assert_eq!(distributed, segment_files(&reference));
 
-    // Search through the cluster answers as one process does; its probe tasks are
-    // spread by a hash exchange, which the scheduler cuts a stage at.
-    let explained = call(&session, &format!("EXPLAIN {}", query_sql(&url, &data, 0))).await;
-    let explained = arrow::util::pretty::pretty_format_batches(&explained)
-        .unwrap()
-        .to_string();
+    // Search through the cluster answers as one process does. A search this small
+    // runs in one partition, one stage; spread (as larger searches are), its probe
+    // tasks cross a hash exchange, which the scheduler cuts a stage at.
+    let plan = |sql: String| {
+        let session = session.clone();
+        async move {
+            let explained = call(&session, &format!("EXPLAIN {sql}")).await;
+            arrow::util::pretty::pretty_format_batches(&explained)
+                .unwrap()
+                .to_string()
+        }
+    };
+    let single = plan(query_sql(&url, &data, 0)).await;
+    assert!(!single.contains("RepartitionExec"), "{single}");
+    let on_cluster = call(&session, &query_sql(&url, &data, 0)).await;
+    let in_process = call(&local, &query_sql(&reference_url, &data, 0)).await;
+    assert_eq!(on_cluster, in_process);
+    call(&session, "SET vector_index.parallel_search_min_bytes = 0").await;
+    let spread = plan(query_sql(&url, &data, 0)).await;
     assert!(
-        explained.contains("partitioning=Hash([slot@0], 8)"),
-        "{explained}"
+        spread.contains("partitioning=Hash([slot@0], 8)"),
+        "{spread}"
     );
     for row in [0, 1234, 5999] {
         let on_cluster = call(&session, &query_sql(&url, &data, row)).await;

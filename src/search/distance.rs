@@ -482,6 +482,7 @@ mod tests {
                 segments: vec![],
                 blocks_by_partition: vec![],
                 rows_by_partition: vec![],
+                largest_rows: vec![],
                 pq_terms: PqTerms::of(&model).map(Arc::new),
             });
             assert_eq!(target.pq_terms.is_some(), metric == Metric::L2);

@@ -8,6 +8,10 @@
 //!         VectorIndexProbeExec  ranks partitions once per query, emits probe tasks
 //!           DataSourceExec   the queries (MemorySourceConfig)
 //! ```
+//!
+//! A search that reads little (see [`scan_partitions`]) is planned without the
+//! exchange: `VectorIndexTopKExec` over one `VectorIndexScanExec` partition over the
+//! probe, all polled by the task that runs the plan.
 
 mod cache;
 mod distance;
@@ -28,12 +32,13 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::SessionConfig;
 use futures::{StreamExt, TryStreamExt};
 
 use cache::{BlockKey, CachedTarget};
 pub use cache::{SearchCache, SearchCacheStats, DEFAULT_SEARCH_CACHE_BYTES};
 pub(crate) use probe_exec::VectorIndexProbeExec;
-pub(crate) use scan_exec::VectorIndexScanExec;
+pub(crate) use scan_exec::{TaskRouting, VectorIndexScanExec};
 pub(crate) use table::VectorSearchTable;
 pub(crate) use topk_exec::{search_output_schema, VectorIndexTopKExec};
 
@@ -94,6 +99,9 @@ pub(crate) struct SearchTarget {
     pub(super) blocks_by_partition: Vec<Holding>,
     /// Per IVF partition, its rows over all segments (what scoring it costs).
     pub(super) rows_by_partition: Vec<u64>,
+    /// Entry i: the rows of the i + 1 largest IVF partitions together, the most a
+    /// query probing i + 1 partitions scores.
+    largest_rows: Vec<u64>,
     /// PQ's query-independent table terms, when kept.
     pub(super) pq_terms: Option<Arc<distance::PqTerms>>,
 }
@@ -210,6 +218,7 @@ impl SearchTarget {
         }
         let (blocks_by_partition, rows_by_partition) =
             Self::blocks_by_partition(location, &model, &segments)?;
+        let largest_rows = largest_first(&rows_by_partition);
         let target = Arc::new(Self {
             location: location.clone(),
             model,
@@ -217,6 +226,7 @@ impl SearchTarget {
             segments,
             blocks_by_partition,
             rows_by_partition,
+            largest_rows,
             pq_terms,
         });
         if let Some(c) = cache {
@@ -308,7 +318,8 @@ impl SearchTarget {
             .map(|b| 32 + 48 * b.len())
             .sum();
         let terms = self.pq_terms.as_ref().map_or(0, |t| t.memory_size());
-        self.model.memory_size() + manifests + keys + terms
+        let rows = 16 * self.rows_by_partition.len();
+        self.model.memory_size() + manifests + keys + rows + terms
     }
 }
 
@@ -375,7 +386,7 @@ pub(crate) fn search_plan(
         ],
     )?;
     let leaf = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
-    let partitions = state.config().target_partitions().max(1);
+    let partitions = scan_partitions(&target, n, options, state.config());
     let probe = Arc::new(VectorIndexProbeExec::try_new(
         leaf,
         Arc::clone(&target),
@@ -383,6 +394,13 @@ pub(crate) fn search_plan(
         loaded.cached,
         partitions,
     )?);
+    if partitions == 1 {
+        let scan = VectorIndexScanExec::try_new(probe, target, options, TaskRouting::Single)?;
+        return Ok(Arc::new(VectorIndexTopKExec::try_new(
+            Arc::new(scan),
+            options.k,
+        )?));
+    }
     // Hash, not round robin: the probe balanced its tasks over the scan partitions
     // and chose keys the hash sends there (a partition's block is read by one scan
     // partition for all its queries unless it was split), and a distributed
@@ -396,8 +414,145 @@ pub(crate) fn search_plan(
         spread,
         Arc::clone(&target),
         options,
+        TaskRouting::BySlot,
     )?);
     let topk =
         VectorIndexTopKExec::try_new(Arc::new(CoalescePartitionsExec::new(scan)), options.k)?;
     Ok(Arc::new(topk))
+}
+
+/// Entry i: the sum of the i + 1 largest of `rows`.
+fn largest_first(rows: &[u64]) -> Vec<u64> {
+    let mut sums = rows.to_vec();
+    sums.sort_unstable_by(|a, b| b.cmp(a));
+    sums.iter_mut().fold(0u64, |sum, rows| {
+        *rows = rows.saturating_add(sum);
+        *rows
+    });
+    sums
+}
+
+datafusion::common::extensions_options! {
+    /// Settings of this crate's plans, under `vector_index.` (`SET
+    /// vector_index.parallel_search_min_bytes = 0`). A [`crate::VectorIndexSession`]
+    /// registers them; a session without them plans with the defaults.
+    pub struct VectorIndexConfig {
+        /// A search whose probed partitions may hold fewer bytes of codes than this
+        /// — each query's `nprobes` largest partitions — runs in one partition,
+        /// without an exchange; larger ones over `target_partitions`. Handing tasks
+        /// between threads costs more than a second core saves on so little work
+        /// (BENCHMARKS.md, "Search"), as DataFusion leaves file scans below
+        /// `datafusion.optimizer.repartition_file_min_size` whole.
+        pub parallel_search_min_bytes: usize, default = 4 * 1024 * 1024
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for VectorIndexConfig {
+    const PREFIX: &'static str = "vector_index";
+}
+
+/// Scan partitions for a search of `queries` queries: the session's
+/// `target_partitions`, or one below
+/// [`VectorIndexConfig::parallel_search_min_bytes`].
+fn scan_partitions(
+    target: &SearchTarget,
+    queries: usize,
+    options: SearchOptions,
+    config: &SessionConfig,
+) -> usize {
+    let most = config.target_partitions().max(1);
+    let probed = options.nprobes.min(target.largest_rows.len());
+    let rows = probed
+        .checked_sub(1)
+        .map_or(0, |last| target.largest_rows[last]);
+    let bytes = rows
+        .saturating_mul(queries as u64)
+        .saturating_mul(target.model.code_width() as u64);
+    let least = config
+        .options()
+        .extensions
+        .get::<VectorIndexConfig>()
+        .map_or_else(
+            || VectorIndexConfig::default().parallel_search_min_bytes,
+            |c| c.parallel_search_min_bytes,
+        ) as u64;
+    if bytes < least {
+        1
+    } else {
+        most
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{train_model, IndexType, TrainOptions};
+
+    #[test]
+    fn searches_reading_less_than_the_threshold_get_one_partition() {
+        assert_eq!(
+            largest_first(&[100, 400, 50, 250]),
+            vec![400, 650, 750, 800]
+        );
+        assert_eq!(largest_first(&[u64::MAX, 1]), vec![u64::MAX, u64::MAX]);
+        let dim = 8;
+        let data: Vec<f32> = (0..400 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let options = TrainOptions {
+            index_type: IndexType::IvfFlat,
+            num_partitions: 4,
+            max_iterations: 2,
+            ..Default::default()
+        };
+        let model = Arc::new(train_model(dim, data, &options, &Default::default()).unwrap());
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let rows = vec![100, 400, 50, 250];
+        let target = SearchTarget {
+            location: IndexLocation::from_url("file:///t", &runtime).unwrap(),
+            model,
+            version: 1,
+            segments: vec![],
+            blocks_by_partition: vec![vec![]; 4],
+            largest_rows: largest_first(&rows),
+            rows_by_partition: rows,
+            pq_terms: None,
+        };
+        let config = |min_size: usize| {
+            SessionConfig::new()
+                .with_target_partitions(6)
+                .with_option_extension(VectorIndexConfig {
+                    parallel_search_min_bytes: min_size,
+                })
+        };
+        let parts = |queries, nprobes, min_size| {
+            let options = SearchOptions {
+                k: 10,
+                nprobes,
+                ef: None,
+            };
+            scan_partitions(&target, queries, options, &config(min_size))
+        };
+        // One query probing 2 partitions scores at most 650 rows of 32 bytes.
+        assert_eq!(parts(1, 2, 650 * 32), 6);
+        assert_eq!(parts(1, 2, 650 * 32 + 1), 1);
+        // nprobes beyond the partitions counts them all; queries multiply.
+        assert_eq!(parts(1, 99, 800 * 32 + 1), 1);
+        assert_eq!(parts(3, 99, 800 * 32 + 1), 6);
+        assert_eq!(parts(3, 1, 3 * 400 * 32), 6);
+        assert_eq!(parts(3, 1, 3 * 400 * 32 + 1), 1);
+        assert_eq!(parts(usize::MAX, 4, usize::MAX), 6);
+        // Without the settings: the default.
+        let default = VectorIndexConfig::default().parallel_search_min_bytes;
+        let plain = SessionConfig::new().with_target_partitions(6);
+        let one = |nprobes| SearchOptions {
+            k: 10,
+            nprobes,
+            ef: None,
+        };
+        assert_eq!(default, 4 << 20);
+        assert_eq!(scan_partitions(&target, 1, one(4), &plain), 1);
+        assert_eq!(
+            scan_partitions(&target, default / (800 * 32) + 1, one(4), &plain),
+            6
+        );
+    }
 }

@@ -169,11 +169,8 @@ impl ExecutionPlan for VectorIndexProbeExec {
             let (tasks, split_partitions) = probe(&target, nprobes, slots, &batches)?;
             split.add(split_partitions);
             tracker.start(ProgressStep::Probes, Some(tasks.len() as u64));
-            // Several batches per scan partition let the scans start early.
-            let per_batch = tasks.len().div_ceil(slots * 4).clamp(1, 256);
             let dim = target.model.dim();
-            let out: Vec<Result<RecordBatch>> = tasks
-                .chunks(per_batch)
+            let out: Vec<Result<RecordBatch>> = batches_of(&tasks, slots)
                 .map(|c| tasks_batch(&out_schema, dim, c))
                 .collect();
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out))
@@ -184,6 +181,37 @@ impl ExecutionPlan for VectorIndexProbeExec {
 }
 
 type Query = (u32, Arc<[f32]>);
+
+/// Tasks per batch the probe aims for: several batches per scan partition let the
+/// scans start early when the tasks are spread over several.
+const TASKS_PER_BATCH: usize = 256;
+
+/// `tasks` (ordered by partition and part) cut into batches of at least
+/// `TASKS_PER_BATCH` tasks — fewer, down to a quarter of each of `slots` scan
+/// partitions' share, when spread — each ending where a (partition, part) does, so
+/// that no scan partition looks a block up twice.
+fn batches_of(tasks: &[ProbeTask], slots: usize) -> impl Iterator<Item = &[ProbeTask]> {
+    let per_batch = match slots {
+        1 => TASKS_PER_BATCH,
+        _ => tasks.len().div_ceil(slots * 4).clamp(1, TASKS_PER_BATCH),
+    };
+    let mut rest = tasks;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = per_batch.min(rest.len());
+        while end < rest.len()
+            && (rest[end].partition, rest[end].part)
+                == (rest[end - 1].partition, rest[end - 1].part)
+        {
+            end += 1;
+        }
+        let (batch, after) = rest.split_at(end);
+        rest = after;
+        Some(batch)
+    })
+}
 
 /// The probe tasks of the queries in `batches`: each query's `nprobes` nearest
 /// partitions that hold rows, split and balanced over `slots` scan partitions,
@@ -246,4 +274,47 @@ fn probe(
     }
     tasks.sort_by_key(|t| (t.partition, t.part, t.query_id));
     Ok((tasks, split))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::probe_tasks::Part;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The batches hold every task once, in order; each (partition, part) lies
+        /// in one batch; every batch but the last holds at least its share.
+        #[test]
+        fn batches_end_where_a_partition_part_does(
+            counts in proptest::collection::vec((1u32..4, 1usize..40), 0..40),
+            slots in 1usize..6,
+        ) {
+            let mut tasks = Vec::new();
+            for (partition, &(parts, queries)) in counts.iter().enumerate() {
+                for index in 0..parts {
+                    for query_id in 0..queries as u32 {
+                        tasks.push(ProbeTask {
+                            slot: 0,
+                            query_id,
+                            partition: partition as u32,
+                            part: Part::new(index, parts).unwrap(),
+                            query: Arc::from(vec![0.0f32]),
+                        });
+                    }
+                }
+            }
+            let batches: Vec<&[ProbeTask]> = batches_of(&tasks, slots).collect();
+            prop_assert_eq!(batches.concat(), tasks.clone());
+            let least = match slots {
+                1 => TASKS_PER_BATCH,
+                _ => tasks.len().div_ceil(slots * 4).clamp(1, TASKS_PER_BATCH),
+            };
+            for pair in batches.windows(2) {
+                prop_assert!(pair[0].len() >= least);
+                let (last, first) = (&pair[0][pair[0].len() - 1], &pair[1][0]);
+                prop_assert_ne!((last.partition, last.part), (first.partition, first.part));
+            }
+        }
+    }
 }

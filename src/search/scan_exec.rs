@@ -34,6 +34,16 @@ use crate::model::pq_bound::{self, Columns};
 use crate::model::IndexType;
 use crate::progress::{ProgressStep, Tracker};
 
+/// How probe tasks reach the scan's partitions; chosen when the search is planned
+/// (the optimizer may rewire the scan's input, and the requirement must survive it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum TaskRouting {
+    /// All in one partition, with no exchange: a search that reads little.
+    Single,
+    /// Hash-partitioned on the slots the probe balanced them onto.
+    BySlot,
+}
+
 /// Blocks read at once by one scan partition.
 const READ_CONCURRENCY: usize = 8;
 
@@ -44,15 +54,17 @@ const READ_CONCURRENCY: usize = 8;
 /// alongside (graphs are loaded lazily, only for probed partitions) and searched
 /// with breadth `ef` instead of scoring every row.
 ///
-/// Partitioning: one output partition per input partition of probe tasks; emits,
-/// when its input ends, each query's local top k (`query_id`, `row_id`, `distance`).
+/// Partitioning: one output partition per input partition of probe tasks, which
+/// arrive as its [`TaskRouting`] says; emits, when its input ends, each query's local
+/// top k (`query_id`, `row_id`, `distance`).
 #[derive(Debug)]
 pub(crate) struct VectorIndexScanExec {
     input: Arc<dyn ExecutionPlan>,
     target: Arc<SearchTarget>,
     options: SearchOptions,
-    /// What the input must be hash-partitioned on (the tasks' slots).
-    key: Vec<Arc<dyn PhysicalExpr>>,
+    routing: TaskRouting,
+    /// What `routing` asks of the input.
+    distribution: Distribution,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
@@ -60,18 +72,26 @@ pub(crate) struct VectorIndexScanExec {
 impl VectorIndexScanExec {
     #[cfg(feature = "codec")]
     /// What the operator was built with (the codec's view of it).
-    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions) {
-        (&self.target, self.options)
+    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions, TaskRouting) {
+        (&self.target, self.options, self.routing)
     }
 
     pub(crate) fn try_new(
         input: Arc<dyn ExecutionPlan>,
         target: Arc<SearchTarget>,
         options: SearchOptions,
+        routing: TaskRouting,
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
+        let distribution = match routing {
+            TaskRouting::Single => Distribution::SinglePartition,
+            TaskRouting::BySlot => {
+                Distribution::KeyPartitioned(super::probe_tasks::probe_task_key(&input.schema())?)
+            }
+        };
         Ok(Self {
-            key: super::probe_tasks::probe_task_key(&input.schema())?,
+            routing,
+            distribution,
             input,
             target,
             options,
@@ -108,7 +128,7 @@ impl ExecutionPlan for VectorIndexScanExec {
     /// Each probed block goes to one partition with all the queries that probe it,
     /// and a distributed scheduler cuts a stage at the hash exchange this asks for.
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::KeyPartitioned(self.key.clone())]
+        vec![self.distribution.clone()]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -123,6 +143,7 @@ impl ExecutionPlan for VectorIndexScanExec {
             single_child(self.name(), children)?,
             Arc::clone(&self.target),
             self.options,
+            self.routing,
         )?))
     }
 

@@ -9,6 +9,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{
@@ -19,10 +20,19 @@ use object_store::memory::InMemory;
 use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
 use super::procedures;
 use crate::progress::Progress;
-use crate::search::{SearchCache, DEFAULT_SEARCH_CACHE_BYTES};
+use crate::search::{SearchCache, VectorIndexConfig, DEFAULT_SEARCH_CACHE_BYTES};
 
-/// Registers the table functions and a `memory://` object store on `ctx`.
+/// Registers the table functions, the `vector_index.` settings (unless set already)
+/// and a `memory://` object store on `ctx`.
 pub(super) fn register(ctx: &SessionContext) {
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let extensions = &mut state.config_mut().options_mut().extensions;
+        if extensions.get::<VectorIndexConfig>().is_none() {
+            extensions.insert(VectorIndexConfig::default());
+        }
+    }
     ctx.register_udtf("vector_index_shards", Arc::new(ShardsFunction));
     ctx.register_udtf("vector_index_segments", Arc::new(SegmentsFunction));
     ctx.register_udtf("vector_search", Arc::new(SearchFunction));
@@ -93,8 +103,14 @@ impl VectorIndexSession {
             }
         }
         order_table_function_args(&mut statement)?;
-        let plan = state.statement_to_plan(statement).await?;
-        self.ctx.execute_logical_plan(plan).await
+        match state.statement_to_plan(statement).await? {
+            plan @ (LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) => {
+                self.ctx.execute_logical_plan(plan).await
+            }
+            // What `execute_logical_plan` makes of a query, without a second copy of
+            // the session state (a noticeable part of a one-query search's time).
+            plan => Ok(DataFrame::new(state, plan)),
+        }
     }
 
     fn frame(&self, batches: Vec<RecordBatch>) -> Result<DataFrame> {

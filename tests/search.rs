@@ -401,20 +401,14 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
     let model = train(&data, IndexType::IvfSq, Metric::L2, 16);
     let t = committed(&model, &data, &ids).await;
     let session = VectorIndexSession::new();
-    let query: Vec<String> = data[..DIM].iter().map(|x| x.to_string()).collect();
     let sql = format!(
-        "EXPLAIN ANALYZE SELECT * FROM vector_search('{}', [{}], 5, 4)",
+        "EXPLAIN ANALYZE SELECT * FROM vector_search('{}', {}, 5, 4)",
         t.location().url(),
-        query.join(", ")
+        literal(&data[..DIM])
     );
     let mut plans = Vec::new();
     for _ in 0..2 {
-        let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
-        plans.push(
-            arrow::util::pretty::pretty_format_batches(&batches)
-                .unwrap()
-                .to_string(),
-        );
+        plans.push(rendered(&session, &sql).await);
     }
     let metric = |plan: &str, name: &str| -> u64 {
         let at = plan
@@ -433,6 +427,20 @@ async fn explain_analyze_shows_cache_hits_and_misses() {
     assert_eq!(metric(&plans[1], "target_cache_hits"), 1, "{}", plans[1]);
     assert_eq!(metric(&plans[1], "block_cache_hits"), 4, "{}", plans[1]);
     assert_eq!(metric(&plans[1], "block_cache_misses"), 0, "{}", plans[1]);
+}
+
+/// `sql` run through `session`, its result as a table of text.
+async fn rendered(session: &VectorIndexSession, sql: &str) -> String {
+    let batches = session.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+/// `query` as a SQL list literal.
+fn literal(query: &[f32]) -> String {
+    let items: Vec<String> = query.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// The `vector_index.` settings with `parallel_search_min_bytes` of `bytes`.
@@ -460,26 +468,16 @@ async fn small_searches_run_in_one_partition_larger_ones_spread() {
             .with_option_extension(parallel_search_min_bytes(min_size));
         VectorIndexSession::with_context(SessionContext::new_with_config(config))
     };
-    let literal: Vec<String> = queries[..DIM].iter().map(|x| x.to_string()).collect();
     let sql = format!(
-        "EXPLAIN SELECT * FROM vector_search('{url}', [{}], 10, 4)",
-        literal.join(", ")
+        "EXPLAIN SELECT * FROM vector_search('{url}', {}, 10, 4)",
+        literal(&queries[..DIM])
     );
-    let plan = |s: VectorIndexSession| {
-        let sql = sql.clone();
-        async move {
-            let batches = s.sql(&sql).await.unwrap().collect().await.unwrap();
-            arrow::util::pretty::pretty_format_batches(&batches)
-                .unwrap()
-                .to_string()
-        }
-    };
-    let spread = plan(session(1)).await;
+    let spread = rendered(&session(1), &sql).await;
     assert!(
         spread.contains("RepartitionExec: partitioning=Hash([slot@0], 3)"),
         "{spread}"
     );
-    let single = plan(session(usize::MAX)).await;
+    let single = rendered(&session(usize::MAX), &sql).await;
     assert!(!single.contains("RepartitionExec"), "{single}");
     assert!(!single.contains("CoalescePartitionsExec"), "{single}");
     assert!(single.contains("VectorIndexScanExec"), "{single}");
@@ -566,16 +564,11 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
                 assert_eq!(got, brute_force(&data, &ids, q, Metric::L2, 10));
             }
         }
-        let literal: Vec<String> = queries[..DIM].iter().map(|x| x.to_string()).collect();
         let sql = format!(
-            "EXPLAIN ANALYZE SELECT * FROM vector_search('{url}', [{}], 10, 2)",
-            literal.join(", ")
+            "EXPLAIN ANALYZE SELECT * FROM vector_search('{url}', {}, 10, 2)",
+            literal(&queries[..DIM])
         );
-        let plan = arrow::util::pretty::pretty_format_batches(
-            &split.sql(&sql).await.unwrap().collect().await.unwrap(),
-        )
-        .unwrap()
-        .to_string();
+        let plan = rendered(&split, &sql).await;
         let expected = if ty.is_hnsw() {
             "split_partitions=0"
         } else {
@@ -593,7 +586,7 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
             .unwrap_or_else(|| panic!("{ty}: {plan}"))
             .parse()
             .unwrap();
-        let bounds = cfg!(target_arch = "x86_64") && has_byte_permutes();
+        let bounds = has_byte_permutes();
         assert_eq!(
             skipped > 0,
             ty == IndexType::IvfPq && bounds,
@@ -602,6 +595,7 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
     }
 }
 
+/// What `pq_bound::available` asks of the CPU (crate-private, so asked again here).
 fn has_byte_permutes() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

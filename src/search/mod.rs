@@ -472,10 +472,9 @@ fn scan_partitions(
         .options()
         .extensions
         .get::<VectorIndexConfig>()
-        .map_or_else(
-            || VectorIndexConfig::default().parallel_search_min_bytes,
-            |c| c.parallel_search_min_bytes,
-        ) as u64;
+        .cloned()
+        .unwrap_or_default()
+        .parallel_search_min_bytes as u64;
     if bytes < least {
         1
     } else {

@@ -436,8 +436,8 @@ mod tests {
             // the coalescing size.
             for (i, rows) in [0usize, 1, 7, 300, 20_000].into_iter().enumerate() {
                 let whole = batch(&schema, rows, width, i as u8);
-                let stored = crate::format::StoredRows::of(&whole).unwrap();
-                let (ids, values, w) = (stored.ids_buffer, stored.bytes_buffer, stored.width);
+                let stored = crate::format::StoredBuffers::of(&whole).unwrap();
+                let (ids, values, w) = (stored.ids.into_inner(), stored.values, stored.width);
                 assert_eq!(w, width);
                 let cut = rows / 3;
                 let ids = vec![
@@ -478,8 +478,8 @@ mod tests {
                     &bytes[..block.meta_len as usize],
                 )
                 .unwrap();
-                let stored = crate::format::StoredRows::of(want).unwrap();
-                let (ids, values) = (stored.ids_buffer, stored.bytes_buffer);
+                let stored = crate::format::StoredBuffers::of(want).unwrap();
+                let (ids, values) = (stored.ids.into_inner(), stored.values);
                 let range = |r: &std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
                 assert_eq!((layout.rows, layout.width), (want.num_rows(), width));
                 assert_eq!(range(&layout.ids), ids.as_slice());

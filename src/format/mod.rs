@@ -16,7 +16,8 @@ pub use manifest::{
     VersionManifest,
 };
 pub(crate) use stored_rows::{
-    stored_rows_batch, stored_rows_header, stored_rows_schema, StoredRows, StoredRowsLayout,
+    stored_rows_batch, stored_rows_header, stored_rows_schema, StoredBuffers, StoredRows,
+    StoredRowsLayout,
 };
 pub(crate) use upload::Upload;
 

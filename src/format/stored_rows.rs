@@ -10,7 +10,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, RecordBatch,
     UInt64Array,
 };
-use arrow::buffer::Buffer;
+use arrow::buffer::{Buffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt64Type};
 use arrow::ipc::{
     Buffer as IpcBuffer, FieldNode, MessageBuilder, MessageHeader, MetadataVersion,
@@ -76,8 +76,8 @@ pub(crate) fn stored_rows_batch(
     )?)
 }
 
-/// The rows of a stored-rows batch, viewed without a copy.
-#[derive(Debug)]
+/// Rows of a stored-rows batch, viewed without a copy.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct StoredRows<'a> {
     /// Row ids, one per row.
     pub ids: &'a [u64],
@@ -86,14 +86,24 @@ pub(crate) struct StoredRows<'a> {
     pub width: usize,
     /// FLAT: the same values as floats, with the dimension.
     pub vectors: Option<(&'a [f32], usize)>,
-    /// `ids` and `bytes` as buffers sharing the batch's memory.
-    pub ids_buffer: Buffer,
-    pub bytes_buffer: Buffer,
 }
 
-impl<'a> StoredRows<'a> {
-    /// Views `batch`, which must have a stored-rows schema.
-    pub(crate) fn of(batch: &'a RecordBatch) -> Result<Self> {
+/// A stored-rows batch's row ids and stored values: buffers sharing the batch's
+/// memory and holding exactly its rows. Found once per batch, so that viewing any
+/// range of its rows afterwards ([`StoredBuffers::rows`]) is only arithmetic.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredBuffers {
+    pub ids: ScalarBuffer<u64>,
+    /// `width` bytes a row.
+    pub values: Buffer,
+    pub width: usize,
+    /// FLAT: the values as floats, with the dimension.
+    floats: Option<(ScalarBuffer<f32>, usize)>,
+}
+
+impl StoredBuffers {
+    /// The buffers of `batch`, which must have a stored-rows schema.
+    pub(crate) fn of(batch: &RecordBatch) -> Result<Self> {
         let bad = |why: &str| IndexError::Internal(format!("stored rows: {why}"));
         if batch.num_columns() != 2 {
             return Err(bad("expected two columns"));
@@ -102,7 +112,8 @@ impl<'a> StoredRows<'a> {
             .column(0)
             .as_primitive_opt::<UInt64Type>()
             .ok_or_else(|| bad("row_id is not UInt64"))?
-            .values();
+            .values()
+            .clone();
         let col = batch.column(1);
         let n = col.len();
         Ok(match col.data_type() {
@@ -113,34 +124,51 @@ impl<'a> StoredRows<'a> {
                     .values()
                     .as_primitive_opt::<Float32Type>()
                     .ok_or_else(|| bad("vector items are not Float32"))?
-                    .values();
-                let rows = list.offset() * d..(list.offset() + n) * d;
-                // Arrow's own byte view of the floats, not a cast of ours.
-                let bytes = floats.inner();
+                    .values()
+                    .slice(list.offset() * d, n * d);
                 Self {
                     ids,
-                    bytes: &bytes.as_slice()[rows.start * 4..rows.end * 4],
+                    // Arrow's own byte view of the floats, not a cast of ours.
+                    values: floats.inner().clone(),
                     width: d * 4,
-                    vectors: Some((&floats[rows.clone()], d)),
-                    ids_buffer: ids.inner().clone(),
-                    bytes_buffer: bytes.slice_with_length(rows.start * 4, rows.len() * 4),
+                    floats: Some((floats, d)),
                 }
             }
             DataType::FixedSizeBinary(w) => {
                 let codes = col.as_fixed_size_binary();
                 let w = *w as usize;
-                let rows = codes.offset() * w..(codes.offset() + n) * w;
                 Self {
                     ids,
-                    bytes: &codes.value_data()[rows.clone()],
+                    values: codes.values().slice_with_length(codes.offset() * w, n * w),
                     width: w,
-                    vectors: None,
-                    ids_buffer: ids.inner().clone(),
-                    bytes_buffer: codes.values().slice_with_length(rows.start, rows.len()),
+                    floats: None,
                 }
             }
             _ => return Err(bad("unexpected stored column type")),
         })
+    }
+
+    pub(crate) fn num_rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// All the rows.
+    pub(crate) fn all(&self) -> StoredRows<'_> {
+        self.rows(0..self.num_rows())
+    }
+
+    /// Rows `range` (within [`Self::num_rows`]).
+    pub(crate) fn rows(&self, range: Range<usize>) -> StoredRows<'_> {
+        let w = self.width;
+        StoredRows {
+            ids: &self.ids[range.clone()],
+            bytes: &self.values[range.start * w..range.end * w],
+            width: w,
+            vectors: self
+                .floats
+                .as_ref()
+                .map(|(f, d)| (&f[range.start * d..range.end * d], *d)),
+        }
     }
 }
 
@@ -362,8 +390,8 @@ impl StoredRowsLayout {
 mod tests {
     use super::*;
 
-    /// The view of a batch, and of a slice of it, is its rows: ids, bytes as stored,
-    /// floats for FLAT, and buffers holding exactly those rows.
+    /// The buffers of a slice of a batch hold exactly its rows, and views of them (all or a
+    /// range) are those rows: ids, bytes as stored, floats for FLAT.
     #[test]
     fn stored_rows_are_viewed_without_a_copy() {
         let ids: Vec<u64> = (10..16).collect();
@@ -375,14 +403,18 @@ mod tests {
             Buffer::from_vec(floats.clone()),
         )
         .unwrap();
-        let part = batch.slice(2, 3);
-        let rows = StoredRows::of(&part).unwrap();
+        let part = StoredBuffers::of(&batch.slice(2, 3)).unwrap();
+        let rows = part.all();
         assert_eq!(rows.ids, &ids[2..5]);
         assert_eq!(rows.vectors, Some((&floats[4..10], 2)));
         let bytes: Vec<u8> = floats[4..10].iter().flat_map(|f| f.to_le_bytes()).collect();
         assert_eq!((rows.bytes, rows.width), (&bytes[..], 8));
-        assert_eq!(rows.bytes_buffer.as_slice(), &bytes[..]);
-        assert_eq!(rows.ids_buffer.len(), 3 * 8);
+        assert_eq!(part.values.as_slice(), &bytes[..]);
+        assert_eq!(part.ids.len(), 3);
+        let rows = part.rows(1..3);
+        assert_eq!(rows.ids, &ids[3..5]);
+        assert_eq!(rows.vectors, Some((&floats[6..10], 2)));
+        assert_eq!(rows.bytes, &bytes[8..]);
 
         let sq = stored_rows_schema(Quantizer::Sq, 3, 3);
         let codes: Vec<u8> = (0..18).collect();
@@ -392,13 +424,14 @@ mod tests {
             Buffer::from_vec(codes.clone()),
         )
         .unwrap();
-        let part = batch.slice(1, 2);
-        let rows = StoredRows::of(&part).unwrap();
+        let part = StoredBuffers::of(&batch.slice(1, 2)).unwrap();
+        let rows = part.all();
         assert_eq!(
             (rows.ids, rows.bytes, rows.width),
             (&ids[1..3], &codes[3..9], 3)
         );
-        assert_eq!(rows.bytes_buffer.as_slice(), &codes[3..9]);
+        assert_eq!(part.values.as_slice(), &codes[3..9]);
+        assert_eq!(part.rows(1..2).bytes, &codes[6..9]);
         assert!(rows.vectors.is_none());
     }
 }

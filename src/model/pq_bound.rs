@@ -283,7 +283,11 @@ unsafe fn candidates_vbmi(
     cutoff: u16,
 ) -> u64 {
     use std::arch::x86_64::*;
-    let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    // Sums of the even rows' steps in the low bytes of 16-bit lanes, of the odd rows'
+    // in the high bytes: a mask and a shift, where widening each row's byte would
+    // compete with the permutes for the one port that shuffles.
+    let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    let low_bytes = _mm512_set1_epi16(0x00ff);
     for (j, table) in steps.iter().enumerate() {
         let t = table.as_ptr().cast::<__m512i>();
         // SAFETY: a table is 256 bytes, four registers; column j holds the rows
@@ -301,16 +305,24 @@ unsafe fn candidates_vbmi(
         let below = _mm512_permutex2var_epi8(t0, c, t1);
         let above = _mm512_permutex2var_epi8(t2, c, t3);
         let v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), below, above);
-        low = _mm512_add_epi16(low, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
-        high = _mm512_add_epi16(
-            high,
-            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(v)),
-        );
+        even = _mm512_add_epi16(even, _mm512_and_si512(v, low_bytes));
+        odd = _mm512_add_epi16(odd, _mm512_srli_epi16::<8>(v));
     }
     let limit = _mm512_set1_epi16(cutoff as i16);
-    let low = u64::from(_mm512_cmple_epu16_mask(low, limit));
-    let high = u64::from(_mm512_cmple_epu16_mask(high, limit));
-    (low | high << 32) & rows
+    let even = _mm512_cmple_epu16_mask(even, limit);
+    let odd = _mm512_cmple_epu16_mask(odd, limit);
+    (spread_bits(even) | spread_bits(odd) << 1) & rows
+}
+
+/// Bit `i` of `x` at bit `2i`.
+#[cfg(target_arch = "x86_64")]
+fn spread_bits(x: u32) -> u64 {
+    let mut x = u64::from(x);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    x = (x | x << 2) & 0x3333_3333_3333_3333;
+    (x | x << 1) & 0x5555_5555_5555_5555
 }
 
 #[cfg(test)]
@@ -413,6 +425,15 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn spread_bits_puts_bit_i_at_2i() {
+        for x in [0u32, 1, 0b1011, 0x8000_0001, u32::MAX, 0xdead_beef] {
+            let want = (0..32).fold(0u64, |acc, i| acc | u64::from(x >> i & 1) << (2 * i));
+            assert_eq!(spread_bits(x), want, "{x:#x}");
         }
     }
 

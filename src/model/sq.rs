@@ -160,6 +160,34 @@ pub(crate) fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A row's distance from the rows kernels (widened for the CPU) is bit for
+        /// bit its distance alone, whatever the width and the number of rows.
+        #[test]
+        fn rows_kernels_score_each_row_as_alone(
+            width in 1usize..40,
+            rows in 0usize..11,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut rng = crate::model::rng::SplitMix64::new(seed);
+            let mut floats = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| (rng.next_u64() % 2000) as f32 / 7.0 - 140.0).collect()
+            };
+            let (q, w) = (floats(width), floats(width));
+            let codes: Vec<u8> = floats(width * rows + width / 2).iter().map(|f| *f as u8).collect();
+            let mut l2 = vec![-1.0];
+            sq_l2_rows(&q, &w, &codes, &mut l2);
+            let mut ip = vec![-1.0];
+            sq_dot_rows(&w, 0.25, &codes, &mut ip);
+            proptest::prop_assert_eq!(l2.len(), rows + 1);
+            proptest::prop_assert_eq!(ip.len(), rows + 1);
+            for (r, row) in codes.chunks_exact(width).enumerate() {
+                proptest::prop_assert_eq!(l2[r + 1].to_bits(), sq_l2(&q, &w, row).to_bits(), "row {}", r);
+                proptest::prop_assert_eq!(ip[r + 1].to_bits(), sq_dot(&w, 0.25, row).to_bits(), "row {}", r);
+            }
+        }
+    }
+
     #[test]
     fn prepared_scores_equal_decoded_distances() {
         let sample: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();

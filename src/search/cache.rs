@@ -17,7 +17,7 @@
 //! before. Ballista executors have their own sessions and so their own (or no) cache.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::prelude::SessionConfig;
@@ -51,13 +51,68 @@ pub struct SearchCacheStats {
     pub evictions: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a block is: index URL, segment, partition, and the block's offset and CRC in
+/// its manifest. Made once per search target, looked up by every search of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BlockKey {
-    pub index: Arc<str>,
-    pub segment_id: Arc<str>,
+    /// Of the other fields, worked out when the key is made (first, so that unequal
+    /// keys differ early): a search looks up one key per probed block, and hashing
+    /// the two strings each time cost more than scoring a small block.
+    hash: u64,
+    index: Arc<str>,
+    segment_id: Arc<str>,
     pub partition: u32,
-    pub offset: u64,
-    pub crc32: u32,
+    offset: u64,
+    crc32: u32,
+}
+
+impl BlockKey {
+    pub(crate) fn new(
+        index: Arc<str>,
+        segment_id: Arc<str>,
+        partition: u32,
+        offset: u64,
+        crc32: u32,
+    ) -> Self {
+        let mut h = std::hash::DefaultHasher::new();
+        (&*index, &*segment_id, partition, offset, crc32).hash(&mut h);
+        Self {
+            hash: h.finish(),
+            index,
+            segment_id,
+            partition,
+            offset,
+            crc32,
+        }
+    }
+}
+
+impl Hash for BlockKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Hashes a [`BlockKey`] to the hash it carries.
+#[derive(Debug, Default)]
+struct CarriedHash(u64);
+
+impl Hasher for CarriedHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    /// [`BlockKey`]s write only their `u64`; other bytes are folded in, so this stays
+    /// a hasher for any key.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
 }
 
 /// Where an entry is: the key of its map. Kept in the recency order.
@@ -100,7 +155,7 @@ impl<V> Entry<V> {
 #[derive(Debug, Default)]
 struct Inner {
     targets: HashMap<Arc<str>, Entry<Arc<CachedTarget>>>,
-    blocks: HashMap<BlockKey, Entry<Arc<Block>>>,
+    blocks: HashMap<BlockKey, Entry<Arc<Block>>, BuildHasherDefault<CarriedHash>>,
     /// Slot → key: the first is the next candidate for eviction.
     order: BTreeMap<u64, Key>,
     clock: u64,
@@ -291,7 +346,7 @@ impl SearchCache {
     }
 
     /// The cached blocks of `keys` (`None` where not cached), under one lock.
-    pub(super) fn blocks(&self, keys: &[BlockKey]) -> Vec<Option<Arc<Block>>> {
+    pub(super) fn blocks(&self, keys: &[&BlockKey]) -> Vec<Option<Arc<Block>>> {
         let mut inner = self.lock();
         let found: Vec<Option<Arc<Block>>> = keys.iter().map(|key| inner.block(key)).collect();
         let hits = found.iter().filter(|b| b.is_some()).count() as u64;
@@ -311,23 +366,40 @@ mod tests {
     use super::*;
 
     fn key(p: u32) -> BlockKey {
-        BlockKey {
-            index: "memory:///i".into(),
-            segment_id: "s".into(),
-            partition: p,
-            offset: 0,
-            crc32: 0,
-        }
+        BlockKey::new("memory:///i".into(), "s".into(), p, 0, 0)
     }
 
     fn block() -> Arc<Block> {
-        let rows =
-            arrow::array::RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
+        let schema = crate::format::stored_rows_schema(crate::model::Quantizer::Sq, 1, 1);
+        let rows = arrow::array::RecordBatch::new_empty(schema);
         Arc::new(Block {
-            rows,
+            stored: crate::format::StoredBuffers::of(&rows).unwrap(),
             graph: None,
             columns: None,
         })
+    }
+
+    /// Keys made apart from the same parts are equal and found in the map; a key
+    /// differing in any part is another.
+    #[test]
+    fn block_keys_are_their_parts() {
+        let make = |index: &str, segment: &str, p, offset, crc| {
+            BlockKey::new(index.into(), segment.into(), p, offset, crc)
+        };
+        let mut map: HashMap<BlockKey, u32, BuildHasherDefault<CarriedHash>> = HashMap::default();
+        map.insert(make("memory:///i", "s", 1, 8, 9), 7);
+        assert_eq!(map.get(&make("memory:///i", "s", 1, 8, 9)), Some(&7));
+        for other in [
+            make("memory:///j", "s", 1, 8, 9),
+            make("memory:///i", "t", 1, 8, 9),
+            make("memory:///i", "s", 2, 8, 9),
+            make("memory:///i", "s", 1, 16, 9),
+            make("memory:///i", "s", 1, 8, 10),
+            // The strings' boundary moved: other parts, the same bytes in a row.
+            make("memory:///is", "", 1, 8, 9),
+        ] {
+            assert_eq!(map.get(&other), None, "{other:?}");
+        }
     }
 
     /// Every entry has exactly one slot in the order, at or before its last use, and

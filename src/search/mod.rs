@@ -271,13 +271,13 @@ impl SearchTarget {
                     if info.rows > 0 {
                         holding.push((
                             s,
-                            BlockKey {
-                                index: Arc::clone(&index),
-                                segment_id: Arc::clone(&ids[s]),
-                                partition: p,
-                                offset: info.offset,
-                                crc32: info.crc32,
-                            },
+                            BlockKey::new(
+                                Arc::clone(&index),
+                                Arc::clone(&ids[s]),
+                                p,
+                                info.offset,
+                                info.crc32,
+                            ),
                         ));
                     }
                 }

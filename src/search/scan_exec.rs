@@ -28,7 +28,7 @@ use super::topk_exec::search_output_schema;
 use super::{SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::{decode_block, SegmentManifest, StoredRows};
+use crate::format::{decode_block, SegmentManifest, StoredBuffers};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::model::pq_bound::{self, Columns};
 use crate::model::IndexType;
@@ -206,7 +206,8 @@ impl ExecutionPlan for VectorIndexScanExec {
 /// A probed partition: its rows and, for HNSW types, its graph.
 #[derive(Debug)]
 pub(super) struct Block {
-    pub rows: RecordBatch,
+    /// Its rows' ids and stored values.
+    pub stored: StoredBuffers,
     pub graph: Option<HnswGraph>,
     /// IVF_PQ, where the CPU bounds distances from them: the codes by columns
     /// (`pq_bound::columns`).
@@ -216,7 +217,8 @@ pub(super) struct Block {
 impl Block {
     /// Bytes the block takes in memory (for the cache's budget).
     pub(super) fn memory_size(&self) -> usize {
-        self.rows.get_array_memory_size()
+        self.stored.ids.inner().len()
+            + self.stored.values.len()
             + self.graph.as_ref().map_or(0, HnswGraph::memory_size)
             + self.columns.as_ref().map_or(0, Vec::len)
     }
@@ -225,7 +227,7 @@ impl Block {
     fn columns(&self, range: std::ops::Range<usize>) -> Option<Columns<'_>> {
         self.columns.as_deref().map(|codes| Columns {
             codes,
-            stride: self.rows.num_rows(),
+            stride: self.stored.num_rows(),
             start: range.start,
         })
     }
@@ -249,7 +251,7 @@ impl Blocks {
         &self,
         probed: &[u32],
     ) -> crate::error::Result<HashMap<u32, Vec<Arc<Block>>>> {
-        let (segment_of, wanted): (Vec<usize>, Vec<BlockKey>) = probed
+        let (segment_of, wanted): (Vec<usize>, Vec<&BlockKey>) = probed
             .iter()
             .flat_map(|&p| {
                 self.target
@@ -257,7 +259,7 @@ impl Blocks {
                     .get(p as usize)
                     .into_iter()
                     .flatten()
-                    .cloned()
+                    .map(|(s, key)| (*s, key))
             })
             .unzip();
         let cached = match &self.cache {
@@ -269,7 +271,7 @@ impl Blocks {
         self.misses.add(misses.len());
         let read: Vec<(usize, Arc<Block>)> = futures::stream::iter(misses)
             .map(|i| {
-                let (key, seg) = (&wanted[i], &self.target.segments[segment_of[i]]);
+                let (key, seg) = (wanted[i], &self.target.segments[segment_of[i]]);
                 async move {
                     let (block, bytes) = read_block(&self.target, seg, key.partition).await?;
                     self.bytes_read.add(bytes);
@@ -332,20 +334,19 @@ async fn read_block(
     };
     let (data, graph) = futures::try_join!(data, graph)?;
     let mut bytes = data.len();
-    let rows = decode_block(&what, &schema, block, data)?;
+    let stored = StoredBuffers::of(&decode_block(&what, &schema, block, data)?)?;
     let graph = match graph {
         Some((what, graph_bytes, batch)) => {
             bytes += graph_bytes;
-            Some(HnswGraph::from_batch(&what, &batch, rows.num_rows())?)
+            Some(HnswGraph::from_batch(&what, &batch, stored.num_rows())?)
         }
         None => None,
     };
     let columns = (target.model.index_type() == IndexType::IvfPq && pq_bound::available())
-        .then(|| StoredRows::of(&rows).map(|r| pq_bound::columns(r.bytes, r.width)))
-        .transpose()?;
+        .then(|| pq_bound::columns(&stored.values, stored.width));
     Ok((
         Block {
-            rows,
+            stored,
             graph,
             columns,
         },
@@ -384,18 +385,14 @@ async fn scan_tasks(
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
         for block in of_partition.get(&p).into_iter().flatten() {
-            let range = part.rows(block.rows.num_rows());
-            let share = match (&block.graph, part.is_whole()) {
-                (_, true) => None,
-                (None, false) => Some(block.rows.slice(range.start, range.len())),
-                (Some(_), false) => {
-                    return Err(IndexError::Internal(format!(
-                        "a probe task asks for part of HNSW partition {p}, whose graph is searched whole"
-                    ))
-                    .into())
-                }
-            };
-            let rows = StoredRows::of(share.as_ref().unwrap_or(&block.rows))?;
+            let range = part.rows(block.stored.num_rows());
+            if block.graph.is_some() && !part.is_whole() {
+                return Err(IndexError::Internal(format!(
+                    "a probe task asks for part of HNSW partition {p}, whose graph is searched whole"
+                ))
+                .into());
+            }
+            let rows = block.stored.rows(range.clone());
             let columns = block.columns(range);
             for (query_id, scorer) in &scorers {
                 let top = tops

@@ -15,7 +15,7 @@ use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
 use crate::format::{
     arrow_bytes, decode_block, stored_rows_batch, GraphFile, IndexLocation, IpcFileSink,
-    SegmentFile, StoredRows, Upload,
+    SegmentFile, StoredBuffers, Upload,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
 use crate::model::{decode_rows, HnswParams, Model, ModelInfo};
@@ -126,7 +126,8 @@ async fn partition_graph(
 ) -> Result<RecordBatch> {
     let model = Arc::clone(model);
     tokio::task::spawn_blocking(move || {
-        let rows = StoredRows::of(&merged)?;
+        let stored = StoredBuffers::of(&merged)?;
+        let rows = stored.all();
         let vectors = decode_rows(&model, partition, rows.bytes)?;
         let seed = partition_seed(model.params().seed, partition);
         build_graph(
@@ -169,9 +170,9 @@ async fn write_file(
         for batches in chunk {
             let columns = batches
                 .iter()
-                .map(Columns::of)
+                .map(StoredBuffers::of)
                 .collect::<Result<Vec<_>>>()?;
-            let ids: Vec<&[u64]> = columns.iter().map(Columns::ids).collect();
+            let ids: Vec<&[u64]> = columns.iter().map(|c| &c.ids[..]).collect();
             let (runs, rows) = merge_runs(unit, partition, &ids)?;
             for piece in gather_partition(&mut sink, &columns, &runs, rows)? {
                 out.put(piece).await?;
@@ -268,34 +269,11 @@ async fn fetch_chunk(
     Ok(out)
 }
 
-/// One shard block's columns as buffers holding exactly its rows (zero-copy).
-struct Columns {
-    ids: Buffer,
-    values: Buffer,
-    /// Bytes of one stored row in `values`.
-    width: usize,
-}
-
-impl Columns {
-    fn of(batch: &RecordBatch) -> Result<Self> {
-        let rows = StoredRows::of(batch)?;
-        Ok(Self {
-            ids: rows.ids_buffer,
-            values: rows.bytes_buffer,
-            width: rows.width,
-        })
-    }
-
-    fn ids(&self) -> &[u64] {
-        self.ids.typed_data()
-    }
-}
-
 /// Appends the merged partition to the data file: its bytes go out as slices of the
 /// blocks read, without a copy into a merged buffer.
 fn gather_partition(
     sink: &mut IpcFileSink,
-    columns: &[Columns],
+    columns: &[StoredBuffers],
     runs: &[Run],
     rows: usize,
 ) -> Result<Vec<Bytes>> {
@@ -304,7 +282,7 @@ fn gather_partition(
     };
     let ids = runs
         .iter()
-        .map(|run| slice(&columns[run.block].ids, run, 8))
+        .map(|run| slice(columns[run.block].ids.inner(), run, 8))
         .collect();
     let values = runs
         .iter()
@@ -319,7 +297,7 @@ fn gather_partition(
 /// The merged partition as one batch (a copy), for building its graph.
 fn concat_runs(
     schema: &SchemaRef,
-    columns: &[Columns],
+    columns: &[StoredBuffers],
     runs: &[Run],
     rows: usize,
 ) -> Result<RecordBatch> {
@@ -328,7 +306,7 @@ fn concat_runs(
     let mut out_values = MutableBuffer::with_capacity(rows * width);
     for run in runs {
         let block = &columns[run.block];
-        out_ids.extend_from_slice(&block.ids()[run.start..run.end]);
+        out_ids.extend_from_slice(&block.ids[run.start..run.end]);
         out_values.extend_from_slice(&block.values[run.start * width..run.end * width]);
     }
     stored_rows_batch(schema, out_ids.into(), out_values.into())

@@ -64,8 +64,8 @@ impl ScalarQuantizer {
 }
 
 /// [`sq_l2`] of each row of `codes` (rows of `scaled_query.len()` bytes), appended
-/// to `out`. The same arithmetic in the same order on every CPU; with AVX2 the
-/// compiler widens it to 8 codes per instruction.
+/// to `out`. The same arithmetic in the same order on every CPU, and for each row
+/// as [`sq_l2`] alone.
 pub(crate) fn sq_l2_rows(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -87,10 +87,52 @@ fn sq_l2_rows_portable(scaled_query: &[f32], weights: &[f32], codes: &[u8], out:
     }
 }
 
+/// Rows the AVX2 kernels score side by side. One row's sums are chains of dependent
+/// additions, so a row alone waits on their latency; each row keeps its own sums, in
+/// the same order as [`sq_l2`] and [`sq_dot`] alone, so its distance is the same.
+#[cfg(target_arch = "x86_64")]
+const ROWS_AT_ONCE: usize = 4;
+
+/// [`sq_l2_rows`] with AVX2: `ROWS_AT_ONCE` rows at a time, 8 codes per instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn sq_l2_rows_avx2(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mut Vec<f32>) {
-    sq_l2_rows_portable(scaled_query, weights, codes, out)
+    use std::arch::x86_64::*;
+    let width = scaled_query.len().max(1);
+    let (qc, qr) = scaled_query.as_chunks::<8>();
+    let (wc, wr) = weights.as_chunks::<8>();
+    let chunks = qc.len().min(wc.len());
+    let groups = codes.len() / width / ROWS_AT_ONCE;
+    out.reserve(codes.len() / width);
+    for group in codes.chunks_exact(width * ROWS_AT_ONCE).take(groups) {
+        let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
+        for k in 0..chunks {
+            // SAFETY: a chunk is 8 floats.
+            let (q, w) = unsafe {
+                (
+                    _mm256_loadu_ps(qc[k].as_ptr()),
+                    _mm256_loadu_ps(wc[k].as_ptr()),
+                )
+            };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = j * width + k * 8;
+                // SAFETY: codes `at..at + 8` are in row j of the group (k < chunks,
+                // and 8 · chunks ≤ width).
+                let c = unsafe { _mm_loadl_epi64(group[at..at + 8].as_ptr().cast()) };
+                let d = _mm256_sub_ps(q, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_mul_ps(w, d), d));
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            let rest = &group[j * width + chunks * 8..(j + 1) * width];
+            out.push(sq_l2_finish(&lanes, qr, wr, rest));
+        }
+    }
+    let done = groups * ROWS_AT_ONCE * width;
+    sq_l2_rows_portable(scaled_query, weights, &codes[done..], out)
 }
 
 /// [`sq_dot`] of each row of `codes`, appended to `out`; see [`sq_l2_rows`].
@@ -113,10 +155,39 @@ fn sq_dot_rows_portable(weights: &[f32], offset: f32, codes: &[u8], out: &mut Ve
     }
 }
 
+/// [`sq_dot_rows`] with AVX2: `ROWS_AT_ONCE` rows at a time, 8 codes per instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn sq_dot_rows_avx2(weights: &[f32], offset: f32, codes: &[u8], out: &mut Vec<f32>) {
-    sq_dot_rows_portable(weights, offset, codes, out)
+    use std::arch::x86_64::*;
+    let width = weights.len().max(1);
+    let (wc, wr) = weights.as_chunks::<8>();
+    let chunks = wc.len();
+    let groups = codes.len() / width / ROWS_AT_ONCE;
+    out.reserve(codes.len() / width);
+    for group in codes.chunks_exact(width * ROWS_AT_ONCE).take(groups) {
+        let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
+        for (k, w) in wc.iter().enumerate() {
+            // SAFETY: a chunk is 8 floats.
+            let w = unsafe { _mm256_loadu_ps(w.as_ptr()) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = j * width + k * 8;
+                // SAFETY: codes `at..at + 8` are in row j of the group (8 · chunks ≤ width).
+                let c = unsafe { _mm_loadl_epi64(group[at..at + 8].as_ptr().cast()) };
+                let c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(w, c));
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            let rest = &group[j * width + chunks * 8..(j + 1) * width];
+            out.push(sq_dot_finish(&lanes, wr, rest, offset));
+        }
+    }
+    let done = groups * ROWS_AT_ONCE * width;
+    sq_dot_rows_portable(weights, offset, &codes[done..], out)
 }
 
 /// Σ w_d (q'_d − c_d)²: squared L2 between a prepared query and SQ codes.
@@ -132,6 +203,12 @@ pub(crate) fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 
             acc[l] += w[l] * d * d;
         }
     }
+    sq_l2_finish(&acc, qr, wr, cr)
+}
+
+/// [`sq_l2`] from its lanes' sums and the codes after the last whole 8.
+#[inline(always)]
+fn sq_l2_finish(acc: &[f32; 8], qr: &[f32], wr: &[f32], cr: &[u8]) -> f32 {
     let tail: f32 = qr
         .iter()
         .zip(wr)
@@ -152,6 +229,12 @@ pub(crate) fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
             acc[l] += w[l] * c[l] as f32;
         }
     }
+    sq_dot_finish(&acc, wr, cr, offset)
+}
+
+/// [`sq_dot`] from its lanes' sums and the codes after the last whole 8.
+#[inline(always)]
+fn sq_dot_finish(acc: &[f32; 8], wr: &[f32], cr: &[u8], offset: f32) -> f32 {
     let tail: f32 = wr.iter().zip(cr).map(|(w, &c)| w * c as f32).sum();
     acc.iter().sum::<f32>() + tail + offset
 }

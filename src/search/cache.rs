@@ -55,9 +55,10 @@ pub struct SearchCacheStats {
 /// its manifest. Made once per search target, looked up by every search of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BlockKey {
-    /// Of the other fields, worked out when the key is made (first, so that unequal
-    /// keys differ early): a search looks up one key per probed block, and hashing
-    /// the two strings each time cost more than scoring a small block.
+    /// The hash of the other fields, worked out when the key is made (and compared
+    /// first, so unequal keys differ early): a search looks up one key per probed
+    /// block, and hashing the two strings at each look-up cost more than scoring a
+    /// small block.
     hash: u64,
     index: Arc<str>,
     segment_id: Arc<str>,

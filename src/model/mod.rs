@@ -205,14 +205,15 @@ impl HnswParams {
     }
 }
 
-/// `ef_construction` defaults to 64: IVF partitions hold a few thousand rows, and on
-/// the 1M × 128 benchmark (BENCHMARKS.md) 64 reaches the recall of 100 for about two
-/// thirds of the build time; 48 and below lose up to 0.03 recall@10 on the test data.
+/// Defaults `m` = 24, `ef_construction` = 40: a graph's build time follows
+/// `ef_construction`, and a wider level 0 (`2·m` links) lets the narrower build
+/// search find the neighbours `m` = 16, `ef_construction` = 64 found, at the same
+/// recall (BENCHMARKS.md, "Graph parameters").
 impl Default for HnswParams {
     fn default() -> Self {
         Self {
-            m: 16,
-            ef_construction: 64,
+            m: 24,
+            ef_construction: 40,
         }
     }
 }

@@ -323,6 +323,62 @@ fn vector_from_text(text: &str) -> std::result::Result<Vec<f32>, String> {
         .collect()
 }
 
+/// The text spelling ([`vector_from_text`]) of a query vector written as `[…]` or
+/// `ARRAY[…]` of number literals, each perhaps negated, which reads back to the very
+/// floats DataFusion's planning of the literals gives: it parses each number as an
+/// `i64` if it can and as a double otherwise, and the list ends as floats. So an
+/// integer is written in its canonical form (`-0` becomes `0`, as the `i64` is) and
+/// only up to 2^53, which a double holds exactly; a double's token is kept as written.
+/// `None` for anything else (expressions, NULL, `_` separators, empty lists,
+/// numbers no float holds), which DataFusion then plans and evaluates as before.
+/// Planning 128 literals and simplifying the list is about a third of a one-query
+/// search call (BENCHMARKS.md, "Search").
+pub(super) fn vector_literal_as_text(expr: &ast::Expr) -> Option<String> {
+    let ast::Expr::Array(array) = expr else {
+        return None;
+    };
+    if array.elem.is_empty() {
+        return None;
+    }
+    let mut text = String::with_capacity(2 + array.elem.len() * 12);
+    text.push('[');
+    for (i, element) in array.elem.iter().enumerate() {
+        let (negative, number) = match element {
+            ast::Expr::UnaryOp {
+                op: ast::UnaryOperator::Minus,
+                expr,
+            } => (true, expr.as_ref()),
+            other => (false, other),
+        };
+        let ast::Expr::Value(value) = number else {
+            return None;
+        };
+        let ast::Value::Number(digits, false) = &value.value else {
+            return None;
+        };
+        if i > 0 {
+            text.push_str(", ");
+        }
+        let sign = if negative { "-" } else { "" };
+        let signed = format!("{sign}{digits}");
+        if digits.bytes().all(|b| b.is_ascii_digit()) {
+            // An integer (DataFusion's `i64`, or `u64` beyond it, which we leave).
+            match signed.parse::<i64>() {
+                Ok(n) if n.unsigned_abs() <= 1 << 53 => text.push_str(&n.to_string()),
+                _ => return None,
+            }
+        } else {
+            // `1.5`, `.5`, `2e-3`: a double, narrowed.
+            match signed.parse::<f64>() {
+                Ok(v) if v.is_finite() && (v as f32).is_finite() => text.push_str(&signed),
+                _ => return None,
+            }
+        }
+    }
+    text.push(']');
+    Some(text)
+}
+
 /// At most 40 characters of `text`, for messages.
 fn abbreviated(text: &str) -> String {
     match text.char_indices().nth(40) {
@@ -454,5 +510,98 @@ mod tests {
         }
         let long = format!("[{}]", "1.0, ".repeat(30));
         assert!(abbreviated(&long).ends_with('…') && abbreviated(&long).chars().count() == 41);
+    }
+
+    fn sql_expr(sql: &str) -> ast::Expr {
+        use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
+        Parser::new(&GenericDialect {})
+            .try_with_sql(sql)
+            .unwrap()
+            .parse_expr()
+            .unwrap()
+    }
+
+    #[test]
+    fn which_query_vectors_are_handed_over_as_text() {
+        for (sql, text) in [
+            ("[-0, 1.5, -2e-3, .5, 7]", Some("[0, 1.5, -2e-3, .5, 7]")),
+            ("ARRAY[1, 2]", Some("[1, 2]")),
+            (
+                "[9007199254740992, -9007199254740992]",
+                Some("[9007199254740992, -9007199254740992]"),
+            ),
+            // Not exactly a double, or no float at all: planned by DataFusion.
+            ("[9007199254740993]", None),
+            ("[18446744073709551615]", None),
+            ("[1e39]", None),
+            ("[]", None),
+            ("[1, NULL]", None),
+            ("[1.0 + 1.0]", None),
+            ("['1']", None),
+            ("[+1]", None),
+            ("make_array(1, 2)", None),
+        ] {
+            assert_eq!(
+                vector_literal_as_text(&sql_expr(sql)).as_deref(),
+                text,
+                "{sql}"
+            );
+        }
+    }
+
+    /// A number token of the kinds SQL users write, as DataFusion's tokenizer sees it
+    /// (a leading `-` is a negation of the token after it).
+    fn number_token() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Mostly numbers a float holds, so most lists are handed over; a few that
+        // are not, so lists that must be left to DataFusion are too.
+        prop_oneof![
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            4 => (-(1i64 << 54)..(1i64 << 54)).prop_map(|n| n.to_string()),
+            8 => (-1000i64..1000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            2 => (-1e6f64..1e6).prop_map(|x| format!("{x}")),
+            1 => any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x}")),
+            8 => any::<f32>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x:e}")),
+            8 => (any::<bool>(), 0u32..100_000, 0u32..100_000, -40i32..38)
+                .prop_map(|(neg, a, b, e)| format!("{}{a}.{b}e{e}", if neg { "-" } else { "" })),
+            1 => Just("-0".to_string()),
+            1 => Just("-0.0".to_string()),
+            1 => Just(".5".to_string()),
+            1 => Just("5.".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever numbers a `[…]` holds, its text spelling, where there is one,
+        /// reads back to the very floats DataFusion plans the literals to.
+        #[test]
+        fn query_vectors_as_text_read_as_planned(
+            tokens in proptest::collection::vec(number_token(), 1..6)
+        ) {
+            let sql = format!("[{}]", tokens.join(", "));
+            if let Some(text) = vector_literal_as_text(&sql_expr(&sql)) {
+                const ONE: Signature = Signature {
+                    name: "t",
+                    params: &[req("query", Kind::Vector)],
+                };
+                let ctx = SessionContext::new();
+                let state = ctx.state();
+                let planned = state.create_logical_expr(&sql, &DFSchema::empty()).unwrap();
+                let value = eval_const(&state, &planned).unwrap();
+                let Some(Value::Vector(planned)) = convert(&ONE, &ONE.params[0], value).unwrap()
+                else {
+                    panic!("{sql}: not a vector");
+                };
+                let read = vector_from_text(&text).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(bits(&read), bits(&planned), "{} as {}", sql, text);
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ pub(super) const SEARCH: Signature = Signature {
 };
 
 /// Evaluates positional table-function arguments (named ones were already put in
-/// order by the session, see `session::order_table_function_args`).
+/// order by the session, see `session::prepare_search_args`).
 fn evaluate(sig: &'static Signature, args: &TableFunctionArgs) -> Result<(Args, IndexLocation)> {
     let exprs = args.exprs();
     if exprs.len() > sig.params.len() {

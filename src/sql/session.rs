@@ -17,6 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use object_store::memory::InMemory;
 
+use super::args::{vector_literal_as_text, Kind};
 use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
 use super::procedures;
 use crate::progress::Progress;
@@ -102,7 +103,8 @@ impl VectorIndexSession {
                 return self.frame(procedures::explain(&self.ctx, call).await?);
             }
         }
-        order_table_function_args(&mut statement)?;
+        let floats_as_decimal = state.config().options().sql_parser.parse_float_as_decimal;
+        prepare_search_args(&mut statement, floats_as_decimal)?;
         match state.statement_to_plan(statement).await? {
             plan @ (LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) => {
                 self.ctx.execute_logical_plan(plan).await
@@ -132,12 +134,19 @@ fn as_call(statement: &Statement) -> Option<&ast::Function> {
     }
 }
 
-/// DataFusion drops the names of table-function arguments; put `name => value`
-/// arguments of `vector_search` in declared order (NULL for gaps) so they mean
-/// what they say.
-fn order_table_function_args(statement: &mut Statement) -> Result<()> {
-    struct Reorder(Option<datafusion::error::DataFusionError>);
-    impl VisitorMut for Reorder {
+/// Prepares the arguments of each `vector_search` for DataFusion's planner:
+/// - DataFusion drops the names of table-function arguments; `name => value`
+///   arguments are put in declared order (NULL for gaps) so they mean what they say.
+/// - A query vector of number literals is handed over as its text spelling
+///   ([`vector_literal_as_text`]): the same floats, without planning and simplifying
+///   an expression per element. Not when floats are read as decimals, whose
+///   narrowing to `f32` may round differently.
+fn prepare_search_args(statement: &mut Statement, floats_as_decimal: bool) -> Result<()> {
+    struct Prepare {
+        error: Option<datafusion::error::DataFusionError>,
+        floats_as_decimal: bool,
+    }
+    impl VisitorMut for Prepare {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
             let TableFactor::Table {
@@ -153,42 +162,58 @@ fn order_table_function_args(statement: &mut Statement) -> Result<()> {
                 .last()
                 .and_then(|p| p.as_ident())
                 .is_some_and(|i| i.value.eq_ignore_ascii_case(SEARCH.name));
-            if !is_search
-                || args
-                    .args
-                    .iter()
-                    .all(|a| matches!(a, FunctionArg::Unnamed(_)))
-            {
+            if !is_search {
                 return ControlFlow::Continue(());
             }
-            match SEARCH.bind(&args.args) {
-                Ok(bound) => {
-                    let last = bound.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
-                    let null = ast::Expr::Value(ast::Value::Null.into());
-                    args.args = bound[..last]
-                        .iter()
-                        .map(|e| {
-                            FunctionArg::Unnamed(FunctionArgExpr::Expr(
-                                e.cloned().unwrap_or_else(|| null.clone()),
-                            ))
-                        })
-                        .collect();
-                    ControlFlow::Continue(())
-                }
-                Err(e) => {
-                    self.0 = Some(e);
-                    ControlFlow::Break(())
+            if args
+                .args
+                .iter()
+                .any(|a| !matches!(a, FunctionArg::Unnamed(_)))
+            {
+                match SEARCH.bind(&args.args) {
+                    Ok(bound) => {
+                        let last = bound.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+                        let null = ast::Expr::Value(ast::Value::Null.into());
+                        args.args = bound[..last]
+                            .iter()
+                            .map(|e| {
+                                FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                                    e.cloned().unwrap_or_else(|| null.clone()),
+                                ))
+                            })
+                            .collect();
+                    }
+                    Err(e) => {
+                        self.error = Some(e);
+                        return ControlFlow::Break(());
+                    }
                 }
             }
+            if self.floats_as_decimal {
+                return ControlFlow::Continue(());
+            }
+            for (param, arg) in SEARCH.params.iter().zip(args.args.iter_mut()) {
+                if let (Kind::Vector, FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) =
+                    (param.kind, arg)
+                {
+                    if let Some(text) = vector_literal_as_text(e) {
+                        *e = ast::Expr::Value(ast::Value::SingleQuotedString(text).into());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
         }
     }
-    let mut visitor = Reorder(None);
+    let mut visitor = Prepare {
+        error: None,
+        floats_as_decimal,
+    };
     match statement {
         Statement::Statement(s) => {
             let _ = s.visit(&mut visitor);
         }
-        Statement::Explain(e) => return order_table_function_args(&mut e.statement),
+        Statement::Explain(e) => return prepare_search_args(&mut e.statement, floats_as_decimal),
         _ => {}
     }
-    visitor.0.map_or(Ok(()), Err)
+    visitor.error.map_or(Ok(()), Err)
 }

@@ -116,23 +116,50 @@ fn sq_l2_rows_avx2(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mu
             };
             for (j, acc) in acc.iter_mut().enumerate() {
                 let at = j * width + k * 8;
-                // SAFETY: codes `at..at + 8` are in row j of the group (k < chunks,
-                // and 8 · chunks ≤ width).
-                let c = unsafe { _mm_loadl_epi64(group[at..at + 8].as_ptr().cast()) };
-                let d = _mm256_sub_ps(q, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)));
+                // Codes `at..at + 8` are in row j of the group (k < chunks, and
+                // 8 · chunks ≤ width).
+                let d = _mm256_sub_ps(q, eight_codes(&group[at..at + 8]));
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_mul_ps(w, d), d));
             }
         }
-        for (j, acc) in acc.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` is 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-            let rest = &group[j * width + chunks * 8..(j + 1) * width];
-            out.push(sq_l2_finish(&lanes, qr, wr, rest));
-        }
+        finish_group(&acc, group, width, chunks * 8, out, |lanes, rest| {
+            sq_l2_finish(lanes, qr, wr, rest)
+        });
     }
     let done = groups * ROWS_AT_ONCE * width;
     sq_l2_rows_portable(scaled_query, weights, &codes[done..], out)
+}
+
+/// The first eight codes of `codes` as floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn eight_codes(codes: &[u8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the load reads 8 bytes, and `codes[..8]` is checked to hold them.
+    let c = unsafe { _mm_loadl_epi64(codes[..8].as_ptr().cast()) };
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c))
+}
+
+/// Appends the distances of a group's rows: each row's lane sums `acc[j]`, finished
+/// by `finish` with the row's codes past the first `summed`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn finish_group(
+    acc: &[std::arch::x86_64::__m256; ROWS_AT_ONCE],
+    group: &[u8],
+    width: usize,
+    summed: usize,
+    out: &mut Vec<f32>,
+    finish: impl Fn(&[f32; 8], &[u8]) -> f32,
+) {
+    for (j, acc) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` is 8 floats.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+        out.push(finish(&lanes, &group[j * width + summed..(j + 1) * width]));
+    }
 }
 
 /// [`sq_dot`] of each row of `codes`, appended to `out`; see [`sq_l2_rows`].
@@ -172,19 +199,14 @@ fn sq_dot_rows_avx2(weights: &[f32], offset: f32, codes: &[u8], out: &mut Vec<f3
             let w = unsafe { _mm256_loadu_ps(w.as_ptr()) };
             for (j, acc) in acc.iter_mut().enumerate() {
                 let at = j * width + k * 8;
-                // SAFETY: codes `at..at + 8` are in row j of the group (8 · chunks ≤ width).
-                let c = unsafe { _mm_loadl_epi64(group[at..at + 8].as_ptr().cast()) };
-                let c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                // Codes `at..at + 8` are in row j of the group (8 · chunks ≤ width).
+                let c = eight_codes(&group[at..at + 8]);
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(w, c));
             }
         }
-        for (j, acc) in acc.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` is 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-            let rest = &group[j * width + chunks * 8..(j + 1) * width];
-            out.push(sq_dot_finish(&lanes, wr, rest, offset));
-        }
+        finish_group(&acc, group, width, chunks * 8, out, |lanes, rest| {
+            sq_dot_finish(lanes, wr, rest, offset)
+        });
     }
     let done = groups * ROWS_AT_ONCE * width;
     sq_dot_rows_portable(weights, offset, &codes[done..], out)

@@ -2,6 +2,7 @@
 //! errors that list what is accepted, evaluated to constants.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
@@ -359,18 +360,25 @@ pub(super) fn vector_literal_as_text(expr: &ast::Expr) -> Option<String> {
         if i > 0 {
             text.push_str(", ");
         }
-        let sign = if negative { "-" } else { "" };
-        let signed = format!("{sign}{digits}");
+        // The number as DataFusion reads it, written in place.
+        let at = text.len();
+        if negative {
+            text.push('-');
+        }
+        text.push_str(digits);
         if digits.bytes().all(|b| b.is_ascii_digit()) {
             // An integer (DataFusion's `i64`, or `u64` beyond it, which we leave).
-            match signed.parse::<i64>() {
-                Ok(n) if n.unsigned_abs() <= 1 << 53 => text.push_str(&n.to_string()),
+            match text[at..].parse::<i64>() {
+                Ok(n) if n.unsigned_abs() <= 1 << 53 => {
+                    text.truncate(at);
+                    let _ = write!(text, "{n}"); // Writing to a `String` cannot fail.
+                }
                 _ => return None,
             }
         } else {
-            // `1.5`, `.5`, `2e-3`: a double, narrowed.
-            match signed.parse::<f64>() {
-                Ok(v) if v.is_finite() && (v as f32).is_finite() => text.push_str(&signed),
+            // `1.5`, `.5`, `2e-3`: a double, narrowed; the token stays as written.
+            match text[at..].parse::<f64>() {
+                Ok(v) if v.is_finite() && (v as f32).is_finite() => {}
                 _ => return None,
             }
         }

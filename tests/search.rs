@@ -46,14 +46,30 @@ async fn eight_workers_equal_one_worker_for_every_type() {
                 nprobes: 4,
                 ef: Some(50),
             };
-            let a = one.index.search(&one.ctx, &queries, options).await.unwrap();
-            let b = eight
-                .index
-                .search(&eight.ctx, &queries, options)
-                .await
-                .unwrap();
+            let a = searched(&one, &queries, options).await;
+            let b = searched(&eight, &queries, options).await;
             assert_eq!(a, b, "{ty} {metric}");
             assert!(a.iter().all(|h| h.len() == 10));
+            // The same rows committed as eight segments: scanned as one (their
+            // blocks of a partition joined) but for the HNSW types, whose graphs
+            // are searched per segment.
+            if !ty.is_hnsw() {
+                let segments = TestIndex::new(&model).await;
+                segments.stage(&model, &data, &ids, &owners).await;
+                let per_shard = FinalizeOptions {
+                    grouping: datafusion_vector_index::SegmentGrouping::PerShard,
+                    ..Default::default()
+                };
+                let out = segments
+                    .index
+                    .finalize(&segments.ctx, &per_shard)
+                    .await
+                    .unwrap();
+                let rows: usize = out.iter().map(|b| b.num_rows()).sum();
+                assert_eq!(rows, 8, "{ty} {metric}: one result row per segment");
+                let c = searched(&segments, &queries, options).await;
+                assert_eq!(a, c, "{ty} {metric}, eight segments");
+            }
         }
     }
 }
@@ -248,6 +264,10 @@ async fn search_arguments_are_checked() {
 }
 
 /// An index of `data`, staged by one worker and finalized into one segment.
+async fn searched(t: &TestIndex, queries: &[f32], options: SearchOptions) -> Vec<Vec<SearchHit>> {
+    t.index.search(&t.ctx, queries, options).await.unwrap()
+}
+
 async fn committed(model: &datafusion_vector_index::Model, data: &[f32], ids: &[u64]) -> TestIndex {
     let t = TestIndex::new(model).await;
     t.stage(model, data, ids, &[0; FRAGMENTS as usize]).await;

@@ -152,6 +152,47 @@ impl StoredBuffers {
         self.ids.len()
     }
 
+    /// The rows of `parts` one after the other, in new buffers; `None` if they are
+    /// not all rows of one stored column (width, and floats or codes).
+    pub(crate) fn join(parts: &[Self]) -> Option<Self> {
+        let first = parts.first()?;
+        let dim = first.floats.as_ref().map(|(_, d)| *d);
+        if parts
+            .iter()
+            .any(|p| p.width != first.width || p.floats.as_ref().map(|(_, d)| *d) != dim)
+        {
+            return None;
+        }
+        let ids: Vec<u64> = parts.iter().flat_map(|p| p.ids.iter().copied()).collect();
+        Some(match dim {
+            Some(d) => {
+                let floats: ScalarBuffer<f32> = parts
+                    .iter()
+                    .flat_map(|p| p.floats.iter().flat_map(|(f, _)| f.iter().copied()))
+                    .collect::<Vec<f32>>()
+                    .into();
+                Self {
+                    ids: ids.into(),
+                    values: floats.inner().clone(),
+                    width: first.width,
+                    floats: Some((floats, d)),
+                }
+            }
+            None => {
+                let mut values = Vec::with_capacity(parts.iter().map(|p| p.values.len()).sum());
+                for p in parts {
+                    values.extend_from_slice(&p.values);
+                }
+                Self {
+                    ids: ids.into(),
+                    values: Buffer::from_vec(values),
+                    width: first.width,
+                    floats: None,
+                }
+            }
+        })
+    }
+
     /// All the rows.
     pub(crate) fn all(&self) -> StoredRows<'_> {
         self.rows(0..self.num_rows())
@@ -390,19 +431,38 @@ impl StoredRowsLayout {
 mod tests {
     use super::*;
 
-    /// The buffers of a slice of a batch hold exactly its rows, and views of them (all or a
-    /// range) are those rows: ids, bytes as stored, floats for FLAT.
-    #[test]
-    fn stored_rows_are_viewed_without_a_copy() {
+    /// Six FLAT rows of two floats: ids 10.., values 0, 0.5, 1, ….
+    fn flat_rows() -> (Vec<u64>, Vec<f32>, RecordBatch) {
         let ids: Vec<u64> = (10..16).collect();
-        let flat = stored_rows_schema(Quantizer::Flat, 2, 8);
         let floats: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let schema = stored_rows_schema(Quantizer::Flat, 2, 8);
         let batch = stored_rows_batch(
-            &flat,
+            &schema,
             Buffer::from_vec(ids.clone()),
             Buffer::from_vec(floats.clone()),
         )
         .unwrap();
+        (ids, floats, batch)
+    }
+
+    /// Six SQ rows of three code bytes 0, 1, 2, … with `ids`.
+    fn sq_rows(ids: &[u64]) -> (Vec<u8>, RecordBatch) {
+        let codes: Vec<u8> = (0..18).collect();
+        let schema = stored_rows_schema(Quantizer::Sq, 3, 3);
+        let batch = stored_rows_batch(
+            &schema,
+            Buffer::from_vec(ids.to_vec()),
+            Buffer::from_vec(codes.clone()),
+        )
+        .unwrap();
+        (codes, batch)
+    }
+
+    /// The buffers of a slice of a batch hold exactly its rows, and views of them (all or a
+    /// range) are those rows: ids, bytes as stored, floats for FLAT.
+    #[test]
+    fn stored_rows_are_viewed_without_a_copy() {
+        let (ids, floats, batch) = flat_rows();
         let part = StoredBuffers::of(&batch.slice(2, 3)).unwrap();
         let rows = part.all();
         assert_eq!(rows.ids, &ids[2..5]);
@@ -416,14 +476,7 @@ mod tests {
         assert_eq!(rows.vectors, Some((&floats[6..10], 2)));
         assert_eq!(rows.bytes, &bytes[8..]);
 
-        let sq = stored_rows_schema(Quantizer::Sq, 3, 3);
-        let codes: Vec<u8> = (0..18).collect();
-        let batch = stored_rows_batch(
-            &sq,
-            Buffer::from_vec(ids.clone()),
-            Buffer::from_vec(codes.clone()),
-        )
-        .unwrap();
+        let (codes, batch) = sq_rows(&ids);
         let part = StoredBuffers::of(&batch.slice(1, 2)).unwrap();
         let rows = part.all();
         assert_eq!(
@@ -433,5 +486,51 @@ mod tests {
         assert_eq!(part.values.as_slice(), &codes[3..9]);
         assert_eq!(part.rows(1..2).bytes, &codes[6..9]);
         assert!(rows.vectors.is_none());
+    }
+
+    /// Joined buffers hold each part's rows in order, as the parts' own views show
+    /// them; parts of different columns are not joined.
+    #[test]
+    fn joined_rows_are_the_parts_in_order() {
+        let (ids, floats, batch) = flat_rows();
+        let slices = [batch.slice(4, 2), batch.slice(0, 1), batch.slice(1, 3)];
+        let parts: Vec<StoredBuffers> = slices
+            .iter()
+            .map(|b| StoredBuffers::of(b).unwrap())
+            .collect();
+        let joined = StoredBuffers::join(&parts).unwrap();
+        let order = [4, 5, 0, 1, 2, 3];
+        let rows = joined.all();
+        assert_eq!(rows.ids, order.map(|i| ids[i]));
+        let expected: Vec<f32> = order
+            .iter()
+            .flat_map(|&i| floats[2 * i..2 * i + 2].iter().copied())
+            .collect();
+        assert_eq!(rows.vectors, Some((&expected[..], 2)));
+        let bytes: Vec<u8> = expected.iter().flat_map(|f| f.to_le_bytes()).collect();
+        assert_eq!((rows.bytes, rows.width), (&bytes[..], 8));
+        assert_eq!(joined.rows(2..4).ids, &ids[0..2]);
+
+        let (_, batch) = sq_rows(&ids);
+        let parts = [
+            StoredBuffers::of(&batch.slice(5, 1)).unwrap(),
+            StoredBuffers::of(&batch.slice(0, 2)).unwrap(),
+        ];
+        let joined = StoredBuffers::join(&parts).unwrap();
+        let rows = joined.all();
+        assert_eq!(rows.ids, [15, 10, 11]);
+        assert_eq!(rows.bytes, [15, 16, 17, 0, 1, 2, 3, 4, 5]);
+        assert!(rows.vectors.is_none());
+
+        let other = stored_rows_schema(Quantizer::Sq, 2, 2);
+        let batch = stored_rows_batch(
+            &other,
+            Buffer::from_vec(vec![1u64]),
+            Buffer::from_vec(vec![0u8, 1]),
+        )
+        .unwrap();
+        let mixed = [parts[0].clone(), StoredBuffers::of(&batch).unwrap()];
+        assert!(StoredBuffers::join(&mixed).is_none());
+        assert!(StoredBuffers::join(&[]).is_none());
     }
 }

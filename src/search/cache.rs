@@ -9,9 +9,12 @@
 //!   never answered from an old one. A new version reuses the model when its
 //!   fingerprint is the same and the manifests of segments it keeps (segments are
 //!   immutable and named by UUID).
-//! - decoded *blocks*: a probed (segment, partition)'s rows, checked against their
-//!   CRC-32 when read, and for the HNSW types its graph. Keyed by index URL,
-//!   segment, partition and the block's offset and CRC in its manifest.
+//! - decoded *blocks*: a probed partition's rows, checked against their CRC-32 when
+//!   read. For the HNSW types a block is one segment's rows and graph; for the
+//!   others it joins the rows of every segment holding some, so that an index of
+//!   many segments is scanned as one. Keyed by index URL, partition, and each joined
+//!   segment with its block's offset and CRC in that segment's manifest (segments
+//!   are immutable, so a key names the same rows in every version listing them).
 //!
 //! Searches that find no cache attached to their session read everything, as
 //! before. Ballista executors have their own sessions and so their own (or no) cache.
@@ -51,40 +54,50 @@ pub struct SearchCacheStats {
     pub evictions: u64,
 }
 
-/// Where a block is: index URL, segment, partition, and the block's offset and CRC in
-/// its manifest. Made once per search target, looked up by every search of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a block is: index URL, IVF partition, and where its rows are in the
+/// segments it joins ([`Place`]s). Made once per search target, looked up by every
+/// search of it.
+#[derive(Debug, Clone, Eq)]
 pub(crate) struct BlockKey {
     /// The hash of the other fields, worked out when the key is made (and compared
     /// first, so unequal keys differ early): a search looks up one key per probed
-    /// block, and hashing the two strings at each look-up cost more than scoring a
-    /// small block.
+    /// block, and hashing the strings at each look-up cost more than scoring a small
+    /// block.
     hash: u64,
     index: Arc<str>,
-    segment_id: Arc<str>,
     pub partition: u32,
-    offset: u64,
-    crc32: u32,
+    places: Arc<[Place]>,
+}
+
+/// One segment's block of a partition: the segment, and the block's offset and CRC
+/// in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Place {
+    pub segment_id: Arc<str>,
+    pub offset: u64,
+    pub crc32: u32,
 }
 
 impl BlockKey {
-    pub(crate) fn new(
-        index: Arc<str>,
-        segment_id: Arc<str>,
-        partition: u32,
-        offset: u64,
-        crc32: u32,
-    ) -> Self {
+    pub(crate) fn new(index: Arc<str>, partition: u32, places: Arc<[Place]>) -> Self {
         let mut h = std::hash::DefaultHasher::new();
-        (&*index, &*segment_id, partition, offset, crc32).hash(&mut h);
+        (&*index, partition, &*places).hash(&mut h);
         Self {
             hash: h.finish(),
             index,
-            segment_id,
             partition,
-            offset,
-            crc32,
+            places,
         }
+    }
+}
+
+impl PartialEq for BlockKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.partition == other.partition
+            && self.index == other.index
+            // A target's keys are looked up with themselves: skip comparing the places.
+            && (Arc::ptr_eq(&self.places, &other.places) || self.places == other.places)
     }
 }
 
@@ -366,8 +379,16 @@ impl SearchCache {
 mod tests {
     use super::*;
 
+    fn place(segment_id: &str, offset: u64, crc32: u32) -> Place {
+        Place {
+            segment_id: segment_id.into(),
+            offset,
+            crc32,
+        }
+    }
+
     fn key(p: u32) -> BlockKey {
-        BlockKey::new("memory:///i".into(), "s".into(), p, 0, 0)
+        BlockKey::new("memory:///i".into(), p, [place("s", 0, 0)].into())
     }
 
     fn block() -> Arc<Block> {
@@ -384,20 +405,32 @@ mod tests {
     /// differing in any part is another.
     #[test]
     fn block_keys_are_their_parts() {
-        let make = |index: &str, segment: &str, p, offset, crc| {
-            BlockKey::new(index.into(), segment.into(), p, offset, crc)
-        };
+        let make = |index: &str, p, places: &[Place]| BlockKey::new(index.into(), p, places.into());
         let mut map: HashMap<BlockKey, u32, BuildHasherDefault<CarriedHash>> = HashMap::default();
-        map.insert(make("memory:///i", "s", 1, 8, 9), 7);
-        assert_eq!(map.get(&make("memory:///i", "s", 1, 8, 9)), Some(&7));
+        let two = [place("s", 8, 9), place("t", 0, 3)];
+        map.insert(make("memory:///i", 1, &[place("s", 8, 9)]), 7);
+        map.insert(make("memory:///i", 1, &two), 8);
+        assert_eq!(
+            map.get(&make("memory:///i", 1, &[place("s", 8, 9)])),
+            Some(&7)
+        );
+        assert_eq!(map.get(&make("memory:///i", 1, &two)), Some(&8));
         for other in [
-            make("memory:///j", "s", 1, 8, 9),
-            make("memory:///i", "t", 1, 8, 9),
-            make("memory:///i", "s", 2, 8, 9),
-            make("memory:///i", "s", 1, 16, 9),
-            make("memory:///i", "s", 1, 8, 10),
+            make("memory:///j", 1, &[place("s", 8, 9)]),
+            make("memory:///i", 1, &[place("t", 8, 9)]),
+            make("memory:///i", 2, &[place("s", 8, 9)]),
+            make("memory:///i", 1, &[place("s", 16, 9)]),
+            make("memory:///i", 1, &[place("s", 8, 10)]),
             // The strings' boundary moved: other parts, the same bytes in a row.
-            make("memory:///is", "", 1, 8, 9),
+            make("memory:///is", 1, &[place("", 8, 9)]),
+            // The same segments in another order, one more, one fewer.
+            make("memory:///i", 1, &[place("t", 0, 3), place("s", 8, 9)]),
+            make(
+                "memory:///i",
+                1,
+                &[place("s", 8, 9), place("t", 0, 3), place("u", 0, 0)],
+            ),
+            make("memory:///i", 1, &[place("t", 0, 3)]),
         ] {
             assert_eq!(map.get(&other), None, "{other:?}");
         }

@@ -3,7 +3,7 @@
 //! ```text
 //! VectorIndexTopKExec        1 partition: the k nearest rows of each query
 //!   CoalescePartitionsExec
-//!     VectorIndexScanExec    N partitions: scores every segment's block of probed partitions
+//!     VectorIndexScanExec    N partitions: scores probed partitions' rows in every segment
 //!       RepartitionExec      hash of the slot the probe balanced each task onto
 //!         VectorIndexProbeExec  ranks partitions once per query, emits probe tasks
 //!           DataSourceExec   the queries (MemorySourceConfig)
@@ -35,7 +35,7 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::SessionConfig;
 use futures::{StreamExt, TryStreamExt};
 
-use cache::{BlockKey, CachedTarget};
+use cache::{BlockKey, CachedTarget, Place};
 pub use cache::{SearchCache, SearchCacheStats, DEFAULT_SEARCH_CACHE_BYTES};
 pub(crate) use probe_exec::VectorIndexProbeExec;
 pub(crate) use scan_exec::{TaskRouting, VectorIndexScanExec};
@@ -93,10 +93,9 @@ pub(crate) struct SearchTarget {
     pub model: Arc<Model>,
     pub version: u64,
     pub segments: Vec<SegmentManifest>,
-    /// Per IVF partition, the segments holding rows in it (segment number and the
-    /// block's cache key), in segment order: worked out once per target, not per
-    /// search.
-    pub(super) blocks_by_partition: Vec<Holding>,
+    /// Per IVF partition, the blocks a scan reads for it (see [`HeldBlock`]):
+    /// worked out once per target, not per search.
+    pub(super) blocks_by_partition: Vec<Vec<HeldBlock>>,
     /// Per IVF partition, its rows over all segments (what scoring it costs).
     pub(super) rows_by_partition: Vec<u64>,
     /// Entry i: the rows of the i + 1 largest IVF partitions together, the most a
@@ -106,8 +105,17 @@ pub(crate) struct SearchTarget {
     pub(super) pq_terms: Option<Arc<distance::PqTerms>>,
 }
 
-/// The blocks holding rows in one IVF partition: (segment number, cache key).
-type Holding = Vec<(usize, BlockKey)>;
+/// What a scan reads and scores as one block of an IVF partition: for the HNSW types
+/// one segment's rows and graph (graphs are searched per segment); for the others
+/// the rows of every segment holding some, joined in segment order, so that an
+/// index committed as many segments is scanned like one (one cache look-up and one
+/// stretch of rows per probed partition, not one per segment).
+#[derive(Debug)]
+pub(super) struct HeldBlock {
+    /// The segments joined (numbers in [`SearchTarget::segments`]), in order.
+    pub segments: Vec<usize>,
+    pub key: BlockKey,
+}
 
 /// A target and whether it came from a [`SearchCache`] (shown by `EXPLAIN ANALYZE`).
 #[derive(Debug, Clone)]
@@ -245,20 +253,21 @@ impl SearchTarget {
         })
     }
 
-    /// Per IVF partition, the segments' blocks holding rows in it, and its rows.
+    /// Per IVF partition, the blocks a scan reads for it, and its rows.
     fn blocks_by_partition(
         location: &IndexLocation,
         model: &Model,
         segments: &[SegmentManifest],
-    ) -> Result<(Vec<Holding>, Vec<u64>)> {
+    ) -> Result<(Vec<Vec<HeldBlock>>, Vec<u64>)> {
         let index: Arc<str> = location.url().to_string().into();
         let ids: Vec<Arc<str>> = segments
             .iter()
             .map(|s| s.segment_id.as_str().into())
             .collect();
+        let join = !model.index_type().is_hnsw();
         (0..model.num_partitions() as u32)
             .map(|p| {
-                let mut holding = Vec::new();
+                let mut holding: Vec<(usize, Place)> = Vec::new();
                 let mut rows = 0;
                 for (s, seg) in segments.iter().enumerate() {
                     let Some((_, info)) = seg.block(p) else {
@@ -269,19 +278,27 @@ impl SearchTarget {
                     };
                     rows += info.rows;
                     if info.rows > 0 {
-                        holding.push((
-                            s,
-                            BlockKey::new(
-                                Arc::clone(&index),
-                                Arc::clone(&ids[s]),
-                                p,
-                                info.offset,
-                                info.crc32,
-                            ),
-                        ));
+                        let place = Place {
+                            segment_id: Arc::clone(&ids[s]),
+                            offset: info.offset,
+                            crc32: info.crc32,
+                        };
+                        holding.push((s, place));
                     }
                 }
-                Ok((holding, rows))
+                let held = |of: Vec<(usize, Place)>| {
+                    let (segments, places): (Vec<usize>, Vec<Place>) = of.into_iter().unzip();
+                    HeldBlock {
+                        segments,
+                        key: BlockKey::new(Arc::clone(&index), p, places.into()),
+                    }
+                };
+                let blocks = if join && !holding.is_empty() {
+                    vec![held(holding)]
+                } else {
+                    holding.into_iter().map(|h| held(vec![h])).collect()
+                };
+                Ok((blocks, rows))
             })
             .collect::<Result<Vec<_>>>()
             .map(|all| all.into_iter().unzip())
@@ -315,7 +332,8 @@ impl SearchTarget {
         let keys: usize = self
             .blocks_by_partition
             .iter()
-            .map(|b| 32 + 48 * b.len())
+            .flatten()
+            .map(|b| 96 + 40 * b.segments.len())
             .sum();
         let terms = self.pq_terms.as_ref().map_or(0, |t| t.memory_size());
         let rows = 16 * self.rows_by_partition.len();
@@ -510,7 +528,7 @@ mod tests {
             model,
             version: 1,
             segments: vec![],
-            blocks_by_partition: vec![vec![]; 4],
+            blocks_by_partition: (0..4).map(|_| Vec::new()).collect(),
             largest_rows: largest_first(&rows),
             rows_by_partition: rows,
             pq_terms: None,

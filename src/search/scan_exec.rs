@@ -25,7 +25,7 @@ use super::distance::Preparer;
 use super::probe_tasks::TaskRows;
 use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
-use super::{SearchOptions, SearchTarget};
+use super::{HeldBlock, SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
 use crate::format::{decode_block, SegmentManifest, StoredBuffers};
@@ -44,15 +44,17 @@ pub(crate) enum TaskRouting {
     BySlot,
 }
 
-/// Blocks read at once by one scan partition.
+/// Segments' blocks read at once by one scan partition.
 const READ_CONCURRENCY: usize = 8;
 
-/// Reads every segment's block of each probed partition with one ranged read (checked
-/// against its CRC-32) — or takes it decoded from the session's [`SearchCache`]
-/// (`block_cache_hits` / `block_cache_misses` in `EXPLAIN ANALYZE`) — scores it for every query that probes it, and keeps each
-/// query's k nearest rows. For the HNSW types the partition's graph block is read
-/// alongside (graphs are loaded lazily, only for probed partitions) and searched
-/// with breadth `ef` instead of scoring every row.
+/// Reads every segment's block of each probed partition with one ranged read each
+/// (checked against its CRC-32) and joins them into one block (the HNSW types keep
+/// one per segment: see [`HeldBlock`]) — or takes it decoded from the session's
+/// [`SearchCache`] (`block_cache_hits` / `block_cache_misses` in `EXPLAIN ANALYZE`)
+/// — scores it for every query that probes it, and keeps each query's k nearest
+/// rows. For the HNSW types the partition's graph block is read alongside (graphs
+/// are loaded lazily, only for probed partitions) and searched with breadth `ef`
+/// instead of scoring every row.
 ///
 /// Partitioning: one output partition per input partition of probe tasks, which
 /// arrive as its [`TaskRouting`] says; emits, when its input ends, each query's local
@@ -245,13 +247,14 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// Every segment's block of each partition in `probed`, in segment order: one
-    /// pass through the cache, then the misses read concurrently.
+    /// The blocks of each partition in `probed` (see [`HeldBlock`]), in segment
+    /// order: one pass through the cache, then the segments' blocks the misses join
+    /// read concurrently.
     async fn of_partitions(
         &self,
         probed: &[u32],
     ) -> crate::error::Result<HashMap<u32, Vec<Arc<Block>>>> {
-        let (segment_of, wanted): (Vec<usize>, Vec<&BlockKey>) = probed
+        let wanted: Vec<&HeldBlock> = probed
             .iter()
             .flat_map(|&p| {
                 self.target
@@ -259,52 +262,103 @@ impl Blocks {
                     .get(p as usize)
                     .into_iter()
                     .flatten()
-                    .map(|(s, key)| (*s, key))
             })
-            .unzip();
-        let cached = match &self.cache {
-            Some(cache) => cache.blocks(&wanted),
+            .collect();
+        let keys: Vec<&BlockKey> = wanted.iter().map(|held| &held.key).collect();
+        let mut all = match &self.cache {
+            Some(cache) => cache.blocks(&keys),
             None => vec![None; wanted.len()],
         };
-        let misses: Vec<usize> = (0..wanted.len()).filter(|&i| cached[i].is_none()).collect();
+        let misses: Vec<usize> = (0..wanted.len()).filter(|&i| all[i].is_none()).collect();
         self.hits.add(wanted.len() - misses.len());
         self.misses.add(misses.len());
-        let read: Vec<(usize, Arc<Block>)> = futures::stream::iter(misses)
-            .map(|i| {
-                let (key, seg) = (wanted[i], &self.target.segments[segment_of[i]]);
+        // (wanted block, segment) of every segment's block the misses join, in order.
+        let pieces: Vec<(usize, usize)> = misses
+            .iter()
+            .flat_map(|&i| wanted[i].segments.iter().map(move |&s| (i, s)))
+            .collect();
+        let target = &self.target;
+        let mut read: Vec<(usize, Piece)> = futures::stream::iter(pieces.into_iter().enumerate())
+            .map(|(order, (i, s))| {
+                let p = wanted[i].key.partition;
                 async move {
-                    let (block, bytes) = read_block(&self.target, seg, key.partition).await?;
-                    self.bytes_read.add(bytes);
-                    let block = Arc::new(block);
-                    if let Some(cache) = &self.cache {
-                        cache.put_block(key.clone(), Arc::clone(&block));
-                    }
-                    Ok::<_, IndexError>((i, block))
+                    let piece = read_piece(target, &target.segments[s], p).await?;
+                    self.bytes_read.add(piece.bytes);
+                    Ok::<_, IndexError>((order, piece))
                 }
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut all = cached;
-        for (i, block) in read {
+        read.sort_unstable_by_key(|(order, _)| *order);
+        let mut read = read.into_iter().map(|(_, piece)| piece);
+        for i in misses {
+            let pieces: Vec<Piece> = read.by_ref().take(wanted[i].segments.len()).collect();
+            let block = Arc::new(Block::of_pieces(target, wanted[i].key.partition, pieces)?);
+            if let Some(cache) = &self.cache {
+                cache.put_block(wanted[i].key.clone(), Arc::clone(&block));
+            }
             all[i] = Some(block);
         }
         let mut of_partition: HashMap<u32, Vec<Arc<Block>>> = HashMap::new();
-        for (key, block) in wanted.iter().zip(all) {
+        for (held, block) in wanted.iter().zip(all) {
             let block = block
                 .ok_or_else(|| IndexError::Internal("a block neither cached nor read".into()))?;
-            of_partition.entry(key.partition).or_default().push(block);
+            of_partition
+                .entry(held.key.partition)
+                .or_default()
+                .push(block);
         }
         Ok(of_partition)
     }
 }
 
-/// Reads and decodes a block; also returns the bytes read.
-async fn read_block(
+/// One segment's block of a partition, read and decoded.
+struct Piece {
+    stored: StoredBuffers,
+    graph: Option<HnswGraph>,
+    /// Bytes read for it.
+    bytes: usize,
+}
+
+impl Block {
+    /// The block of partition `p` joining `pieces` (one per segment, in order).
+    fn of_pieces(
+        target: &SearchTarget,
+        p: u32,
+        mut pieces: Vec<Piece>,
+    ) -> crate::error::Result<Self> {
+        let (stored, graph) = match pieces.len() {
+            1 => pieces.pop().map(|piece| (piece.stored, piece.graph)),
+            // Joined blocks are of types without graphs (`HeldBlock`).
+            _ => StoredBuffers::join(
+                &pieces
+                    .into_iter()
+                    .map(|piece| piece.stored)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|stored| (stored, None)),
+        }
+        .ok_or_else(|| {
+            IndexError::Internal(format!("partition {p}: segments' blocks that do not join"))
+        })?;
+        let columns = (target.model.index_type() == IndexType::IvfPq && pq_bound::available())
+            .then(|| pq_bound::columns(&stored.values, stored.width));
+        Ok(Block {
+            stored,
+            graph,
+            columns,
+        })
+    }
+}
+
+/// Reads and decodes segment `seg`'s block of partition `p`, with its graph for the
+/// HNSW types.
+async fn read_piece(
     target: &SearchTarget,
     seg: &SegmentManifest,
     p: u32,
-) -> crate::error::Result<(Block, usize)> {
+) -> crate::error::Result<Piece> {
     let what = format!("segment {}, partition {p}", seg.segment_id);
     let (file, block) = seg
         .block(p)
@@ -342,16 +396,11 @@ async fn read_block(
         }
         None => None,
     };
-    let columns = (target.model.index_type() == IndexType::IvfPq && pq_bound::available())
-        .then(|| pq_bound::columns(&stored.values, stored.width));
-    Ok((
-        Block {
-            stored,
-            graph,
-            columns,
-        },
+    Ok(Piece {
+        stored,
+        graph,
         bytes,
-    ))
+    })
 }
 
 async fn scan_tasks(

@@ -2,7 +2,8 @@
 //! crash (every later operation fails too), for every index type. Each run must end
 //! with an error (never a panic) that is the store's, the old or the new version
 //! committed and nothing lost; after the fault, the index recovers (a re-run, or
-//! vacuum after a commit) and searches exactly as a clean build does.
+//! vacuum after a commit) and searches exactly as a clean build does. Searches meet
+//! the same faults: the store's error or the clean answer.
 
 mod common;
 
@@ -89,13 +90,68 @@ async fn search(
     index: &VectorIndex,
     data: &[f32],
 ) -> Vec<Vec<SearchHit>> {
+    try_search(ctx, index, data).await.unwrap()
+}
+
+async fn try_search(
+    ctx: &datafusion::prelude::SessionContext,
+    index: &VectorIndex,
+    data: &[f32],
+) -> Result<Vec<Vec<SearchHit>>, IndexError> {
     let queries: Vec<f32> = data[..20 * DIM].to_vec();
     let options = SearchOptions {
         k: 10,
         nprobes: 4,
         ef: None,
     };
-    index.search(ctx, &queries, options).await.unwrap()
+    index.search(ctx, &queries, options).await
+}
+
+/// A store failure at any operation of a search, once or as a crash, ends in the
+/// store's error or in the clean answer (a failed read of several blocks is retried
+/// block by block) — never a panic, damage reported, or another answer. Each run
+/// has a session of its own, so nothing comes from a cache.
+#[tokio::test]
+async fn every_fault_of_a_search() {
+    for ty in [IndexType::IvfPq, IndexType::IvfHnswSq] {
+        let (_, data, template) = staged_template(ty).await;
+        let (ctx, index) = open(Arc::clone(&template) as Arc<dyn ObjectStore>);
+        index.finalize(&ctx, &options()).await.unwrap();
+        let clean = FaultyStore::new(Arc::new(template.fork()));
+        let (ctx, index) = open(Arc::new(clean.clone()));
+        clean.disarm();
+        let expected = search(&ctx, &index, &data).await;
+        let operations = clean.ops();
+        assert!(operations > 5, "{ty}: {operations} operations");
+        let mut recovered = 0;
+        for fault in [Fault::Once, Fault::Crash] {
+            for k in 0..operations {
+                let store = FaultyStore::new(Arc::new(template.fork()));
+                let (ctx, index) = open(Arc::new(store.clone()));
+                store.arm(k, fault);
+                let data = data.clone();
+                let run = tokio::spawn(async move { try_search(&ctx, &index, &data).await });
+                let at = format!("{ty}, {fault:?} fault at operation {k}");
+                match run.await {
+                    Err(e) => panic!("{at}: the search panicked: {e}"),
+                    Ok(Ok(hits)) => {
+                        assert_eq!(hits, expected, "{at}: another answer");
+                        recovered += 1;
+                    }
+                    Ok(Err(e)) => assert!(
+                        matches!(e, IndexError::Store { .. } | IndexError::ObjectStore(_))
+                            && e.to_string().contains("injected fault"),
+                        "{at}: the store's error should be reported, got {e:?}"
+                    ),
+                }
+            }
+        }
+        // Only retried reads recover: a crash never does.
+        assert!(
+            recovered > 0 && recovered < operations,
+            "{ty}: {recovered} recovered"
+        );
+    }
 }
 
 async fn every_fault_of_a_finalize(ty: IndexType) {

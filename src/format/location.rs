@@ -290,6 +290,31 @@ impl IndexLocation {
         }
     }
 
+    /// Bytes `ranges` of a file a manifest describes, in one request (an object
+    /// store fetches nearby ranges together; a local file is opened once). When
+    /// that fails, each range is read alone so that the error names the one that
+    /// fails, `what(i)` naming range `i`, as [`Self::get_described_range`] does.
+    pub(crate) async fn get_described_ranges(
+        &self,
+        path: &Path,
+        ranges: &[std::ops::Range<u64>],
+        what: impl Fn(usize) -> String,
+    ) -> Result<Vec<Bytes>> {
+        match self.store.get_ranges(path, ranges).await {
+            Ok(bytes) if bytes.len() == ranges.len() => Ok(bytes),
+            _ => {
+                let mut bytes = Vec::with_capacity(ranges.len());
+                for (i, range) in ranges.iter().enumerate() {
+                    bytes.push(
+                        self.get_described_range(path, range.clone(), &what(i))
+                            .await?,
+                    );
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
     pub(crate) async fn put(&self, path: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
         self.store
             .put(path, bytes.into())

@@ -439,18 +439,6 @@ impl SegmentManifest {
             + self.fragments_file.size
     }
 
-    /// The graph file and graph block of IVF partition `partition`, if the segment has graphs.
-    pub(crate) fn graph_block(&self, partition: u32) -> Option<(&GraphFile, &BlockInfo)> {
-        let (file, _) = self.block(partition)?;
-        let graph = file.graph.as_ref()?;
-        Some((
-            graph,
-            graph
-                .partitions
-                .get((partition - file.partition_start) as usize)?,
-        ))
-    }
-
     /// The file and block holding IVF partition `partition`, if any.
     pub(crate) fn block(&self, partition: u32) -> Option<(&SegmentFile, &BlockInfo)> {
         self.files

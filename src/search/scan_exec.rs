@@ -28,7 +28,7 @@ use super::topk_exec::search_output_schema;
 use super::{HeldBlock, SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::{decode_block, SegmentManifest, StoredBuffers};
+use crate::format::{decode_block, BlockInfo, SegmentManifest, StoredBuffers};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::model::pq_bound::{self, Columns};
 use crate::model::IndexType;
@@ -44,12 +44,17 @@ pub(crate) enum TaskRouting {
     BySlot,
 }
 
-/// Segments' blocks read at once by one scan partition.
+/// Read requests in flight at once for one scan partition.
 const READ_CONCURRENCY: usize = 8;
 
-/// Reads every segment's block of each probed partition with one ranged read each
-/// (checked against its CRC-32) and joins them into one block (the HNSW types keep
-/// one per segment: see [`HeldBlock`]) — or takes it decoded from the session's
+/// The most blocks of one file one read request asks for: few enough that a search
+/// of one segment still keeps several requests in flight.
+const BLOCKS_PER_READ: usize = 32;
+
+/// Reads every segment's block of each probed partition — a byte range checked
+/// against its CRC-32; the blocks of one file are asked for in one request — and
+/// joins them into one block (the HNSW types keep one per segment: see
+/// [`HeldBlock`]) — or takes it decoded from the session's
 /// [`SearchCache`] (`block_cache_hits` / `block_cache_misses` in `EXPLAIN ANALYZE`)
 /// — scores it for every query that probes it, and keeps each query's k nearest
 /// rows. For the HNSW types the partition's graph block is read alongside (graphs
@@ -272,24 +277,52 @@ impl Blocks {
         let misses: Vec<usize> = (0..wanted.len()).filter(|&i| all[i].is_none()).collect();
         self.hits.add(wanted.len() - misses.len());
         self.misses.add(misses.len());
-        // (wanted block, segment) of every segment's block the misses join, in order.
-        let pieces: Vec<(usize, usize)> = misses
-            .iter()
-            .flat_map(|&i| wanted[i].segments.iter().map(move |&s| (i, s)))
-            .collect();
         let target = &self.target;
-        let mut read: Vec<(usize, Piece)> = futures::stream::iter(pieces.into_iter().enumerate())
-            .map(|(order, (i, s))| {
-                let p = wanted[i].key.partition;
-                async move {
-                    let piece = read_piece(target, &target.segments[s], p).await?;
-                    self.bytes_read.add(piece.bytes);
-                    Ok::<_, IndexError>((order, piece))
-                }
+        // Every segment's block the misses join, numbered in order, as requests: the
+        // blocks of one file, at most `BLOCKS_PER_READ` of them, so that a search
+        // reads each file it probes with one request rather than one per block.
+        let mut by_file: BTreeMap<(usize, u32), Vec<(usize, u32)>> = BTreeMap::new();
+        let mut order = 0;
+        for &i in &misses {
+            let p = wanted[i].key.partition;
+            for &s in &wanted[i].segments {
+                let seg = &target.segments[s];
+                let (file, _) = seg.block(p).ok_or_else(|| {
+                    IndexError::corrupt(
+                        format!("segment {}, partition {p}", seg.segment_id),
+                        "no such partition",
+                    )
+                })?;
+                by_file
+                    .entry((s, file.partition_start))
+                    .or_default()
+                    .push((order, p));
+                order += 1;
+            }
+        }
+        // Owned, for the futures below to be `Send` for any lifetime.
+        let requests: Vec<(usize, Vec<(usize, u32)>)> = by_file
+            .into_iter()
+            .flat_map(|((s, _), blocks)| {
+                blocks
+                    .chunks(BLOCKS_PER_READ)
+                    .map(|c| (s, c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let read: Vec<Vec<(usize, Piece)>> = futures::stream::iter(requests)
+            .map(|(s, blocks)| async move {
+                let partitions: Vec<u32> = blocks.iter().map(|&(_, p)| p).collect();
+                let pieces = read_pieces(target, &target.segments[s], &partitions).await?;
+                self.bytes_read
+                    .add(pieces.iter().map(|piece| piece.bytes).sum());
+                let numbers = blocks.into_iter().map(|(order, _)| order);
+                Ok::<_, IndexError>(numbers.zip(pieces).collect())
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
             .await?;
+        let mut read: Vec<(usize, Piece)> = read.into_iter().flatten().collect();
         read.sort_unstable_by_key(|(order, _)| *order);
         let mut read = read.into_iter().map(|(_, piece)| piece);
         for i in misses {
@@ -352,55 +385,83 @@ impl Block {
     }
 }
 
-/// Reads and decodes segment `seg`'s block of partition `p`, with its graph for the
-/// HNSW types.
-async fn read_piece(
+/// Reads and decodes segment `seg`'s blocks of `partitions`, all in one of its data
+/// files, with their graphs for the HNSW types: one request for the rows, one for
+/// the graphs.
+async fn read_pieces(
     target: &SearchTarget,
     seg: &SegmentManifest,
-    p: u32,
-) -> crate::error::Result<Piece> {
-    let what = format!("segment {}, partition {p}", seg.segment_id);
-    let (file, block) = seg
-        .block(p)
-        .ok_or_else(|| IndexError::corrupt(&what, "no such partition"))?;
+    partitions: &[u32],
+) -> crate::error::Result<Vec<Piece>> {
+    let what = |p: u32| format!("segment {}, partition {p}", seg.segment_id);
+    let no_block = |p: u32| IndexError::corrupt(what(p), "no such partition");
+    let first = *partitions.first().ok_or_else(|| {
+        IndexError::Internal(format!("segment {}: a read of no blocks", seg.segment_id))
+    })?;
+    let (file, _) = seg.block(first).ok_or_else(|| no_block(first))?;
+    let block_in = |blocks: &'_ [BlockInfo], p: u32| {
+        p.checked_sub(file.partition_start)
+            .and_then(|i| blocks.get(i as usize).copied())
+    };
+    let blocks = partitions
+        .iter()
+        .map(|&p| block_in(&file.partitions, p).ok_or_else(|| no_block(p)))
+        .collect::<crate::error::Result<Vec<BlockInfo>>>()?;
     let location = &target.location;
     let dir = location.segment_dir(&seg.segment_id);
-    let schema = target.model.storage_schema();
+    let ranges: Vec<_> = blocks.iter().map(BlockInfo::range).collect();
     let data_path = dir.clone().join(file.name.as_str());
-    let data = location.get_described_range(&data_path, block.range(), &what);
-    let graph = async {
-        if !target.model.index_type().is_hnsw() {
-            return Ok(None);
-        }
-        let Some((file, block)) = seg.graph_block(p) else {
-            return Ok(None);
+    let data = location.get_described_ranges(&data_path, &ranges, |i| what(partitions[i]));
+    let graphs = async {
+        let mut graphs = vec![None; partitions.len()];
+        let graph = match &file.graph {
+            Some(graph) if target.model.index_type().is_hnsw() => graph,
+            _ => return Ok(graphs),
         };
-        let what = format!("{what}, graph");
+        let held: Vec<(usize, BlockInfo)> = partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &p)| block_in(&graph.partitions, p).map(|b| (i, b)))
+            .collect();
+        let what = |k: usize| format!("{}, graph", what(partitions[held[k].0]));
+        let ranges: Vec<_> = held.iter().map(|(_, b)| b.range()).collect();
         let bytes = location
-            .get_described_range(&dir.clone().join(file.name.as_str()), block.range(), &what)
+            .get_described_ranges(&dir.clone().join(graph.name.as_str()), &ranges, what)
             .await?;
-        let len = bytes.len();
-        Ok::<_, IndexError>(Some((
-            what.clone(),
-            len,
-            decode_block(&what, &graph_schema(), block, bytes)?,
-        )))
-    };
-    let (data, graph) = futures::try_join!(data, graph)?;
-    let mut bytes = data.len();
-    let stored = StoredBuffers::of(&decode_block(&what, &schema, block, data)?)?;
-    let graph = match graph {
-        Some((what, graph_bytes, batch)) => {
-            bytes += graph_bytes;
-            Some(HnswGraph::from_batch(&what, &batch, stored.num_rows())?)
+        for (k, ((i, block), bytes)) in held.iter().zip(bytes).enumerate() {
+            let what = what(k);
+            let len = bytes.len();
+            graphs[*i] = Some((
+                len,
+                decode_block(&what, &graph_schema(), block, bytes)?,
+                what,
+            ));
         }
-        None => None,
+        Ok::<_, IndexError>(graphs)
     };
-    Ok(Piece {
-        stored,
-        graph,
-        bytes,
-    })
+    let (data, graphs) = futures::try_join!(data, graphs)?;
+    let schema = target.model.storage_schema();
+    partitions
+        .iter()
+        .zip(&blocks)
+        .zip(data.into_iter().zip(graphs))
+        .map(|((&p, block), (data, graph))| {
+            let mut bytes = data.len();
+            let stored = StoredBuffers::of(&decode_block(&what(p), &schema, block, data)?)?;
+            let graph = match graph {
+                Some((len, batch, what)) => {
+                    bytes += len;
+                    Some(HnswGraph::from_batch(&what, &batch, stored.num_rows())?)
+                }
+                None => None,
+            };
+            Ok(Piece {
+                stored,
+                graph,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 async fn scan_tasks(

@@ -255,7 +255,8 @@ async fn a_store_without_conditional_writes_is_refused_at_create() {
 }
 
 /// A search reads the probed partitions of each segment with ranged GETs, not
-/// whole files: at nprobes 2 of 8 partitions, a handful of requests.
+/// whole files: at nprobes 2 of 8 partitions, a handful of requests; the probed
+/// partitions of one file with one request.
 #[tokio::test]
 async fn a_search_reads_only_the_probed_partitions() {
     let data = clustered(ROWS, 8, 34);
@@ -286,13 +287,36 @@ async fn a_search_reads_only_the_probed_partitions() {
         count("GetObject(range)") - ranged,
     );
     // Whole: index.json, the model, the latest version and its one segment's
-    // manifest. Ranged: one read per probed partition, never a whole data file.
+    // manifest. Ranged: one read per probed partition (each in a file of its own
+    // here), never a whole data file.
     assert_eq!(
         (gets - ranged, ranged),
         (4, 2),
         "{:?}",
         server.requests.of(&bucket)
     );
+
+    // The probed partitions of one data file are fetched together.
+    let one_file = VectorIndex::open(&ctx, &format!("s3://{bucket}/one-file")).unwrap();
+    model.write(one_file.location()).await.unwrap();
+    stage(&one_file, &model, &data, &ids, &[0, 0, 0, 1, 1, 1]).await;
+    one_file
+        .finalize(&ctx, &FinalizeOptions::default())
+        .await
+        .unwrap();
+    let ranged = count("GetObject(range)");
+    let four = SearchOptions {
+        nprobes: 4,
+        ..search
+    };
+    let hits = one_file.search(&ctx, &data[..DIM], four).await.unwrap();
+    assert_eq!(
+        count("GetObject(range)") - ranged,
+        1,
+        "{:?}",
+        server.requests.of(&bucket)
+    );
+    assert_eq!(hits, index.search(&ctx, &data[..DIM], four).await.unwrap());
 }
 
 /// A store the application registered for the URL wins over the environment's.

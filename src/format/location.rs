@@ -301,7 +301,13 @@ impl IndexLocation {
         what: impl Fn(usize) -> String,
     ) -> Result<Vec<Bytes>> {
         match self.store.get_ranges(path, ranges).await {
-            Ok(bytes) if bytes.len() == ranges.len() => Ok(bytes),
+            Ok(bytes) if bytes.len() == ranges.len() => Ok(match self.local {
+                Some(_) => bytes,
+                // Other stores hand back slices of one fetch of nearby ranges: each
+                // range gets its own memory, so that what keeps a block (the search
+                // cache) keeps only its bytes, as its size says.
+                None => bytes.iter().map(|b| Bytes::copy_from_slice(b)).collect(),
+            }),
             _ => {
                 let mut bytes = Vec::with_capacity(ranges.len());
                 for (i, range) in ranges.iter().enumerate() {

@@ -439,17 +439,19 @@ impl SegmentManifest {
             + self.fragments_file.size
     }
 
-    /// The file and block holding IVF partition `partition`, if any.
-    pub(crate) fn block(&self, partition: u32) -> Option<(&SegmentFile, &BlockInfo)> {
-        self.files
+    /// The file (its number in `files`) and block holding IVF partition
+    /// `partition`, if any.
+    pub(crate) fn block(&self, partition: u32) -> Option<(usize, &BlockInfo)> {
+        let f = self
+            .files
             .iter()
-            .find(|f| (f.partition_start..f.partition_end).contains(&partition))
-            .and_then(|f| {
-                Some((
-                    f,
-                    f.partitions.get((partition - f.partition_start) as usize)?,
-                ))
-            })
+            .position(|f| (f.partition_start..f.partition_end).contains(&partition))?;
+        let file = &self.files[f];
+        Some((
+            f,
+            file.partitions
+                .get((partition - file.partition_start) as usize)?,
+        ))
     }
 }
 

@@ -431,31 +431,35 @@ impl StoredRowsLayout {
 mod tests {
     use super::*;
 
+    /// A stored-rows batch of `ids` and `values` in the schema of `q`.
+    fn batch_of<T: arrow::datatypes::ArrowNativeType>(
+        q: Quantizer,
+        dim: usize,
+        width: usize,
+        ids: &[u64],
+        values: Vec<T>,
+    ) -> RecordBatch {
+        let schema = stored_rows_schema(q, dim, width);
+        stored_rows_batch(
+            &schema,
+            Buffer::from_vec(ids.to_vec()),
+            Buffer::from_vec(values),
+        )
+        .unwrap()
+    }
+
     /// Six FLAT rows of two floats: ids 10.., values 0, 0.5, 1, ….
     fn flat_rows() -> (Vec<u64>, Vec<f32>, RecordBatch) {
         let ids: Vec<u64> = (10..16).collect();
         let floats: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
-        let schema = stored_rows_schema(Quantizer::Flat, 2, 8);
-        let batch = stored_rows_batch(
-            &schema,
-            Buffer::from_vec(ids.clone()),
-            Buffer::from_vec(floats.clone()),
-        )
-        .unwrap();
+        let batch = batch_of(Quantizer::Flat, 2, 8, &ids, floats.clone());
         (ids, floats, batch)
     }
 
     /// Six SQ rows of three code bytes 0, 1, 2, … with `ids`.
     fn sq_rows(ids: &[u64]) -> (Vec<u8>, RecordBatch) {
         let codes: Vec<u8> = (0..18).collect();
-        let schema = stored_rows_schema(Quantizer::Sq, 3, 3);
-        let batch = stored_rows_batch(
-            &schema,
-            Buffer::from_vec(ids.to_vec()),
-            Buffer::from_vec(codes.clone()),
-        )
-        .unwrap();
-        (codes, batch)
+        (codes.clone(), batch_of(Quantizer::Sq, 3, 3, ids, codes))
     }
 
     /// The buffers of a slice of a batch hold exactly its rows, and views of them (all or a
@@ -522,13 +526,7 @@ mod tests {
         assert_eq!(rows.bytes, [15, 16, 17, 0, 1, 2, 3, 4, 5]);
         assert!(rows.vectors.is_none());
 
-        let other = stored_rows_schema(Quantizer::Sq, 2, 2);
-        let batch = stored_rows_batch(
-            &other,
-            Buffer::from_vec(vec![1u64]),
-            Buffer::from_vec(vec![0u8, 1]),
-        )
-        .unwrap();
+        let batch = batch_of(Quantizer::Sq, 2, 2, &[1], vec![0u8, 1]);
         let mixed = [parts[0].clone(), StoredBuffers::of(&batch).unwrap()];
         assert!(StoredBuffers::join(&mixed).is_none());
         assert!(StoredBuffers::join(&[]).is_none());

@@ -28,7 +28,7 @@ use super::topk_exec::search_output_schema;
 use super::{HeldBlock, SearchOptions, SearchTarget};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child};
-use crate::format::{decode_block, BlockInfo, SegmentManifest, StoredBuffers};
+use crate::format::{decode_block, BlockInfo, SegmentFile, SegmentManifest, StoredBuffers};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::model::pq_bound::{self, Columns};
 use crate::model::IndexType;
@@ -281,42 +281,43 @@ impl Blocks {
         // Every segment's block the misses join, numbered in order, as requests: the
         // blocks of one file, at most `BLOCKS_PER_READ` of them, so that a search
         // reads each file it probes with one request rather than one per block.
-        let mut by_file: BTreeMap<(usize, u32), Vec<(usize, u32)>> = BTreeMap::new();
+        let mut by_file: BTreeMap<(usize, usize), Vec<BlockRead>> = BTreeMap::new();
         let mut order = 0;
         for &i in &misses {
             let p = wanted[i].key.partition;
             for &s in &wanted[i].segments {
                 let seg = &target.segments[s];
-                let (file, _) = seg.block(p).ok_or_else(|| {
+                let (f, block) = seg.block(p).ok_or_else(|| {
                     IndexError::corrupt(
                         format!("segment {}, partition {p}", seg.segment_id),
                         "no such partition",
                     )
                 })?;
-                by_file
-                    .entry((s, file.partition_start))
-                    .or_default()
-                    .push((order, p));
+                by_file.entry((s, f)).or_default().push(BlockRead {
+                    order,
+                    partition: p,
+                    block: *block,
+                });
                 order += 1;
             }
         }
         // Owned, for the futures below to be `Send` for any lifetime.
-        let requests: Vec<(usize, Vec<(usize, u32)>)> = by_file
+        let requests: Vec<(usize, usize, Vec<BlockRead>)> = by_file
             .into_iter()
-            .flat_map(|((s, _), blocks)| {
+            .flat_map(|((s, f), blocks)| {
                 blocks
                     .chunks(BLOCKS_PER_READ)
-                    .map(|c| (s, c.to_vec()))
+                    .map(|c| (s, f, c.to_vec()))
                     .collect::<Vec<_>>()
             })
             .collect();
         let read: Vec<Vec<(usize, Piece)>> = futures::stream::iter(requests)
-            .map(|(s, blocks)| async move {
-                let partitions: Vec<u32> = blocks.iter().map(|&(_, p)| p).collect();
-                let pieces = read_pieces(target, &target.segments[s], &partitions).await?;
+            .map(|(s, f, blocks)| async move {
+                let seg = &target.segments[s];
+                let pieces = read_pieces(target, seg, &seg.files[f], &blocks).await?;
                 self.bytes_read
                     .add(pieces.iter().map(|piece| piece.bytes).sum());
-                let numbers = blocks.into_iter().map(|(order, _)| order);
+                let numbers = blocks.iter().map(|b| b.order);
                 Ok::<_, IndexError>(numbers.zip(pieces).collect())
             })
             .buffer_unordered(READ_CONCURRENCY)
@@ -385,31 +386,28 @@ impl Block {
     }
 }
 
-/// Reads and decodes segment `seg`'s blocks of `partitions`, all in one of its data
-/// files, with their graphs for the HNSW types: one request for the rows, one for
-/// the graphs.
+/// A segment's block a scan reads: its partition and place in the manifest, numbered
+/// in the order the scan joins blocks.
+#[derive(Debug, Clone, Copy)]
+struct BlockRead {
+    order: usize,
+    partition: u32,
+    block: BlockInfo,
+}
+
+/// Reads and decodes segment `seg`'s `blocks`, all in its data file `file`, with their graphs for the
+/// HNSW types: one request for the rows, one for the graphs.
 async fn read_pieces(
     target: &SearchTarget,
     seg: &SegmentManifest,
-    partitions: &[u32],
+    file: &SegmentFile,
+    blocks: &[BlockRead],
 ) -> crate::error::Result<Vec<Piece>> {
     let what = |p: u32| format!("segment {}, partition {p}", seg.segment_id);
-    let no_block = |p: u32| IndexError::corrupt(what(p), "no such partition");
-    let first = *partitions.first().ok_or_else(|| {
-        IndexError::Internal(format!("segment {}: a read of no blocks", seg.segment_id))
-    })?;
-    let (file, _) = seg.block(first).ok_or_else(|| no_block(first))?;
-    let block_in = |blocks: &'_ [BlockInfo], p: u32| {
-        p.checked_sub(file.partition_start)
-            .and_then(|i| blocks.get(i as usize).copied())
-    };
-    let blocks = partitions
-        .iter()
-        .map(|&p| block_in(&file.partitions, p).ok_or_else(|| no_block(p)))
-        .collect::<crate::error::Result<Vec<BlockInfo>>>()?;
+    let partitions: Vec<u32> = blocks.iter().map(|b| b.partition).collect();
     let location = &target.location;
     let dir = location.segment_dir(&seg.segment_id);
-    let ranges: Vec<_> = blocks.iter().map(BlockInfo::range).collect();
+    let ranges: Vec<_> = blocks.iter().map(|b| b.block.range()).collect();
     let data_path = dir.clone().join(file.name.as_str());
     let data = location.get_described_ranges(&data_path, &ranges, |i| what(partitions[i]));
     let graphs = async {
@@ -421,7 +419,10 @@ async fn read_pieces(
         let held: Vec<(usize, BlockInfo)> = partitions
             .iter()
             .enumerate()
-            .filter_map(|(i, &p)| block_in(&graph.partitions, p).map(|b| (i, b)))
+            .filter_map(|(i, &p)| {
+                let at = p.checked_sub(file.partition_start)?;
+                graph.partitions.get(at as usize).map(|b| (i, *b))
+            })
             .collect();
         let what = |k: usize| format!("{}, graph", what(partitions[held[k].0]));
         let ranges: Vec<_> = held.iter().map(|(_, b)| b.range()).collect();
@@ -441,13 +442,13 @@ async fn read_pieces(
     };
     let (data, graphs) = futures::try_join!(data, graphs)?;
     let schema = target.model.storage_schema();
-    partitions
+    blocks
         .iter()
-        .zip(&blocks)
         .zip(data.into_iter().zip(graphs))
-        .map(|((&p, block), (data, graph))| {
+        .map(|(read, (data, graph))| {
+            let what = what(read.partition);
             let mut bytes = data.len();
-            let stored = StoredBuffers::of(&decode_block(&what(p), &schema, block, data)?)?;
+            let stored = StoredBuffers::of(&decode_block(&what, &schema, &read.block, data)?)?;
             let graph = match graph {
                 Some((len, batch, what)) => {
                     bytes += len;

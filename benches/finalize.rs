@@ -282,6 +282,7 @@ async fn bench_type(
         k: 10,
         nprobes: 20,
         ef: None,
+        ..Default::default()
     };
     index.search(&ctx, &queries[..DIM], options).await.unwrap();
     let t = Instant::now();

@@ -381,6 +381,7 @@ fn main() {
             k: 10,
             nprobes,
             ef: None,
+            ..Default::default()
         },
         runs,
     };

@@ -201,6 +201,7 @@ async fn main() -> Result<()> {
             k: K,
             nprobes: NPROBES,
             ef: None,
+            ..Default::default()
         };
         let hits = index.search(&ctx, &queries, options).await?;
         let secs = t.elapsed().as_secs_f64();

@@ -28,6 +28,10 @@ pub enum IndexError {
     /// Staged shards cannot be finalized as they are.
     #[error("cannot finalize: {0}")]
     Finalize(String),
+    /// A finalize found no staged shard to merge: not a failure, and nothing was
+    /// committed (`dvi` exits with status 3; SQL answers with a row saying so).
+    #[error("nothing to finalize: {0}")]
+    NothingToFinalize(String),
     /// Another writer committed first and the retry budget ran out.
     #[error("commit conflict: {0}")]
     Conflict(String),
@@ -36,7 +40,7 @@ pub enum IndexError {
     NotFound(String),
     /// The object store failed an operation on a file of the index: not a sign that
     /// the file is damaged; the operation can be retried.
-    #[error("object store error {what}: {source}")]
+    #[error("object store error {what}: {}", without_xml_bodies(&source.to_string()))]
     Store {
         what: String,
         #[source]
@@ -87,6 +91,45 @@ impl IndexError {
     pub(crate) fn task_failed(what: &str, e: tokio::task::JoinError) -> Self {
         Self::Internal(format!("{what} did not finish: {e}"))
     }
+}
+
+/// An error as one line for an operator: the domain error unwrapped from the
+/// engine's layers and shown without the engine's prefixes (`External error: `,
+/// `Internal error: `, …), and each XML error body a store answered with reduced
+/// to its code, message and request id (the URL stays in the text around it).
+pub fn error_line(error: DataFusionError) -> String {
+    let text = match IndexError::from(error) {
+        IndexError::DataFusion(e) => e.message().into_owned(),
+        other => other.to_string(),
+    };
+    without_xml_bodies(&text).replace('\n', " ")
+}
+
+/// `text` with each `<?xml …><Error>…</Error>` body replaced by its `Code`,
+/// `Message` and `RequestId`.
+pub(crate) fn without_xml_bodies(text: &str) -> String {
+    let tag = |body: &str, name: &str| -> Option<String> {
+        let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = body[start..].find(&format!("</{name}>"))?;
+        Some(body[start..start + len].to_string())
+    };
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("<?xml") {
+        let Some(len) = rest[start..].find("</Error>") else {
+            break;
+        };
+        let body = &rest[start..start + len + "</Error>".len()];
+        out.push_str(&rest[..start]);
+        let parts: Vec<String> = [("Code", ""), ("Message", ""), ("RequestId", "request id ")]
+            .iter()
+            .filter_map(|(name, label)| tag(body, name).map(|v| format!("{label}{v}")))
+            .collect();
+        out.push_str(&parts.join(", "));
+        rest = &rest[start + body.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl From<IndexError> for DataFusionError {
@@ -147,6 +190,7 @@ impl IndexError {
                 supported: *supported,
             },
             Self::Finalize(s) => Self::Finalize(s.clone()),
+            Self::NothingToFinalize(s) => Self::NothingToFinalize(s.clone()),
             Self::Conflict(s) => Self::Conflict(s.clone()),
             Self::NotFound(s) => Self::NotFound(s.clone()),
             Self::Internal(s) => Self::Internal(s.clone()),
@@ -165,6 +209,30 @@ impl IndexError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operators_read_one_line_without_prefixes_or_xml() {
+        let body = "Error performing GET http://127.0.0.1:9000/b?list-type=2 in 1ms - Server \
+            returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+            <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>\
+            <RequestId>R42</RequestId></Error>";
+        let store = DataFusionError::External(Box::new(object_store::Error::Generic {
+            store: "S3",
+            source: body.into(),
+        }));
+        let line = error_line(store);
+        assert!(
+            line.ends_with(
+                "404 Not Found: NoSuchBucket, The specified bucket does not exist, request id R42"
+            ) && line.contains("http://127.0.0.1:9000/b")
+                && !line.contains("External error"),
+            "{line}"
+        );
+        let ours = error_line(IndexError::Conflict("version 3 exists".into()).into());
+        assert_eq!(ours, "commit conflict: version 3 exists");
+        let planning = error_line(DataFusionError::Plan("table 'x' not found".into()));
+        assert_eq!(planning, "table 'x' not found");
+    }
 
     #[test]
     fn domain_errors_survive_a_plan() {

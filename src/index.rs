@@ -14,18 +14,18 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
-use crate::catalog::SegmentsTable;
-use crate::catalog::{vacuum, VacuumOptions, VacuumReport};
+use crate::catalog::{restore, vacuum, Restored, VacuumOptions, VacuumReport};
+use crate::catalog::{ReadWhole, SegmentsTable};
 use crate::error::{IndexError, Result};
 use crate::exec::{exact_rows, primitive};
 use crate::finalize::{finalize_plan, FinalizeOptions};
 use crate::format::{IndexLocation, ShardManifest, VersionManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
-use crate::model::{train_model, Model, SampleCollector, TrainOptions};
+use crate::model::{check_before_training, train_model, Model, SampleCollector, TrainOptions};
 use crate::progress::{ProgressStep, Tracker};
 use crate::runner;
 use crate::search::{search_plan, SearchCache, SearchOptions, SearchTarget};
-use crate::staging::ShardsTable;
+use crate::staging::{discard_shard, DiscardedShard, ShardsTable};
 use crate::worker::{
     fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardPublishExec,
     VectorIndexShardWriteExec,
@@ -70,6 +70,8 @@ impl VectorIndex {
         options: &TrainOptions,
     ) -> Result<Model> {
         check_vector_column(&df, column)?;
+        options.check()?;
+        check_before_training(&self.location, options).await?;
         let (mut stream, tracker) =
             tracked_stream(df.select_columns(&[column])?, ProgressStep::Sampling).await?;
         let mut sample: Option<SampleCollector> = None;
@@ -261,13 +263,73 @@ impl VectorIndex {
     }
 
     /// Plans, merges and commits the staged shards; one row per new segment.
+    ///
+    /// A finalize that loses a race to another finalize of the same shards fails with
+    /// [`IndexError::Conflict`], wherever it noticed (a staged file gone while it
+    /// merged, a shard half removed while it planned, or at its commit).
     pub async fn finalize(
         &self,
         ctx: &SessionContext,
         options: &FinalizeOptions,
     ) -> Result<Vec<RecordBatch>> {
-        let plan = self.finalize_plan(ctx, options).await?;
-        Ok(runner::collect(plan, ctx.task_ctx()).await?)
+        let base = crate::catalog::list_versions(&self.location)
+            .await?
+            .last()
+            .copied();
+        let run = async {
+            let plan = self.finalize_plan(ctx, options).await?;
+            Ok(runner::collect(plan, ctx.task_ctx()).await?)
+        };
+        match run.await {
+            Ok(batches) => Ok(batches),
+            Err(e) => Err(self.finalized_concurrently(base, e).await),
+        }
+    }
+
+    /// `error`, or a [`IndexError::Conflict`] when it concerns a staged shard that a
+    /// version committed after `base` consumed: the winner of a race removes the
+    /// shards it merged, and the loser must not report their absence as damage.
+    /// Shard ids are UUIDs, so an error naming one names that shard.
+    async fn finalized_concurrently(&self, base: Option<u64>, error: IndexError) -> IndexError {
+        if matches!(
+            error,
+            IndexError::Conflict(_) | IndexError::InvalidArgument { .. }
+        ) {
+            return error;
+        }
+        let text = error.to_string();
+        let Ok(versions) = crate::catalog::list_versions(&self.location).await else {
+            return error;
+        };
+        for version in versions.into_iter().filter(|&v| Some(v) > base) {
+            let Ok(manifest) = self.version(version).await else {
+                continue;
+            };
+            if let Some(shard) = manifest
+                .segments
+                .iter()
+                .flat_map(|s| &s.consumed_shards)
+                .find(|shard| text.contains(shard.as_str()))
+            {
+                return IndexError::Conflict(format!(
+                    "shard {shard} was finalized concurrently by version {version}; nothing was \
+                     committed by this call, and nothing is left to do for that shard"
+                ));
+            }
+        }
+        error
+    }
+
+    /// Removes staged shard `shard_id` (see `discard_vector_index_shard`): the remedy
+    /// for a shard staged by mistake.
+    pub async fn discard_shard(&self, shard_id: &str) -> Result<DiscardedShard> {
+        discard_shard(&self.location, shard_id).await
+    }
+
+    /// Commits the segments of the older committed `version` as a new version (a
+    /// rollback that keeps every version as it was).
+    pub async fn restore(&self, version: u64) -> Result<Restored> {
+        restore(&self.location, version).await
     }
 
     /// Searches the latest version for many queries (n × dim, row-major) at once;
@@ -280,7 +342,7 @@ impl VectorIndex {
     ) -> Result<Vec<Vec<SearchHit>>> {
         let state = ctx.state();
         let cache = SearchCache::of(state.config());
-        let loaded = SearchTarget::load(&self.location, cache.as_deref()).await?;
+        let loaded = SearchTarget::load(&self.location, options.version, cache.as_deref()).await?;
         let dim = loaded.target.model.dim();
         let n = queries.len().checked_div(dim).unwrap_or(0);
         let plan = search_plan(&state, loaded, queries.to_vec(), options)?;

@@ -43,11 +43,12 @@ mod sql;
 mod staging;
 mod worker;
 
-pub use catalog::{CommitMode, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
+pub use catalog::{CommitMode, Restored, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
 #[cfg(feature = "codec")]
 pub use codec::VectorIndexCodec;
-pub use error::{IndexError, Result};
+pub use error::{error_line, IndexError, Result};
 pub use finalize::{FinalizeOptions, SegmentGrouping};
+pub use format::{EnvObjectStoreRegistry, STORE_TIMEOUT_VAR};
 pub use index::{SearchHit, ShardBuild, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
@@ -55,7 +56,8 @@ pub use runner::{attach_runner, runner_of, PlanRunner};
 pub use search::{
     SearchCache, SearchCacheStats, SearchOptions, VectorIndexConfig, DEFAULT_SEARCH_CACHE_BYTES,
 };
-pub use sql::VectorIndexSession;
+pub use sql::{VectorIndexSession, NOTHING_TO_FINALIZE, OUTCOME_KEY};
+pub use staging::DiscardedShard;
 pub use worker::ShardWriter;
 
 /// Graph building and code decoding for `cargo bench --bench hnsw`, which measures

@@ -141,6 +141,11 @@ fn a_failing_statement_stops_the_run_with_one_line_and_status_1() {
         stderr.starts_with("dvi: ") && stderr.contains("index.json"),
         "{stderr}"
     );
+    // The library's message, without the engine's prefixes.
+    assert!(
+        !stderr.contains("External error") && !stderr.contains("Internal error"),
+        "{stderr}"
+    );
 
     // The same from a pipe, and a parse error.
     let output = run(&[], Some("SELECT 1;\nSELEC oops;\nSELECT 3 AS never;"));
@@ -155,6 +160,39 @@ fn a_failing_statement_stops_the_run_with_one_line_and_status_1() {
     let output = run(&["-f", "/nonexistent/build.sql"], None);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("cannot read /nonexistent/build.sql"));
+}
+
+/// A finalize with nothing to do is its own outcome: the script goes on, the row
+/// says so, and the run exits with status 3 (scripts tell it from success and
+/// from failure); a run with work done exits 0.
+#[test]
+fn nothing_to_finalize_exits_with_status_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_url(dir.path());
+    let finalize = format!("CALL finalize_vector_index(index => '{index}')");
+    succeeds(&run(
+        &["-c", &format!("{}; {finalize}", setup(&index))],
+        None,
+    ));
+    let output = run(
+        &[
+            "--format",
+            "csv",
+            "-c",
+            &format!("{finalize}; SELECT 2 AS after"),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(
+        stdout.contains(",0,0,0,0,1,\n") && stdout.contains("after"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("dvi: nothing to finalize: no complete shards are staged"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -49,6 +49,7 @@ async fn search(
         k: 5,
         nprobes: 2,
         ef: None,
+        ..Default::default()
     };
     index.search(ctx, &data[..8 * DIM], options).await
 }

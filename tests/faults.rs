@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::faults::{Fault, FaultyStore};
+use common::faults::{Fault, FaultyStore, LostAck};
 use common::*;
 use datafusion_vector_index::SearchOptions;
 use datafusion_vector_index::ShardWriter;
@@ -103,6 +103,7 @@ async fn try_search(
         k: 10,
         nprobes: 4,
         ef: None,
+        ..Default::default()
     };
     index.search(ctx, &queries, options).await
 }
@@ -268,6 +269,7 @@ async fn a_lost_commit_race_is_a_conflict() {
         model: model.fingerprint().to_string(),
         segments: vec![],
         replaced_segments: vec![],
+        restored_from: None,
     };
     store.race_create("_versions/1.json", competitor.to_json().unwrap().into());
     let (ctx, index) = open(Arc::new(store.clone()));
@@ -337,4 +339,63 @@ async fn every_fault_of_a_worker_leaves_no_complete_shard() {
             assert_eq!(complete, 0, "{at}");
         }
     }
+}
+
+/// A commit whose version PUT the store carried out but whose answer was lost (the
+/// connection broke, or a retry found the first attempt's object) is a commit: the
+/// finalize reads the version back, finds its own bytes, and reports success.
+#[tokio::test]
+async fn a_lost_acknowledgement_of_the_commit_is_a_commit() {
+    for ack in [LostAck::Failure, LostAck::AlreadyExists] {
+        let (_, data, template) = staged_template(IndexType::IvfFlat).await;
+        let store = FaultyStore::new(Arc::new(template.fork()));
+        store.lose_create_ack("_versions/1.json", ack);
+        let (ctx, index) = open(Arc::new(store.clone()));
+        let out = index.finalize(&ctx, &options()).await.unwrap_or_else(|e| {
+            panic!("{ack:?}: {e}");
+        });
+        assert_eq!(index.versions().await.unwrap(), vec![1], "{ack:?}");
+        // The same segments and hits as a finalize that heard its answer.
+        let clean = FaultyStore::new(Arc::new(template.fork()));
+        let (clean_ctx, clean_index) = open(Arc::new(clean));
+        let clean_out = clean_index.finalize(&clean_ctx, &options()).await.unwrap();
+        let rows = |batches: &[arrow::array::RecordBatch]| -> usize {
+            batches.iter().map(|b| b.num_rows()).sum()
+        };
+        assert_eq!(rows(&out), rows(&clean_out), "{ack:?}");
+        assert_eq!(
+            search(&ctx, &index, &data).await,
+            search(&clean_ctx, &clean_index, &data).await,
+            "{ack:?}"
+        );
+    }
+}
+
+/// Two finalizers race; the loser is paused at its first read of a staged
+/// `data.arrow` while the winner commits and removes the shards. The loser reports a
+/// conflict naming the winner's version, not a damaged index, and commits nothing.
+#[tokio::test]
+async fn a_finalize_that_loses_a_race_mid_merge_reports_a_conflict() {
+    let (_, _, template) = staged_template(IndexType::IvfFlat).await;
+    let shared: Arc<dyn ObjectStore> = Arc::new(template.fork());
+    let store = FaultyStore::new(Arc::clone(&shared));
+    let winner = Arc::clone(&shared);
+    store.before_first_read(
+        "data.arrow",
+        Box::new(move || {
+            Box::pin(async move {
+                let (ctx, index) = open(winner);
+                index.finalize(&ctx, &options()).await.unwrap();
+            })
+        }),
+    );
+    let (ctx, index) = open(Arc::new(store));
+    let err = index.finalize(&ctx, &options()).await.unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Conflict(m) if m.contains("finalized concurrently by version 1")),
+        "{err:?}"
+    );
+    assert_eq!(index.versions().await.unwrap(), vec![1]);
+    let v1 = index.version(1).await.unwrap();
+    assert_eq!(v1.segments.iter().map(|s| s.rows).sum::<u64>(), ROWS as u64);
 }

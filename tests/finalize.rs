@@ -616,6 +616,7 @@ async fn consumed_shards_are_moved_aside_then_deleted_and_vacuum_finishes() {
         k: 5,
         nprobes: 4,
         ef: None,
+        ..Default::default()
     };
 
     finalize(&t, &FinalizeOptions::default()).await.unwrap();
@@ -681,4 +682,107 @@ async fn consumed_shards_are_moved_aside_then_deleted_and_vacuum_finishes() {
         .removed
         .is_empty());
     assert_eq!(t.index.search(&t.ctx, query, options).await.unwrap(), hits);
+}
+
+/// The operator's day of issue 35: a worker run again over one committed fragment.
+/// Append refuses and names the remedies; replace refuses to drop the segment's
+/// other fragments and changes nothing; discarding the shard clears the way; a
+/// later version is searched beside the older one, and restoring the older one
+/// commits its segments as a new version with nothing lost.
+#[tokio::test]
+async fn a_restaged_fragment_never_drops_rows() {
+    let data = clustered(ROWS, 6, 35);
+    let ids = row_ids(ROWS, FRAGMENTS);
+    let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
+    let t = build(&model, &data, &ids, &[0, 0, 1, 1, 2, 2, 3, 3]).await;
+    finalize(&t, &FinalizeOptions::default()).await.unwrap();
+    let v1 = latest_version(&t).await;
+
+    let fragment_one: Vec<usize> = (0..ROWS).filter(|&i| ids[i] >> 32 == 1).collect();
+    let one_ids: Vec<u64> = fragment_one.iter().map(|&i| ids[i]).collect();
+    let one_data: Vec<f32> = fragment_one
+        .iter()
+        .flat_map(|&i| data[i * DIM..(i + 1) * DIM].iter().copied())
+        .collect();
+    let again = t.stage(&model, &one_data, &one_ids, &[0, 0]).await;
+    assert_eq!(again.len(), 1);
+    let staged_before = staged(&t);
+
+    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "discard_vector_index_shard(index => ..., shard => '{}')",
+            again[0]
+        )) && text.contains("covering all 8 fragments"),
+        "{text}"
+    );
+    let replace = FinalizeOptions {
+        mode: CommitMode::Replace,
+        ..Default::default()
+    };
+    let err = finalize(&t, &replace).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "replacing committed segment {} ({ROWS} rows, 8 fragments) would drop the rows of its 7 fragments",
+            v1.segments[0].segment_id
+        )),
+        "{err}"
+    );
+    assert_eq!(t.index.versions().await.unwrap(), vec![1]);
+    assert_eq!(staged(&t), staged_before, "the staging area is as it was");
+
+    // Discarding the re-staged shard through SQL leaves nothing to finalize.
+    let session = datafusion_vector_index::VectorIndexSession::with_context(t.ctx.clone());
+    let url = t.location().url().to_string();
+    let out = session
+        .sql(&format!(
+            "CALL discard_vector_index_shard(index => '{url}', shard => '{}')",
+            again[0]
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(out[0].num_rows(), 1);
+    assert!(staged(&t).is_empty());
+    let err = finalize(&t, &FinalizeOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("no complete shards"), "{err}");
+
+    // Version 2 adds fragments 8 and 9; version 1 still answers without them.
+    let more_ids: Vec<u64> = ids.iter().map(|i| i + (8u64 << 32)).collect();
+    let owners: Vec<usize> = (0..16).map(|f| usize::from(f < 8)).collect();
+    assert_eq!(t.stage(&model, &data, &more_ids, &owners).await.len(), 1);
+    finalize(&t, &FinalizeOptions::default()).await.unwrap();
+    let query = &data[fragment_one[0] * DIM..(fragment_one[0] + 1) * DIM];
+    let search = |version| {
+        let options = datafusion_vector_index::SearchOptions {
+            k: 2,
+            nprobes: 8,
+            version,
+            ..Default::default()
+        };
+        let t = &t;
+        async move { t.index.search(&t.ctx, query, options).await.unwrap() }
+    };
+    let fragments = |hits: Vec<Vec<datafusion_vector_index::SearchHit>>| -> Vec<u64> {
+        hits[0].iter().map(|h| h.row_id >> 32).collect()
+    };
+    // The query's own row, and its twin in fragment 9 once version 2 has it.
+    assert_eq!(fragments(search(Some(1)).await), [1, 1]);
+    let latest = fragments(search(None).await);
+    assert!(latest.contains(&1) && latest.contains(&9), "{latest:?}");
+
+    let restored = t.index.restore(1).await.unwrap();
+    assert_eq!((restored.version, restored.restored_from), (3, 1));
+    assert_eq!(restored.rows, ROWS as u64);
+    let v3 = latest_version(&t).await;
+    assert_eq!(v3.segments, v1.segments);
+    assert_eq!(v3.restored_from, Some(1));
+    assert_eq!(fragments(search(None).await), [1, 1]);
+    // Version 2 is kept as written, and can be restored in turn.
+    assert_eq!(latest_version(&t).await.version, 3);
+    assert_eq!(t.index.version(2).await.unwrap().segments.len(), 2);
+    assert_eq!(t.index.restore(2).await.unwrap().version, 4);
 }

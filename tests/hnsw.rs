@@ -46,6 +46,7 @@ async fn recall(
         k: 10,
         nprobes: 2,
         ef,
+        ..Default::default()
     };
     let hits = t.index.search(&t.ctx, queries, options).await.unwrap();
     let mut found = 0;
@@ -131,6 +132,7 @@ async fn graphs_are_stored_per_partition_and_checked_when_read() {
         k: 5,
         nprobes: PARTITIONS,
         ef: None,
+        ..Default::default()
     };
     let err = t.search_error(&data[..DIM], options).await;
     assert!(

@@ -254,6 +254,82 @@ async fn a_store_without_conditional_writes_is_refused_at_create() {
     assert!(!text.contains(s3_server::SECRET_KEY));
 }
 
+/// `create` refuses what it can before it trains: a store that ignores conditional
+/// writes, a bucket that does not exist, an index already there with other
+/// parameters. None of them reads a row of the table (no sampling step starts), and
+/// none leaves an object behind.
+#[tokio::test]
+async fn create_refuses_before_training() {
+    let data = clustered(ROWS, 8, 36);
+    let ctx = session();
+    let session = VectorIndexSession::with_context(ctx.clone());
+    let ctx = session.context().clone();
+    let batch = arrow::array::RecordBatch::try_from_iter([("vec", vector_array(&data))]).unwrap();
+    ctx.register_batch("items", batch).unwrap();
+    let options = datafusion_vector_index::TrainOptions {
+        num_partitions: 4,
+        ..Default::default()
+    };
+    let create = |url: String| {
+        let (ctx, options) = (ctx.clone(), options.clone());
+        async move {
+            let index = VectorIndex::open(&ctx, &url).unwrap();
+            index
+                .create(ctx.table("items").await.unwrap(), "vec", &options)
+                .await
+        }
+    };
+    let server = s3_server::server();
+    let lax = server.lax_bucket();
+    let err = create(format!("s3://{lax}/idx"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ignored a conditional write"), "{err}");
+    let err = create("s3://no-such-bucket-here/idx".to_string())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NoSuchBucket") && !err.contains("<?xml"),
+        "{err}"
+    );
+    let sampled = session
+        .progress()
+        .unwrap()
+        .snapshot()
+        .into_iter()
+        .any(|s| s.step == datafusion_vector_index::ProgressStep::Sampling);
+    assert!(!sampled, "nothing was sampled");
+
+    let bucket = server.bucket();
+    let url = format!("s3://{bucket}/preflight");
+    create(url.clone()).await.unwrap();
+    // The same parameters again: the same model, a no-op.
+    create(url.clone()).await.unwrap();
+    let other = datafusion_vector_index::TrainOptions {
+        num_partitions: 8,
+        ..options.clone()
+    };
+    let index = VectorIndex::open(&ctx, &url).unwrap();
+    let err = index
+        .create(ctx.table("items").await.unwrap(), "vec", &other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already exists with model") && err.contains("4 partitions"),
+        "{err}"
+    );
+    let store = index.location().store();
+    let left: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+        store.list(Some(&Path::from("preflight/_probe"))),
+    )
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A search reads the probed partitions of each segment with ranged GETs, not
 /// whole files: at nprobes 2 of 8 partitions, a handful of requests; the probed
 /// partitions of one file with one request.
@@ -280,6 +356,7 @@ async fn a_search_reads_only_the_probed_partitions() {
         k: 5,
         nprobes: 2,
         ef: None,
+        ..Default::default()
     };
     index.search(&ctx, &data[..DIM], search).await.unwrap();
     let (gets, ranged) = (

@@ -45,6 +45,7 @@ async fn eight_workers_equal_one_worker_for_every_type() {
                 k: 10,
                 nprobes: 4,
                 ef: Some(50),
+                ..Default::default()
             };
             let a = searched(&one, &queries, options).await;
             let b = searched(&eight, &queries, options).await;
@@ -118,6 +119,7 @@ async fn flat_with_every_partition_probed_is_brute_force() {
                     k: 10,
                     nprobes: 16,
                     ef: None,
+                    ..Default::default()
                 },
             )
             .await
@@ -161,6 +163,7 @@ async fn recall_on_clustered_data() {
                     k: 10,
                     nprobes: 8,
                     ef: None,
+                    ..Default::default()
                 },
             )
             .await
@@ -286,6 +289,7 @@ async fn cached_and_uncached(
         k: 10,
         nprobes: 6,
         ef: None,
+        ..Default::default()
     };
     let url = t.location().url().to_string();
     let cached = VectorIndexSession::with_search_cache(Arc::clone(cache));
@@ -508,6 +512,7 @@ async fn small_searches_run_in_one_partition_larger_ones_spread() {
         k: 10,
         nprobes: 4,
         ef: None,
+        ..Default::default()
     };
     let reference = VectorIndex::open(&SessionContext::new(), &url)
         .unwrap()
@@ -548,6 +553,7 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
         k: 10,
         nprobes: 2,
         ef: None,
+        ..Default::default()
     };
     for ty in IndexType::ALL {
         let model = train(&data, ty, Metric::L2, 2);

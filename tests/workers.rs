@@ -176,3 +176,115 @@ fn dvi_reports_a_failing_statement_in_one_line_and_exits_1() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// README's "From a shell" flow as an operator types it, one fresh `dvi` process per
+/// step, with the table itself on S3: a `COPY … TO 's3://…'`, then workers that
+/// declare it with `CREATE EXTERNAL TABLE … LOCATION 's3://…'` and stage their
+/// fragments from it, a coordinator that finalizes and searches joined to it.
+#[test]
+fn a_table_on_s3_works_in_fresh_processes() {
+    let server = s3_server::server();
+    let bucket = server.bucket();
+    let items = format!("s3://{bucket}/readme/items/");
+    let index = format!("s3://{bucket}/readme/idx");
+    let fresh = |sql: String| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dvi"));
+        command
+            .envs(server.env())
+            .args(["-c", &sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let external = format!("CREATE EXTERNAL TABLE items STORED AS PARQUET LOCATION '{items}'");
+    succeeds(fresh(format!(
+        "COPY (SELECT \
+           CAST(value AS BIGINT UNSIGNED) + (CAST(value % 4 AS BIGINT UNSIGNED) << 32) AS row_id, \
+           make_array(sin(value), cos(value * 0.7), value / 2000.0, (value % 13) / 13.0) AS vec \
+         FROM generate_series(0, 1999)) TO '{items}' STORED AS PARQUET"
+    )));
+    let counted = succeeds(fresh(format!(
+        "{external}; SELECT count(*) AS n FROM items"
+    )));
+    assert!(counted.contains("| 2000 |"), "{counted}");
+    succeeds(fresh(format!(
+        "{external}; CALL create_vector_index(index => '{index}', table => 'items', column => 'vec', \
+         type => 'IVF_PQ', num_partitions => 4, num_sub_vectors => 2)"
+    )));
+    let workers: Vec<_> = ["< 2", ">= 2"]
+        .iter()
+        .map(|range| {
+            fresh(format!(
+                "{external}; CALL build_vector_index_shard(index => '{index}', table => 'items', \
+                 column => 'vec', where => 'row_id >> 32 {range}')"
+            ))
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let output = w.wait_with_output().unwrap();
+        assert!(output.status.success(), "{:?}", text(&output));
+    }
+    let found = succeeds(fresh(format!(
+        "{external}; CALL finalize_vector_index(index => '{index}', expect_fragments => '0-3'); \
+         SELECT t.row_id FROM vector_search('{index}', [sin(9.0), cos(6.3), 9.0 / 2000.0, 9.0 / 13.0], 1, nprobes => 4) s \
+         JOIN items t ON t.row_id = s.row_id"
+    )));
+    assert!(
+        found.contains("| 4294967305 |"),
+        "row 9 finds itself: {found}"
+    );
+}
+
+/// A store that stops answering: a listener on loopback that accepts connections
+/// and never replies. With `--timeout 2` a statement fails within a few seconds
+/// (not object_store's three minutes), in one line that says how long it waited
+/// and how to give it more time.
+#[test]
+fn a_store_that_stops_answering_fails_within_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || {
+            // Bounded: the test ends long before this many connections.
+            for stream in listener.incoming().take(64).flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_dvi"))
+        .args([
+            "--endpoint-url",
+            &endpoint,
+            "--allow-http",
+            "--timeout",
+            "2",
+            "-c",
+            "SELECT * FROM vector_index_segments('s3://paused/idx')",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "waited {waited:?}: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("dvi: ")
+            && stderr.trim_end().lines().count() == 1
+            && stderr.contains("gave up after")
+            && stderr.contains("may take 2 s")
+            && stderr.contains("dvi --timeout"),
+        "{stderr}"
+    );
+    assert!(!held.lock().unwrap().is_empty(), "the store was asked");
+}

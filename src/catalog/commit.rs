@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use object_store::path::Path;
 use roaring::RoaringBitmap;
 
 use super::{latest_version, read_segment, read_segment_fragments};
@@ -157,12 +158,19 @@ impl Transaction {
             })?;
             let (manifest, fragments) = self.manifest_of(s);
             let dir = location.segment_dir(&manifest.segment_id);
-            location
-                .put_if_absent(&dir.clone().join("fragments.roaring"), fragments)
-                .await?;
-            if !location
-                .put_if_absent(&dir.join("segment.json"), manifest.to_json()?)
-                .await?
+            let fragments_written = put_new(
+                location,
+                &dir.clone().join("fragments.roaring"),
+                fragments.into(),
+            )
+            .await?;
+            if !(fragments_written
+                && put_new(
+                    location,
+                    &dir.join("segment.json"),
+                    manifest.to_json()?.into(),
+                )
+                .await?)
             {
                 return Err(IndexError::Conflict(format!(
                     "segment {} already exists",
@@ -181,6 +189,10 @@ impl Transaction {
             new_fragments.push((manifest.segment_id, bitmap));
         }
 
+        let mut all_new = RoaringBitmap::new();
+        for (_, f) in &new_fragments {
+            all_new |= f;
+        }
         let mut committed_fragments: HashMap<String, RoaringBitmap> = HashMap::new();
         for _ in 0..self.max_attempts {
             let latest = latest_version(location).await?;
@@ -218,7 +230,14 @@ impl Transaction {
                                 seg.segment_id
                             )))
                         }
-                        CommitMode::Replace => replaced.push(seg.segment_id.clone()),
+                        CommitMode::Replace => {
+                            if let Some(dropped) = replace_would_drop(&seg.segment_id, seg.rows, theirs, &all_new) {
+                                return Err(IndexError::Conflict(format!(
+                                    "{dropped} (committed concurrently); nothing was committed"
+                                )));
+                            }
+                            replaced.push(seg.segment_id.clone())
+                        }
                     }
                 }
             }
@@ -234,11 +253,9 @@ impl Transaction {
                 model: self.model.fingerprint().to_string(),
                 segments,
                 replaced_segments: replaced.clone(),
+                restored_from: None,
             };
-            if location
-                .put_if_absent(&location.version_file(version), manifest.to_json()?)
-                .await?
-            {
+            if put_version(location, &manifest).await? {
                 return Ok(Committed {
                     version,
                     segments: refs,
@@ -277,6 +294,82 @@ impl Transaction {
             consumed_shards: s.consumed_shards,
         };
         (manifest, s.fragments)
+    }
+}
+
+/// Why replacing committed segment `segment_id` (`rows` rows over `theirs`) with new
+/// segments over `new` would drop rows, or `None` when `new` covers all of it:
+/// `replace` takes the place of whole segments, so fragments no new segment covers
+/// would silently leave the index.
+pub(crate) fn replace_would_drop(
+    segment_id: &str,
+    rows: u64,
+    theirs: &RoaringBitmap,
+    new: &RoaringBitmap,
+) -> Option<String> {
+    let dropped = theirs - new;
+    (!dropped.is_empty()).then(|| {
+        format!(
+            "replacing committed segment {segment_id} ({rows} rows, {} fragments) would drop the rows \
+             of its {} fragments that no staged shard covers ({}); stage shards for those fragments \
+             too, or discard the staged shard with CALL discard_vector_index_shard(index => ..., shard => ...)",
+            theirs.len(),
+            dropped.len(),
+            fragment_sample(&dropped)
+        )
+    })
+}
+
+/// Up to five members of `b`, and how many more there are.
+pub(crate) fn fragment_sample(b: &RoaringBitmap) -> String {
+    let shown: Vec<String> = b.iter().take(5).map(|f| f.to_string()).collect();
+    let more = b.len().saturating_sub(5);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Writes `manifest` as its version's file, only if absent: `true` when it is now
+/// committed, `false` when another writer's version is there.
+pub(crate) async fn put_version(
+    location: &IndexLocation,
+    manifest: &VersionManifest,
+) -> Result<bool> {
+    let path = location.version_file(manifest.version);
+    put_new(location, &path, bytes::Bytes::from(manifest.to_json()?)).await
+}
+
+/// Writes `bytes` at `path` only if nothing is there: `true` when `path` now holds
+/// them, `false` when it holds another writer's bytes.
+///
+/// The outcome of a create-only PUT can be lost on its way back: the store wrote the
+/// object, and the client saw a failure (or, when it retried the request, the
+/// store's answer to the retry: "already exists"). So whenever the put does not
+/// plainly succeed, the object is read back, and it is ours when it holds our bytes.
+async fn put_new(location: &IndexLocation, path: &Path, bytes: bytes::Bytes) -> Result<bool> {
+    let failure = match location.put_if_absent(path, bytes.clone()).await {
+        Ok(true) => return Ok(true),
+        Ok(false) => None,
+        Err(e) => Some(e),
+    };
+    match (location.get_opt(path).await, failure) {
+        (Ok(Some(found)), _) => Ok(found == bytes),
+        (Ok(None), Some(e)) => Err(e),
+        (Ok(None), None) => Err(IndexError::Conflict(format!(
+            "the store reported {} as existing, but it cannot be read",
+            location.object_url(path)
+        ))),
+        (Err(read), Some(IndexError::Store { what, source })) => Err(IndexError::Store {
+            what: format!(
+                "{what}; reading it back failed too ({read}), so it may or may not have been \
+                 written: look with SELECT * FROM vector_index_versions('{}') before running again",
+                location.url()
+            ),
+            source,
+        }),
+        (Err(_), Some(e)) | (Err(e), None) => Err(e),
     }
 }
 
@@ -591,10 +684,26 @@ mod tests {
             matches!(&err, IndexError::Conflict(m) if m.contains("overlaps committed segment theirs")),
             "{err:?}"
         );
+        // Replacing `theirs` with rows of fragments 1 and 2 would drop fragment 0.
         let loc = racing(competitor(theirs()).await);
-        let ours = commit_one(&loc, segment("ours", "s2", &[1, 2]), CommitMode::Replace, 3)
+        let err = commit_one(&loc, segment("ours", "s2", &[1, 2]), CommitMode::Replace, 3)
             .await
-            .unwrap();
+            .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Conflict(m) if m.contains("replacing committed segment theirs")
+                && m.contains("its 1 fragments that no staged shard covers (0)")),
+            "{err:?}"
+        );
+        assert_eq!(crate::catalog::list_versions(&loc).await.unwrap(), [1]);
+        let loc = racing(competitor(theirs()).await);
+        let ours = commit_one(
+            &loc,
+            segment("ours", "s2", &[0, 1, 2]),
+            CommitMode::Replace,
+            3,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (ours.version, ours.replaced),
             (2, vec!["theirs".to_string()])

@@ -5,14 +5,9 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::Session;
-use datafusion::common::Result;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::TableProvider;
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
 use futures::{StreamExt, TryStreamExt};
 
+use super::whole_table::ReadWhole;
 use super::{latest_version, read_segment};
 use crate::format::IndexLocation;
 
@@ -46,9 +41,16 @@ impl SegmentsTable {
     pub(crate) fn new(location: IndexLocation) -> Self {
         Self { location }
     }
+}
+
+#[async_trait]
+impl ReadWhole for SegmentsTable {
+    fn schema(&self) -> SchemaRef {
+        segments_schema()
+    }
 
     /// One row per committed segment of the latest version (no rows before the first commit).
-    pub(crate) async fn read_batch(&self) -> crate::Result<RecordBatch> {
+    async fn read_batch(&self) -> crate::Result<RecordBatch> {
         let loc = &self.location;
         let Some(version) = latest_version(loc).await? else {
             // No rows before the first commit, but an error where there is no index.
@@ -103,31 +105,5 @@ impl SegmentsTable {
             )),
         ];
         Ok(RecordBatch::try_new(segments_schema(), cols)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for SegmentsTable {
-    fn schema(&self) -> SchemaRef {
-        segments_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.read_batch().await?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            segments_schema(),
-            projection.cloned(),
-        )?)
     }
 }

@@ -17,6 +17,24 @@ pub(crate) async fn list_versions(location: &IndexLocation) -> Result<Vec<u64>> 
     Ok(versions)
 }
 
+/// Refuses `version` unless it is one of `versions` (the index's, ascending).
+pub(crate) fn check_listed(location: &IndexLocation, versions: &[u64], version: u64) -> Result<()> {
+    if versions.contains(&version) {
+        return Ok(());
+    }
+    let range = match (versions.first(), versions.last()) {
+        (Some(first), Some(last)) => format!("its versions are {first}..={last}"),
+        _ => "it has no committed version".to_string(),
+    };
+    Err(IndexError::invalid_argument(
+        "version",
+        format!(
+            "index {} has no version {version} ({range})",
+            location.url()
+        ),
+    ))
+}
+
 pub(crate) async fn read_version(
     location: &IndexLocation,
     version: u64,

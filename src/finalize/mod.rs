@@ -34,7 +34,7 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use commit_exec::VectorIndexCommitExec;
+pub(crate) use commit_exec::{commit_output_schema, VectorIndexCommitExec};
 pub(crate) use merge_exec::VectorIndexMergeExec;
 pub(crate) use plan_exec::VectorIndexPlanExec;
 use work_units::work_unit_key;
@@ -71,6 +71,11 @@ pub struct FinalizeOptions {
     pub max_commit_attempts: usize,
     /// Merge partitions; defaults to the session's target partitions.
     pub merge_partitions: Option<usize>,
+    /// Fragments that must be staged or committed once this finalize commits; a
+    /// fragment in none of them (a worker that never staged) fails the finalize,
+    /// naming it.
+    #[serde(default)]
+    pub expect_fragments: Option<Vec<std::ops::RangeInclusive<u32>>>,
 }
 
 impl FinalizeOptions {
@@ -108,8 +113,52 @@ impl Default for FinalizeOptions {
             target_file_bytes: 4 << 20,
             max_commit_attempts: 5,
             merge_partitions: None,
+            expect_fragments: None,
         }
     }
+}
+
+/// Fragment ranges as written in `expect_fragments` (`0-11`, `0-3,5,7-9`).
+pub(crate) fn fragment_ranges(ranges: &[std::ops::RangeInclusive<u32>]) -> String {
+    ranges
+        .iter()
+        .map(|r| {
+            if r.start() == r.end() {
+                r.start().to_string()
+            } else {
+                format!("{}-{}", r.start(), r.end())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `expect_fragments`: comma-separated fragment ids and inclusive ranges
+/// (`0-11`, `0-3,5,7-9`).
+pub(crate) fn parse_fragment_ranges(text: &str) -> Result<Vec<std::ops::RangeInclusive<u32>>> {
+    let bad = |why: String| {
+        crate::error::IndexError::invalid_argument(
+            "expect_fragments",
+            format!("'{text}': {why}; write fragment ids and ranges such as '0-11' or '0-3,5,7-9'"),
+        )
+    };
+    let id = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| bad(format!("'{}' is not a fragment id", s.trim())))
+    };
+    text.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (id(a)?, id(b)?);
+                if a > b {
+                    return Err(bad(format!("the range {a}-{b} is empty")));
+                }
+                Ok(a..=b)
+            }
+            None => id(part).map(|f| f..=f),
+        })
+        .collect()
 }
 
 /// A segment as planned: its shards and what the commit needs to know about it.

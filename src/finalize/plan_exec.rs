@@ -15,10 +15,14 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
+use roaring::RoaringBitmap;
 
-use super::planning::{check_shard_model, plan_segments, CommittedSegment, Planned, PlannedShard};
+use super::planning::{
+    check_expected_fragments, check_shard_model, plan_segments, CommittedSegment, Planned,
+    PlannedShard,
+};
 use super::work_units::{unit_batch, work_unit_schema};
-use super::{FinalizeOptions, SegmentGrouping, WorkUnit};
+use super::{fragment_ranges, FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
 use crate::exec::{compute_properties, single_child, strings};
@@ -96,7 +100,11 @@ impl DisplayAs for VectorIndexPlanExec {
             self.options.mode,
             self.options.target_file_bytes,
             self.options.skip_incomplete
-        )
+        )?;
+        if let Some(expected) = &self.options.expect_fragments {
+            write!(f, ", expect_fragments={}", fragment_ranges(expected))?;
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +263,11 @@ async fn plan(
         .into());
     }
     if candidates.is_empty() {
-        return Err(IndexError::Finalize(format!(
+        if let Some(expected) = &options.expect_fragments {
+            let committed = committed_segments(location, latest.as_ref()).await?;
+            check_expected_fragments(expected, &RoaringBitmap::new(), &committed)?;
+        }
+        return Err(IndexError::NothingToFinalize(format!(
             "no complete shards are staged in {}/_staging{}",
             location.url(),
             if consumed.is_empty() {
@@ -276,20 +288,28 @@ async fn plan(
         check_shard_model(&s.manifest, model)?;
     }
 
-    let mut committed = Vec::new();
-    if let Some(v) = &latest {
-        for s in &v.segments {
-            let seg = read_segment(location, &s.segment_id).await?;
-            committed.push(CommittedSegment {
-                segment_id: s.segment_id.clone(),
-                fragments: read_segment_fragments(location, &seg).await?,
-            });
-        }
-    }
+    let committed = committed_segments(location, latest.as_ref()).await?;
     let planned = plan_segments(shards, &committed, model, options, &mut || {
         uuid::Uuid::new_v4().to_string()
     })?;
     Ok(planned)
+}
+
+/// The segments of `latest`, with their fragments.
+async fn committed_segments(
+    location: &IndexLocation,
+    latest: Option<&VersionManifest>,
+) -> Result<Vec<CommittedSegment>> {
+    let mut committed = Vec::new();
+    for s in latest.iter().flat_map(|v| &v.segments) {
+        let seg = read_segment(location, &s.segment_id).await?;
+        committed.push(CommittedSegment {
+            segment_id: s.segment_id.clone(),
+            rows: s.rows,
+            fragments: read_segment_fragments(location, &seg).await?,
+        });
+    }
+    Ok(committed)
 }
 
 /// One batch per work unit, so that a repartition spreads them one by one.

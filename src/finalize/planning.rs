@@ -5,7 +5,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use super::{FinalizeOptions, SegmentGrouping, SegmentPlan, ShardInput, WorkUnit};
-use crate::catalog::CommitMode;
+use crate::catalog::{fragment_sample, replace_would_drop, CommitMode};
 use crate::error::{IndexError, Result};
 use crate::format::ShardManifest;
 use crate::model::ModelInfo;
@@ -23,6 +23,7 @@ pub(crate) struct PlannedShard {
 #[derive(Debug, Clone)]
 pub(crate) struct CommittedSegment {
     pub segment_id: String,
+    pub rows: u64,
     pub fragments: RoaringBitmap,
 }
 
@@ -31,16 +32,6 @@ pub(crate) struct CommittedSegment {
 pub(crate) struct Planned {
     pub units: Vec<WorkUnit>,
     pub fragments: Vec<(String, RoaringBitmap)>,
-}
-
-fn sample(b: &RoaringBitmap) -> String {
-    let shown: Vec<String> = b.iter().take(5).map(|f| f.to_string()).collect();
-    let more = b.len().saturating_sub(5);
-    if more > 0 {
-        format!("{} and {more} more", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
 }
 
 /// Checks a shard's manifest against the index's model.
@@ -104,6 +95,32 @@ pub(super) fn check_shard_model(shard: &ShardManifest, model: &ModelInfo) -> Res
     Ok(())
 }
 
+/// Refuses when a fragment of `expected` is neither in `staged` nor in a committed
+/// segment: its worker never staged it.
+pub(crate) fn check_expected_fragments(
+    expected: &[std::ops::RangeInclusive<u32>],
+    staged: &RoaringBitmap,
+    committed: &[CommittedSegment],
+) -> Result<()> {
+    let mut missing = RoaringBitmap::new();
+    for range in expected {
+        missing.insert_range(range.clone());
+    }
+    missing -= staged;
+    for seg in committed {
+        missing -= &seg.fragments;
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(IndexError::Finalize(format!(
+        "{} expected fragments are neither staged nor committed: {}; run the workers for them \
+         (or finalize without expect_fragments)",
+        missing.len(),
+        fragment_sample(&missing)
+    )))
+}
+
 /// Groups checked shards into segments and splits each segment into work units.
 /// `committed` are the segments of the latest version.
 pub(crate) fn plan_segments(
@@ -129,6 +146,13 @@ pub(crate) fn plan_segments(
         )));
     }
 
+    if let Some(s) = shards.iter().find(|s| s.manifest.rows == 0) {
+        return Err(IndexError::Finalize(format!(
+            "shard {} holds no rows, and a segment without rows is never committed; discard \
+             it with CALL discard_vector_index_shard(index => ..., shard => '{}')",
+            s.manifest.shard_id, s.manifest.shard_id
+        )));
+    }
     let mut union = RoaringBitmap::new();
     for (i, s) in shards.iter().enumerate() {
         if !union.is_disjoint(&s.fragments) {
@@ -140,35 +164,49 @@ pub(crate) fn plan_segments(
                 return Err(IndexError::Finalize(format!(
                     "shards {other} and {} both cover fragments {}",
                     s.manifest.shard_id,
-                    sample(&common)
+                    fragment_sample(&common)
                 )));
             }
         }
         union |= &s.fragments;
     }
+    if let Some(expected) = &options.expect_fragments {
+        check_expected_fragments(expected, &union, committed)?;
+    }
 
     let mut replaced = Vec::new();
     for seg in committed {
-        for s in &shards {
-            let common = &seg.fragments & &s.fragments;
-            if common.is_empty() {
-                continue;
+        let Some(s) = shards
+            .iter()
+            .find(|s| !seg.fragments.is_disjoint(&s.fragments))
+        else {
+            continue;
+        };
+        match options.mode {
+            CommitMode::Append => {
+                let common = &seg.fragments & &s.fragments;
+                return Err(IndexError::Finalize(format!(
+                    "shard {} covers fragments {} already covered by committed segment {}; \
+                     if the shard was staged again by mistake, discard it with CALL \
+                     discard_vector_index_shard(index => ..., shard => '{}'); to replace those \
+                     rows, stage shards covering all {} fragments of that segment ({}..={}) \
+                     and finalize with mode => 'replace'",
+                    s.manifest.shard_id,
+                    fragment_sample(&common),
+                    seg.segment_id,
+                    s.manifest.shard_id,
+                    seg.fragments.len(),
+                    seg.fragments.min().unwrap_or_default(),
+                    seg.fragments.max().unwrap_or_default(),
+                )));
             }
-            match options.mode {
-                CommitMode::Append => {
-                    return Err(IndexError::Finalize(format!(
-                        "shard {} covers fragments {} already covered by committed segment {} \
-                         (use mode => 'replace' to replace that segment)",
-                        s.manifest.shard_id,
-                        sample(&common),
-                        seg.segment_id
-                    )))
+            CommitMode::Replace => {
+                if let Some(dropped) =
+                    replace_would_drop(&seg.segment_id, seg.rows, &seg.fragments, &union)
+                {
+                    return Err(IndexError::Finalize(dropped));
                 }
-                CommitMode::Replace => {
-                    if !replaced.contains(&seg.segment_id) {
-                        replaced.push(seg.segment_id.clone());
-                    }
-                }
+                replaced.push(seg.segment_id.clone());
             }
         }
     }

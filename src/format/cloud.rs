@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use object_store::ObjectStore;
 
 use crate::error::{IndexError, Result};
@@ -29,7 +30,7 @@ impl std::fmt::Debug for StoreEnv {
 }
 
 impl StoreEnv {
-    /// The `AWS_*`, `GOOGLE_*` and `AZURE_*` variables of this process.
+    /// The `AWS_*`, `GOOGLE_*`, `AZURE_*` and `VECTOR_INDEX_*` variables of this process.
     pub(crate) fn from_process() -> Self {
         Self::from_vars(std::env::vars())
     }
@@ -39,7 +40,7 @@ impl StoreEnv {
             vars: vars
                 .into_iter()
                 .filter(|(k, _)| {
-                    ["AWS_", "GOOGLE_", "AZURE_"]
+                    ["AWS_", "GOOGLE_", "AZURE_", "VECTOR_INDEX_"]
                         .iter()
                         .any(|p| k.starts_with(p))
                 })
@@ -70,6 +71,197 @@ impl StoreEnv {
             .iter()
             .filter(move |(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+    }
+}
+
+/// The variable that sets [`StoreTimeout`] (`dvi --timeout` sets it too).
+pub const STORE_TIMEOUT_VAR: &str = "VECTOR_INDEX_STORE_TIMEOUT";
+
+/// How long one operation on a cloud store may take, retries included, before it
+/// fails: object_store's own default lets a store that stopped answering hang a
+/// call for three minutes, too long for anyone waiting at a terminal.
+///
+/// Each request may take half of it (its connection five seconds at most), so a
+/// request that never gets an answer is tried twice; failures that end sooner
+/// are retried, with backoff, until the time is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreTimeout(std::time::Duration);
+
+#[cfg_attr(
+    not(any(feature = "s3", feature = "gcs", feature = "azure")),
+    allow(dead_code) // used by the cloud stores only
+)]
+impl StoreTimeout {
+    /// The default: a minute.
+    pub(crate) const DEFAULT: Self = Self(std::time::Duration::from_secs(60));
+
+    /// From [`STORE_TIMEOUT_VAR`] (whole seconds, at least 1), or the default.
+    pub(crate) fn from_env(env: &StoreEnv) -> Result<Self> {
+        let Some(value) = env.get(STORE_TIMEOUT_VAR) else {
+            return Ok(Self::DEFAULT);
+        };
+        match value.trim().parse::<u64>() {
+            Ok(secs) if (1..=86_400).contains(&secs) => {
+                Ok(Self(std::time::Duration::from_secs(secs)))
+            }
+            _ => Err(IndexError::invalid_argument(
+                STORE_TIMEOUT_VAR,
+                format!("'{value}' is not a number of seconds between 1 and 86400"),
+            )),
+        }
+    }
+
+    pub(crate) fn seconds(self) -> u64 {
+        self.0.as_secs()
+    }
+
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn client_options(self) -> object_store::ClientOptions {
+        let request = self.0 / 2;
+        object_store::ClientOptions::new()
+            .with_timeout(request)
+            .with_connect_timeout(request.min(std::time::Duration::from_secs(5)))
+    }
+
+    /// Retries start until three quarters of the time are gone: a request that
+    /// hangs for half of it is tried once more, and the last ends near the limit.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn retry(self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            retry_timeout: self.0 * 3 / 4,
+            ..Default::default()
+        }
+    }
+}
+
+/// A cloud store whose failures say how long the operation waited when that was
+/// long (a store that stopped answering), and how to give it more time.
+#[derive(Debug)]
+struct Timed {
+    inner: Arc<dyn ObjectStore>,
+    timeout: StoreTimeout,
+}
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// Failures after this long are told with the time they took.
+const SLOW_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Timed {
+    #[allow(dead_code)] // unused when no cloud feature is on
+    fn wrap(inner: Arc<dyn ObjectStore>, timeout: StoreTimeout) -> Arc<dyn ObjectStore> {
+        Arc::new(Self { inner, timeout })
+    }
+
+    fn told(&self, e: object_store::Error, started: std::time::Instant) -> object_store::Error {
+        self.timeout.told(e, started)
+    }
+}
+
+impl StoreTimeout {
+    /// `e`, told with how long it took, when it took long; kinds that callers act
+    /// on (not found, already exists, …) are kept as they are.
+    fn told(self, e: object_store::Error, started: std::time::Instant) -> object_store::Error {
+        let waited = started.elapsed();
+        if waited < SLOW_FAILURE || !matches!(e, object_store::Error::Generic { .. }) {
+            return e;
+        }
+        object_store::Error::Generic {
+            store: "object store",
+            source: format!(
+                "{e} (gave up after {:.1} s; an operation may take {} s: set {STORE_TIMEOUT_VAR} \
+                 or dvi --timeout to change it)",
+                waited.as_secs_f64(),
+                self.seconds()
+            )
+            .into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Timed {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let started = std::time::Instant::now();
+        (self.inner.put_opts(location, payload, opts).await).map_err(|e| self.told(e, started))
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        let started = std::time::Instant::now();
+        (self.inner.put_multipart_opts(location, opts).await).map_err(|e| self.told(e, started))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let started = std::time::Instant::now();
+        (self.inner.get_opts(location, options).await).map_err(|e| self.told(e, started))
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &object_store::path::Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        let started = std::time::Instant::now();
+        (self.inner.get_ranges(location, ranges).await).map_err(|e| self.told(e, started))
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        let (started, timeout) = (std::time::Instant::now(), self.timeout);
+        futures::StreamExt::boxed(futures::StreamExt::map(
+            self.inner.delete_stream(locations),
+            move |r| r.map_err(|e| timeout.told(e, started)),
+        ))
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        let (started, timeout) = (std::time::Instant::now(), self.timeout);
+        futures::StreamExt::boxed(futures::StreamExt::map(self.inner.list(prefix), move |r| {
+            r.map_err(|e| timeout.told(e, started))
+        }))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        let started = std::time::Instant::now();
+        (self.inner.list_with_delimiter(prefix).await).map_err(|e| self.told(e, started))
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        let started = std::time::Instant::now();
+        (self.inner.copy_opts(from, to, options).await).map_err(|e| self.told(e, started))
     }
 }
 
@@ -115,7 +307,79 @@ fn bucket_url(url: &url::Url) -> String {
 }
 
 fn misconfigured(url: &url::Url, reason: impl std::fmt::Display) -> IndexError {
-    IndexError::invalid_argument("index", format!("{}: {reason}", bucket_url(url)))
+    IndexError::invalid_argument("url", format!("{}: {reason}", bucket_url(url)))
+}
+
+/// An object-store registry that builds the store of a cloud URL (`s3://`, `gs://`,
+/// `az://`, …) from the environment the first time anything asks for it — an index
+/// URL, a table's `LOCATION`, a `COPY … TO` target, a scan on an executor — and
+/// registers it for the next time. It wraps another registry, which is asked first,
+/// so a store registered by the application always wins.
+///
+/// `VectorIndexSession` installs one; an engine of its own installs it with
+/// `RuntimeEnvBuilder::with_object_store_registry`, on every process that meets the
+/// URLs (a cluster's scheduler and executors too).
+#[derive(Debug)]
+pub struct EnvObjectStoreRegistry {
+    inner: Arc<dyn ObjectStoreRegistry>,
+}
+
+impl Default for EnvObjectStoreRegistry {
+    /// Over DataFusion's default registry (`file://` only).
+    fn default() -> Self {
+        Self::new(Arc::new(DefaultObjectStoreRegistry::new()))
+    }
+}
+
+impl EnvObjectStoreRegistry {
+    /// Stores come from `inner` first, and from the environment where it has none.
+    pub fn new(inner: Arc<dyn ObjectStoreRegistry>) -> Self {
+        Self { inner }
+    }
+
+    /// Whether `registry` is one of these (so that it is not wrapped twice).
+    pub(crate) fn is_one(registry: &dyn ObjectStoreRegistry) -> bool {
+        format!("{registry:?}").starts_with("EnvObjectStoreRegistry")
+    }
+}
+
+impl ObjectStoreRegistry for EnvObjectStoreRegistry {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        let missing = match self.inner.get_store(url) {
+            Ok(store) => return Ok(store),
+            Err(e) => e,
+        };
+        match store_for(url, &StoreEnv::from_process())? {
+            Some(store) => {
+                self.inner.register_store(url, Arc::clone(&store));
+                Ok(store)
+            }
+            None => match feature_of(url.scheme()) {
+                Some(feature) => Err(IndexError::invalid_argument(
+                    "url",
+                    format!(
+                        "{}: this build has no `{feature}` feature; build with --features {feature}, \
+                         or register a store with the session (SessionContext::register_object_store)",
+                        bucket_url(url)
+                    ),
+                )
+                .into()),
+                None => Err(missing),
+            },
+        }
+    }
 }
 
 /// Checks the S3 settings for what would fail late or hang.
@@ -165,12 +429,16 @@ fn check_s3(url: &url::Url, env: &StoreEnv) -> Result<()> {
 fn s3(url: &url::Url, env: &StoreEnv) -> Result<Option<Arc<dyn ObjectStore>>> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     check_s3(url, env)?;
-    let builder = configure!(AmazonS3Builder::new(), AmazonS3ConfigKey, env, "AWS_");
+    let timeout = StoreTimeout::from_env(env)?;
+    let builder = AmazonS3Builder::new()
+        .with_client_options(timeout.client_options())
+        .with_retry(timeout.retry());
+    let builder = configure!(builder, AmazonS3ConfigKey, env, "AWS_");
     let store = builder
         .with_url(bucket_url(url))
         .build()
         .map_err(|e| misconfigured(url, e))?;
-    Ok(Some(Arc::new(store)))
+    Ok(Some(Timed::wrap(Arc::new(store), timeout)))
 }
 
 #[cfg(not(feature = "s3"))]
@@ -213,17 +481,16 @@ fn check_gcs(url: &url::Url, env: &StoreEnv) -> Result<()> {
 fn gcs(url: &url::Url, env: &StoreEnv) -> Result<Option<Arc<dyn ObjectStore>>> {
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
     check_gcs(url, env)?;
-    let builder = configure!(
-        GoogleCloudStorageBuilder::new(),
-        GoogleConfigKey,
-        env,
-        "GOOGLE_"
-    );
+    let timeout = StoreTimeout::from_env(env)?;
+    let builder = GoogleCloudStorageBuilder::new()
+        .with_client_options(timeout.client_options())
+        .with_retry(timeout.retry());
+    let builder = configure!(builder, GoogleConfigKey, env, "GOOGLE_");
     let store = builder
         .with_url(bucket_url(url))
         .build()
         .map_err(|e| misconfigured(url, e))?;
-    Ok(Some(Arc::new(store)))
+    Ok(Some(Timed::wrap(Arc::new(store), timeout)))
 }
 
 #[cfg(not(feature = "gcs"))]
@@ -282,13 +549,17 @@ fn check_azure(url: &url::Url, env: &StoreEnv) -> Result<()> {
 fn azure(url: &url::Url, env: &StoreEnv) -> Result<Option<Arc<dyn ObjectStore>>> {
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     check_azure(url, env)?;
-    let builder = configure!(MicrosoftAzureBuilder::new(), AzureConfigKey, env, "AZURE_");
+    let timeout = StoreTimeout::from_env(env)?;
+    let builder = MicrosoftAzureBuilder::new()
+        .with_client_options(timeout.client_options())
+        .with_retry(timeout.retry());
+    let builder = configure!(builder, AzureConfigKey, env, "AZURE_");
     let container = &url[..url::Position::BeforePath];
     let store = builder
         .with_url(container)
         .build()
         .map_err(|e| misconfigured(url, e))?;
-    Ok(Some(Arc::new(store)))
+    Ok(Some(Timed::wrap(Arc::new(store), timeout)))
 }
 
 #[cfg(not(feature = "azure"))]
@@ -379,6 +650,25 @@ mod tests {
             err.contains("no credentials") && err.contains("AZURE_STORAGE_ACCOUNT_KEY"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_store_timeout_comes_from_the_environment_within_bounds() {
+        assert_eq!(
+            StoreTimeout::from_env(&env(&[])).unwrap(),
+            StoreTimeout::DEFAULT
+        );
+        let five = StoreTimeout::from_env(&env(&[(STORE_TIMEOUT_VAR, "5")])).unwrap();
+        assert_eq!(five.seconds(), 5);
+        for bad in ["0", "soon", "-1", "86401"] {
+            let err = StoreTimeout::from_env(&env(&[(STORE_TIMEOUT_VAR, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(STORE_TIMEOUT_VAR) && err.contains(&format!("'{bad}'")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -396,12 +396,17 @@ impl IndexLocation {
             .map_err(|e| self.failed("listing", dir, e))?;
         let n = paths.len();
         for p in paths {
-            match self.store.delete(&p).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.failed("deleting", &p, e)),
-            }
+            self.delete(&p).await?;
         }
         Ok(n)
+    }
+
+    /// Deletes `path`; one already gone is not an error.
+    pub(crate) async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("deleting", path, e)),
+        }
     }
 }
 

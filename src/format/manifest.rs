@@ -477,6 +477,9 @@ pub struct VersionManifest {
     /// Segments of the previous version this version dropped (`replace` mode).
     #[serde(default)]
     pub replaced_segments: Vec<String>,
+    /// The older version whose segments this one lists again (a restore), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u64>,
 }
 
 impl Versioned for VersionManifest {

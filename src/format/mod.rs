@@ -7,6 +7,7 @@ mod manifest;
 mod stored_rows;
 mod upload;
 
+pub use cloud::{EnvObjectStoreRegistry, STORE_TIMEOUT_VAR};
 pub use ipc::BlockInfo;
 pub(crate) use ipc::{arrow_bytes, decode_block, encode_partitions, pad_to_8, IpcFileSink};
 pub use location::IndexLocation;

@@ -92,13 +92,7 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
         // finalizers both commit a version. Asking twice shows it before anything
         // depends on it (FORMAT.md, "What the store must guarantee").
         if location.put_if_absent(&model_path, bytes).await? {
-            return Err(IndexError::invalid_argument(
-                "index",
-                format!(
-                    "the object store at {} ignored a conditional write (PUT with If-None-Match: *), which committing versions needs; use a store that supports conditional writes",
-                    location.url()
-                ),
-            ));
+            return Err(ignored_conditional_write(location));
         }
     }
 
@@ -121,6 +115,67 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+fn ignored_conditional_write(location: &IndexLocation) -> IndexError {
+    IndexError::invalid_argument(
+        "index",
+        format!(
+            "the object store at {} ignored a conditional write (PUT with If-None-Match: *), which committing versions needs; use a store that supports conditional writes",
+            location.url()
+        ),
+    )
+}
+
+/// What can be refused before a model is trained, which can take minutes: an index
+/// already at `location` whose model was made with other parameters than `options`
+/// (one made with the same parameters is the same model again: training goes on,
+/// and writing it is a no-op), a store that cannot be reached or has no such bucket,
+/// a store that ignores conditional writes (asked with a probe object under
+/// `_probe/`, deleted again).
+pub(crate) async fn check_before_training(
+    location: &IndexLocation,
+    options: &crate::model::TrainOptions,
+) -> Result<()> {
+    if let Some(bytes) = location.get_opt(&location.index_manifest()).await? {
+        let existing = IndexManifest::from_json(&bytes)?;
+        let p = &existing.params;
+        let same = p.index_type == options.index_type
+            && p.metric == options.metric
+            && p.num_partitions as usize == options.num_partitions
+            && p.seed == options.seed
+            && p.max_iterations as usize == options.max_iterations
+            && (!p.index_type.is_hnsw() || p.hnsw == Some(options.hnsw))
+            && options
+                .num_sub_vectors
+                .is_none_or(|m| p.num_sub_vectors == Some(m as u32));
+        if !same {
+            return Err(IndexError::invalid_argument(
+                "index",
+                format!(
+                    "index {} already exists with model {} ({}, {}, {} partitions); create the new model under another index location",
+                    location.url(),
+                    existing.model,
+                    p.index_type,
+                    p.metric,
+                    p.num_partitions
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let probe = location.path(&format!("_probe/conditional-{}", uuid::Uuid::new_v4()));
+    let first = location.put_if_absent(&probe, Vec::new()).await?;
+    let second = location.put_if_absent(&probe, Vec::new()).await;
+    location.delete(&probe).await?;
+    if let Some(folder) = location.local_file(&location.path("_probe")) {
+        // Best effort: an empty folder holds nothing.
+        let _ = std::fs::remove_dir(folder);
+    }
+    if first && second? {
+        return Err(ignored_conditional_write(location));
     }
     Ok(())
 }

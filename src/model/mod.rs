@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::IndexError;
 #[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub use encode::{decode_rows, Encoder};
+pub(crate) use io::check_before_training;
 pub(crate) use pq::ProductQuantizer;
 pub(crate) use sq::ScalarQuantizer;
 pub use train::TrainOptions;

@@ -42,7 +42,7 @@ pub(crate) use scan_exec::{TaskRouting, VectorIndexScanExec};
 pub(crate) use table::VectorSearchTable;
 pub(crate) use topk_exec::{search_output_schema, VectorIndexTopKExec};
 
-use crate::catalog::{list_versions, read_segment, read_version};
+use crate::catalog::{check_listed, list_versions, read_segment, read_version};
 use crate::error::{IndexError, Result};
 use crate::format::{IndexLocation, SegmentManifest, VersionManifest};
 use crate::model::Model;
@@ -56,6 +56,9 @@ pub struct SearchOptions {
     /// HNSW search breadth per probed partition (HNSW types; the others ignore it); default
     /// 100, never less than `k`.
     pub ef: Option<usize>,
+    /// The committed version to search; default the latest.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 impl SearchOptions {
@@ -82,6 +85,7 @@ impl Default for SearchOptions {
             k: 10,
             nprobes: 20,
             ef: None,
+            version: None,
         }
     }
 }
@@ -125,13 +129,16 @@ pub(crate) struct LoadedTarget {
 }
 
 impl SearchTarget {
-    /// The latest committed version of `location`, from `cache` when it holds that
-    /// very version (two small reads: the version list and the latest manifest).
+    /// Committed version `version` of `location` (the latest when `None`), from
+    /// `cache` when it holds that very version (two small reads: the version list and
+    /// the version's manifest).
     pub(crate) async fn load(
         location: &IndexLocation,
+        version: Option<u64>,
         cache: Option<&SearchCache>,
     ) -> Result<LoadedTarget> {
-        let Some(&latest) = list_versions(location).await?.last() else {
+        let versions = list_versions(location).await?;
+        let Some(&latest) = versions.last() else {
             // No index at all is a different error from an index never finalized.
             Model::read_current(location).await?;
             return Err(IndexError::NotFound(format!(
@@ -139,8 +146,17 @@ impl SearchTarget {
                 location.url()
             )));
         };
-        let manifest = read_version(location, latest).await?;
-        Self::of_manifest(location, manifest, None, cache).await
+        let wanted = version.unwrap_or(latest);
+        check_listed(location, &versions, wanted)?;
+        let manifest = read_version(location, wanted).await?;
+        // The latest version's target is cached under the index's URL and an older
+        // one's beside it, so that searching an old version does not evict the latest.
+        let key = if wanted == latest {
+            location.url().to_string()
+        } else {
+            format!("{}@{wanted}", location.url())
+        };
+        Self::of_manifest(location, manifest, None, cache, key).await
     }
 
     #[cfg(feature = "codec")]
@@ -153,19 +169,21 @@ impl SearchTarget {
         cache: Option<&SearchCache>,
     ) -> Result<LoadedTarget> {
         let manifest = read_version(location, version).await?;
-        Self::of_manifest(location, manifest, Some(fingerprint), cache).await
+        let key = location.url().to_string();
+        Self::of_manifest(location, manifest, Some(fingerprint), cache, key).await
     }
 
     /// The target `manifest` describes. With a cache: the cached target if it was
     /// built from this manifest, else one that reuses the cached model (same
-    /// fingerprint) and the manifests of the segments both versions list.
+    /// fingerprint) and the manifests of the segments both versions list; `key`
+    /// names its place in the cache.
     async fn of_manifest(
         location: &IndexLocation,
         manifest: VersionManifest,
         fingerprint: Option<&str>,
         cache: Option<&SearchCache>,
+        key: String,
     ) -> Result<LoadedTarget> {
-        let key = location.url().to_string();
         let previous = cache.and_then(|c| c.target(&key));
         if let Some(hit) = previous.as_ref().filter(|p| p.manifest == manifest) {
             if let Some(c) = cache {
@@ -545,6 +563,7 @@ mod tests {
                 k: 10,
                 nprobes,
                 ef: None,
+                ..Default::default()
             };
             scan_partitions(&target, queries, options, &config(min_size))
         };
@@ -564,6 +583,7 @@ mod tests {
             k: 10,
             nprobes,
             ef: None,
+            ..Default::default()
         };
         assert_eq!(default, 4 << 20);
         assert_eq!(scan_partitions(&target, 1, one(4), &plain), 1);

@@ -59,7 +59,8 @@ impl TableProvider for VectorSearchTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let cache = SearchCache::of(state.config());
-        let loaded = SearchTarget::load(&self.location, cache.as_deref()).await?;
+        let loaded =
+            SearchTarget::load(&self.location, self.options.version, cache.as_deref()).await?;
         let target = &loaded.target;
         // One query: exactly one vector of the index's dimension (the Rust API takes
         // several queries in one slice; SQL does not).

@@ -1,4 +1,5 @@
-//! Table functions: `vector_index_shards`, `vector_index_segments`, `vector_search`.
+//! Table functions: `vector_index_shards`, `vector_index_segments`,
+//! `vector_index_versions`, `vector_search`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use datafusion::common::{plan_datafusion_err, plan_err, Result};
 use datafusion::datasource::TableProvider;
 
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
-use crate::catalog::SegmentsTable;
+use crate::catalog::{SegmentsTable, VersionsTable, WholeTable};
 use crate::format::IndexLocation;
 use crate::search::{SearchOptions, VectorSearchTable};
 use crate::staging::ShardsTable;
@@ -29,7 +30,12 @@ pub(super) const SEARCH: Signature = Signature {
         req("k", Kind::UInt),
         opt("nprobes", Kind::UInt),
         opt("ef", Kind::UInt),
+        opt("version", Kind::UInt),
     ],
+};
+pub(super) const VERSIONS: Signature = Signature {
+    name: "vector_index_versions",
+    params: &[req("index", Kind::Str)],
 };
 
 /// Evaluates positional table-function arguments (named ones were already put in
@@ -87,7 +93,17 @@ pub(super) struct SegmentsFunction;
 impl TableFunctionImpl for SegmentsFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let (_, location) = evaluate(&SEGMENTS, &args)?;
-        Ok(Arc::new(SegmentsTable::new(location)))
+        Ok(Arc::new(WholeTable(SegmentsTable::new(location))))
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct VersionsFunction;
+
+impl TableFunctionImpl for VersionsFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let (_, location) = evaluate(&VERSIONS, &args)?;
+        Ok(Arc::new(WholeTable(VersionsTable::new(location))))
     }
 }
 
@@ -113,6 +129,7 @@ impl TableFunctionImpl for SearchFunction {
                 .map_err(|_| plan_datafusion_err!("vector_search: argument 'k' is out of range"))?,
             nprobes: count("nprobes")?.unwrap_or(defaults.nprobes),
             ef: count("ef")?,
+            version: values.uint("version"),
         };
         if let Err(e) = options.check() {
             return plan_err!("vector_search: {e}");

@@ -12,10 +12,11 @@ use datafusion::physical_plan::displayable;
 use datafusion::sql::sqlparser::ast::{self, FunctionArguments};
 
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
+use super::{NOTHING_TO_FINALIZE, OUTCOME_KEY};
 use crate::catalog::VacuumOptions;
-use crate::finalize::{FinalizeOptions, SegmentGrouping};
+use crate::finalize::{parse_fragment_ranges, FinalizeOptions, SegmentGrouping};
 use crate::model::{HnswParams, TrainOptions};
-use crate::VectorIndex;
+use crate::{IndexError, VectorIndex};
 
 const CREATE: Signature = Signature {
     name: "create_vector_index",
@@ -68,6 +69,7 @@ const FINALIZE: Signature = Signature {
         opt("skip_incomplete", Kind::Bool),
         opt("target_file_bytes", Kind::UInt),
         opt("max_commit_attempts", Kind::UInt),
+        opt("expect_fragments", Kind::Str),
     ],
 };
 
@@ -80,6 +82,16 @@ const VACUUM: Signature = Signature {
     ],
 };
 
+const DISCARD_SHARD: Signature = Signature {
+    name: "discard_vector_index_shard",
+    params: &[req("index", Kind::Str), req("shard", Kind::Str)],
+};
+
+const RESTORE: Signature = Signature {
+    name: "restore_vector_index",
+    params: &[req("index", Kind::Str), req("version", Kind::UInt)],
+};
+
 /// The procedures `CALL` runs; every match over them is exhaustive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Procedure {
@@ -88,15 +100,19 @@ enum Procedure {
     BuildVectorIndexShards,
     FinalizeVectorIndex,
     VacuumVectorIndex,
+    DiscardVectorIndexShard,
+    RestoreVectorIndex,
 }
 
 impl Procedure {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::CreateVectorIndex,
         Self::BuildVectorIndexShard,
         Self::BuildVectorIndexShards,
         Self::FinalizeVectorIndex,
         Self::VacuumVectorIndex,
+        Self::DiscardVectorIndexShard,
+        Self::RestoreVectorIndex,
     ];
 
     fn signature(self) -> &'static Signature {
@@ -106,6 +122,8 @@ impl Procedure {
             Self::BuildVectorIndexShards => &BUILD_SHARDS,
             Self::FinalizeVectorIndex => &FINALIZE,
             Self::VacuumVectorIndex => &VACUUM,
+            Self::DiscardVectorIndexShard => &DISCARD_SHARD,
+            Self::RestoreVectorIndex => &RESTORE,
         }
     }
 
@@ -148,6 +166,12 @@ enum Call {
     },
     Finalize(FinalizeOptions),
     Vacuum(VacuumOptions),
+    DiscardShard {
+        shard: String,
+    },
+    Restore {
+        version: u64,
+    },
 }
 
 /// A bound call and the index it works on.
@@ -193,6 +217,12 @@ impl Bound {
                     dry_run: args.bool("dry_run").unwrap_or(defaults.dry_run),
                 })
             }
+            Procedure::DiscardVectorIndexShard => Call::DiscardShard {
+                shard: args.required_str("shard")?.to_string(),
+            },
+            Procedure::RestoreVectorIndex => Call::Restore {
+                version: args.required_uint("version")?,
+            },
         };
         Ok(Self { index, call })
     }
@@ -342,6 +372,10 @@ fn finalize_options(args: &Args) -> Result<FinalizeOptions> {
                     narrow("max_commit_attempts", v)
                 })?,
             merge_partitions: None,
+            expect_fragments: args
+                .str("expect_fragments")
+                .map(parse_fragment_ranges)
+                .transpose()?,
         };
         o.check()?;
         Ok(o)
@@ -396,7 +430,12 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
             predicate,
         } => {
             let df = shard_input(ctx, BUILD_SHARD.name, &table, predicate.as_deref()).await?;
-            let shard = index.build_shard(df, &row_id, &column).await?;
+            let mut writer = index.shard_writer().await?;
+            index.write_into(&mut writer, df, &row_id, &column).await?;
+            if writer.rows() == 0 {
+                return Err(no_rows(BUILD_SHARD.name, &table, predicate.as_deref()));
+            }
+            let shard = writer.finish().await?;
             Ok(vec![one_row(vec![
                 ("shard_id", str_col(&shard.shard_id)),
                 ("rows", Arc::new(UInt64Array::from(vec![shard.rows]))),
@@ -417,6 +456,9 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
             let built = index
                 .build_shards(ctx, df, &row_id, &column, shards)
                 .await?;
+            if built.rows == 0 {
+                return Err(no_rows(BUILD_SHARDS.name, &table, predicate.as_deref()));
+            }
             Ok(vec![one_row(vec![
                 (
                     "shards",
@@ -429,7 +471,10 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
                 ),
             ])?])
         }
-        Call::Finalize(options) => Ok(index.finalize(ctx, &options).await?),
+        Call::Finalize(options) => match index.finalize(ctx, &options).await {
+            Err(IndexError::NothingToFinalize(reason)) => nothing_finalized(&index, &reason).await,
+            done => Ok(done?),
+        },
         Call::Vacuum(options) => {
             let report = index.vacuum(&options).await?;
             let r = &report.removed;
@@ -453,7 +498,85 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
                 ],
             )?])
         }
+        Call::DiscardShard { shard } => {
+            let discarded = index.discard_shard(&shard).await?;
+            Ok(vec![one_row(vec![
+                ("shard_id", str_col(&discarded.shard_id)),
+                (
+                    "objects",
+                    Arc::new(UInt64Array::from(vec![discarded.objects as u64])),
+                ),
+            ])?])
+        }
+        Call::Restore { version } => {
+            let restored = index.restore(version).await?;
+            Ok(vec![one_row(vec![
+                (
+                    "version",
+                    Arc::new(UInt64Array::from(vec![restored.version])),
+                ),
+                (
+                    "restored_from",
+                    Arc::new(UInt64Array::from(vec![restored.restored_from])),
+                ),
+                (
+                    "segments",
+                    Arc::new(UInt64Array::from(vec![restored.segments as u64])),
+                ),
+                ("rows", Arc::new(UInt64Array::from(vec![restored.rows]))),
+                (
+                    "replaced_segments",
+                    Arc::new(StringArray::from(vec![(!restored
+                        .replaced_segments
+                        .is_empty())
+                    .then(|| restored.replaced_segments.join(","))])),
+                ),
+            ])?])
+        }
     }
+}
+
+/// The error of a shard build whose input had no rows (nothing was staged).
+fn no_rows(
+    procedure: &str,
+    table: &str,
+    predicate: Option<&str>,
+) -> datafusion::error::DataFusionError {
+    let input = match predicate {
+        Some(p) => format!("where => '{p}' matches no row of table '{table}'"),
+        None => format!("table '{table}' has no rows"),
+    };
+    IndexError::InvalidInput(format!("{procedure}: {input}; no shard was staged")).into()
+}
+
+/// The answer of a finalize with nothing to do: one row, in the columns of a
+/// finalize's, with no segment and the current version (NULL before the first),
+/// the reason in the schema's metadata.
+async fn nothing_finalized(index: &VectorIndex, reason: &str) -> Result<Vec<RecordBatch>> {
+    let current = index.versions().await?.last().copied();
+    let fields: Vec<Field> = crate::finalize::commit_output_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let metadata = HashMap::from([
+        (OUTCOME_KEY.to_string(), NOTHING_TO_FINALIZE.to_string()),
+        ("vector_index.reason".to_string(), reason.to_string()),
+    ]);
+    let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+    let zero = || Arc::new(UInt64Array::from(vec![0u64])) as ArrayRef;
+    Ok(vec![RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![None::<&str>])),
+            zero(),
+            zero(),
+            zero(),
+            zero(),
+            Arc::new(UInt64Array::from(vec![current])),
+            Arc::new(StringArray::from(vec![None::<&str>])),
+        ],
+    )?])
 }
 
 async fn shard_input(
@@ -539,6 +662,16 @@ pub(super) async fn explain(
             &VACUUM,
             "remove consumed shards, and incomplete shards and unreferenced segments past their age"
                 .to_string(),
+            None,
+        ),
+        Call::DiscardShard { shard } => (
+            &DISCARD_SHARD,
+            format!("remove staged shard {shard} (its shard.json first)"),
+            None,
+        ),
+        Call::Restore { version } => (
+            &RESTORE,
+            format!("commit the segments of version {version} as a new version"),
             None,
         ),
     };

@@ -9,6 +9,8 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement;
@@ -18,8 +20,11 @@ use datafusion::sql::sqlparser::ast::{
 use object_store::memory::InMemory;
 
 use super::args::{vector_literal_as_text, Kind};
-use super::functions::{SearchFunction, SegmentsFunction, ShardsFunction, SEARCH};
+use super::functions::{
+    SearchFunction, SegmentsFunction, ShardsFunction, VersionsFunction, SEARCH,
+};
 use super::procedures;
+use crate::format::EnvObjectStoreRegistry;
 use crate::progress::Progress;
 use crate::search::{SearchCache, VectorIndexConfig, DEFAULT_SEARCH_CACHE_BYTES};
 
@@ -36,11 +41,35 @@ pub(super) fn register(ctx: &SessionContext) {
     }
     ctx.register_udtf("vector_index_shards", Arc::new(ShardsFunction));
     ctx.register_udtf("vector_index_segments", Arc::new(SegmentsFunction));
+    ctx.register_udtf("vector_index_versions", Arc::new(VersionsFunction));
     ctx.register_udtf("vector_search", Arc::new(SearchFunction));
     let memory = ObjectStoreUrl::parse("memory://").expect("static URL parses");
     if ctx.runtime_env().object_store(&memory).is_err() {
         ctx.register_object_store(memory.as_ref(), Arc::new(InMemory::new()));
     }
+}
+
+/// `ctx`, or a copy of it whose runtime resolves cloud URLs from the environment.
+fn with_env_stores(ctx: SessionContext) -> SessionContext {
+    let runtime = ctx.runtime_env();
+    if EnvObjectStoreRegistry::is_one(runtime.object_store_registry.as_ref()) {
+        return ctx;
+    }
+    let registry = Arc::new(EnvObjectStoreRegistry::new(Arc::clone(
+        &runtime.object_store_registry,
+    )));
+    let Ok(runtime) = RuntimeEnvBuilder::from_runtime_env(&runtime)
+        .with_object_store_registry(registry)
+        .build_arc()
+    else {
+        // Building from a runtime that exists only copies its parts; should it fail,
+        // index URLs still resolve from the environment (IndexLocation::from_url).
+        return ctx;
+    };
+    let state = SessionStateBuilder::new_from_existing(ctx.state())
+        .with_runtime_env(runtime)
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// Runs SQL with this crate's procedures (`CALL …`, `EXPLAIN CALL …`) and table
@@ -71,7 +100,14 @@ impl VectorIndexSession {
         Self::with_context(SessionContext::new_with_config(config))
     }
 
+    /// A session over `ctx`, with this crate's table functions and settings. Cloud
+    /// URLs — index URLs, table locations, `COPY` targets — resolve to stores built
+    /// from the environment where `ctx`'s registry has none: unless its runtime
+    /// already has an [`EnvObjectStoreRegistry`], the session works on a copy of
+    /// `ctx` whose runtime wraps its registry in one (tables, functions and stores
+    /// are shared with `ctx`; use [`Self::context`] from then on).
     pub fn with_context(ctx: SessionContext) -> Self {
+        let ctx = with_env_stores(ctx);
         register(&ctx);
         Self { ctx }
     }

@@ -4,8 +4,12 @@
 //! file per shard (its `shard.json`, or any file of an incomplete shard), read
 //! through [`ShardManifestSource`].
 
+mod discard;
 mod source;
 mod table;
+
+pub(crate) use discard::discard_shard;
+pub use discard::DiscardedShard;
 
 pub(crate) use source::{read_shard_row, Problem};
 pub(crate) use source::{ScannedShards, ShardManifestSource, ShardStatus};

@@ -59,6 +59,11 @@ impl ShardWriter {
         }
     }
 
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     pub fn shard_id(&self) -> &str {
         &self.shard_id
     }
@@ -117,7 +122,16 @@ impl ShardWriter {
 
     /// Writes `data.arrow`, then `fragments.roaring`, then `shard.json`; the shard
     /// is complete only once `shard.json` exists.
+    ///
+    /// A writer that was given no rows stages nothing: an empty shard would cover no
+    /// fragment and commit an empty segment.
     pub async fn finish(self) -> Result<ShardManifest> {
+        if self.rows == 0 {
+            return Err(IndexError::InvalidInput(format!(
+                "shard {}: no rows were written, so nothing was staged",
+                self.shard_id
+            )));
+        }
         let location = self.location.clone();
         let manifest = self.write_pieces().await?;
         publish(&location, &manifest).await?;

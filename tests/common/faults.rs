@@ -52,7 +52,7 @@ impl Counter {
 }
 
 /// See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     counter: Arc<Counter>,
@@ -63,6 +63,30 @@ pub struct FaultyStore {
     scope: Arc<std::sync::Mutex<Option<String>>>,
     /// How long each write (put, multipart upload) waits first: a slow disk.
     write_delay: Arc<std::sync::Mutex<std::time::Duration>>,
+    /// The first create-if-absent of a path ending so is written, and then
+    /// answered as this error: the store's answer lost on its way back.
+    lost_ack: Arc<std::sync::Mutex<Option<(String, LostAck)>>>,
+    /// Runs, once, before the first read of a path ending so: another process
+    /// getting in between two steps of this one.
+    before_read: Arc<std::sync::Mutex<Option<(String, Hook)>>>,
+}
+
+/// What a client sees of a create-if-absent that the store carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAck {
+    /// The connection broke before the answer came.
+    Failure,
+    /// The client retried, and the retry found its own first attempt's object.
+    AlreadyExists,
+}
+
+/// Work run inside a store operation.
+pub type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({:?})", self.inner)
+    }
 }
 
 impl fmt::Display for FaultyStore {
@@ -79,6 +103,32 @@ impl FaultyStore {
             competitor: Arc::default(),
             scope: Arc::default(),
             write_delay: Arc::default(),
+            lost_ack: Arc::default(),
+            before_read: Arc::default(),
+        }
+    }
+
+    /// Writes the first create-if-absent of the path ending in `suffix`, then
+    /// answers it as `ack` says.
+    pub fn lose_create_ack(&self, suffix: &str, ack: LostAck) {
+        *self.lost_ack.lock().unwrap() = Some((suffix.to_string(), ack));
+    }
+
+    /// Runs `hook` before the first read of a path ending in `suffix`.
+    pub fn before_first_read(&self, suffix: &str, hook: Hook) {
+        *self.before_read.lock().unwrap() = Some((suffix.to_string(), hook));
+    }
+
+    async fn run_hook(&self, location: &Path) {
+        let hook = {
+            let mut slot = self.before_read.lock().unwrap();
+            match slot.as_ref() {
+                Some((suffix, _)) if location.as_ref().ends_with(suffix.as_str()) => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, hook)) = hook {
+            hook().await;
         }
     }
 
@@ -166,6 +216,28 @@ impl ObjectStore for FaultyStore {
             if let Some((_, bytes)) = racer {
                 self.inner.put(location, bytes.into()).await?;
             }
+            let lost = {
+                let mut slot = self.lost_ack.lock().unwrap();
+                match slot.as_ref() {
+                    Some((suffix, _)) if location.as_ref().ends_with(suffix.as_str()) => {
+                        slot.take().map(|(_, ack)| ack)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ack) = lost {
+                self.inner.put_opts(location, payload, opts).await?;
+                return Err(match ack {
+                    LostAck::Failure => object_store::Error::Generic {
+                        store: "faulty",
+                        source: "connection reset before the answer".into(),
+                    },
+                    LostAck::AlreadyExists => object_store::Error::AlreadyExists {
+                        path: location.to_string(),
+                        source: "the retried request found the object".into(),
+                    },
+                });
+            }
         }
         self.inner.put_opts(location, payload, opts).await
     }
@@ -193,6 +265,7 @@ impl ObjectStore for FaultyStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.check("get", Some(location))?;
+        self.run_hook(location).await;
         self.inner.get_opts(location, options).await
     }
 
@@ -202,6 +275,7 @@ impl ObjectStore for FaultyStore {
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
         self.check("get_ranges", Some(location))?;
+        self.run_hook(location).await;
         self.inner.get_ranges(location, ranges).await
     }
 

@@ -11,7 +11,7 @@
 //! Results print as tables on stdout (`--format csv|json` for programs), progress
 //! of long steps on stderr when it is a terminal. The first failing statement
 //! stops a script with a one-line error on stderr and exit status 1 (2 for bad
-//! arguments). Object stores are configured from the environment (README, "Object
+//! arguments); a run in which a finalize found nothing to do exits with status 3. Object stores are configured from the environment (README, "Object
 //! stores"), or from the flags below for an S3-compatible store.
 
 mod output;
@@ -24,7 +24,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion_vector_index::VectorIndexSession;
+use datafusion_vector_index::{
+    error_line, VectorIndexSession, NOTHING_TO_FINALIZE, OUTCOME_KEY, STORE_TIMEOUT_VAR,
+};
 
 use output::Format;
 use progress::{ProgressMode, Reporter};
@@ -33,8 +35,8 @@ const USAGE: &str = "\
 usage: dvi [OPTIONS] [-c SQL | -f FILE]...
 
 Runs SQL statements (';'-separated) of a vector index session: the procedures
-(CALL create_vector_index, build_vector_index_shard, finalize_vector_index,
-vacuum_vector_index), the table functions and any DataFusion statement. Without
+(CALL create_vector_index, build_vector_index_shard(s), finalize_vector_index,
+vacuum_vector_index, discard_vector_index_shard, restore_vector_index), the table functions and any DataFusion statement. Without
 -c or -f it reads statements from stdin, or shows a prompt when stdin is a terminal.
 
   -c, --command SQL      run the statements in SQL
@@ -44,11 +46,16 @@ vacuum_vector_index), the table functions and any DataFusion statement. Without
       --endpoint-url URL S3-compatible endpoint (sets AWS_ENDPOINT_URL)
       --region REGION    S3 region (sets AWS_REGION)
       --allow-http       allow an http:// endpoint (sets AWS_ALLOW_HTTP)
+      --timeout SECONDS  how long one operation on a cloud store may take, retries
+                         included (default 60; sets VECTOR_INDEX_STORE_TIMEOUT)
   -h, --help             show this help
   -V, --version          show the version
 
 Credentials come from the environment only (AWS_ACCESS_KEY_ID, …), never from flags,
-which other users of the machine can see.";
+which other users of the machine can see.
+
+Exit status: 0 when every statement ran, 1 when one failed (the run stops there),
+2 for bad arguments, 3 when a finalize found nothing to do and nothing failed.";
 
 /// One source of statements, in the order given.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +114,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, ArgsError> 
             "--endpoint-url" => options.env.push(("AWS_ENDPOINT_URL", value()?)),
             "--region" => options.env.push(("AWS_REGION", value()?)),
             "--allow-http" => options.env.push(("AWS_ALLOW_HTTP", "true".to_string())),
+            "--timeout" => {
+                let secs = value()?;
+                if !secs.parse::<u64>().is_ok_and(|s| (1..=86_400).contains(&s)) {
+                    return Err(ArgsError::Invalid(format!(
+                        "--timeout takes whole seconds between 1 and 86400, got '{secs}'"
+                    )));
+                }
+                options.env.push((STORE_TIMEOUT_VAR, secs));
+            }
             "-h" | "--help" => return Err(ArgsError::Info(USAGE.to_string())),
             "-V" | "--version" => {
                 return Err(ArgsError::Info(format!(
@@ -120,12 +136,25 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, ArgsError> 
     Ok(options)
 }
 
+/// The reason, when `batches` are the answer of a finalize that had nothing to do.
+fn nothing_finalized(batches: &[RecordBatch]) -> Option<String> {
+    let metadata = batches.first()?.schema_ref().metadata().clone();
+    (metadata.get(OUTCOME_KEY).map(String::as_str) == Some(NOTHING_TO_FINALIZE)).then(|| {
+        metadata
+            .get("vector_index.reason")
+            .cloned()
+            .unwrap_or_default()
+    })
+}
+
 /// A session, how to print its results, and its progress reporter.
 pub(crate) struct Shell {
     runtime: tokio::runtime::Runtime,
     session: VectorIndexSession,
     format: Format,
     reporter: Option<Reporter>,
+    /// Set when a finalize found nothing to do: the run then exits with status 3.
+    nothing_finalized: std::cell::Cell<bool>,
 }
 
 impl Shell {
@@ -151,7 +180,11 @@ impl Shell {
         if let Some(d) = drawing {
             d.finish();
         }
-        let batches = result.map_err(|e| e.replace('\n', " "))?;
+        let batches = result?;
+        if let Some(reason) = nothing_finalized(&batches) {
+            eprintln!("dvi: nothing to finalize: {reason}");
+            self.nothing_finalized.set(true);
+        }
         let mut out = std::io::stdout().lock();
         output::print(&batches, self.format, &mut out)?;
         out.flush()
@@ -159,13 +192,9 @@ impl Shell {
     }
 
     async fn collect(&self, statement: &str) -> Result<Vec<RecordBatch>, String> {
-        let df = self
-            .session
-            .sql(statement)
-            .await
-            .map_err(|e| e.to_string())?;
+        let df = self.session.sql(statement).await.map_err(error_line)?;
         let schema = Arc::clone(df.schema().inner());
-        let batches = df.collect().await.map_err(|e| e.to_string())?;
+        let batches = df.collect().await.map_err(error_line)?;
         // An empty result still shows its columns.
         Ok(if batches.is_empty() {
             vec![RecordBatch::new_empty(schema)]
@@ -182,6 +211,10 @@ impl Shell {
             .try_for_each(|s| self.run(s))
     }
 }
+
+/// The exit status of a run in which a finalize found nothing to do (and nothing
+/// failed): not a failure, but not work done either, for scripts to tell apart.
+const NOTHING_TO_DO: u8 = 3;
 
 fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
@@ -215,6 +248,7 @@ fn main() -> ExitCode {
         reporter: Reporter::new(options.progress, session.progress()),
         session,
         format: options.format,
+        nothing_finalized: std::cell::Cell::new(false),
     };
     let mut sources = options.sources;
     let prompt = sources.is_empty() && std::io::stdin().is_terminal();
@@ -242,6 +276,7 @@ fn main() -> ExitCode {
         })
     };
     match result {
+        Ok(()) if shell.nothing_finalized.get() => ExitCode::from(NOTHING_TO_DO),
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("dvi: {message}");
@@ -267,6 +302,8 @@ mod tests {
         assert!(invalid(&["-x"]).contains("unknown argument '-x'"));
         assert!(invalid(&["-c"]).contains("-c needs a value"));
         assert!(invalid(&["--format", "xml"]).contains("table, csv or json"));
+        assert!(invalid(&["--timeout", "0"]).contains("between 1 and 86400"));
+        assert!(invalid(&["--timeout=soon"]).contains("got 'soon'"));
         assert!(matches!(args(&["-h"]), Err(ArgsError::Info(_))));
         let options = args(&[
             "-c",
@@ -281,6 +318,8 @@ mod tests {
             "--endpoint-url",
             "http://127.0.0.1:9000",
             "--allow-http",
+            "--timeout",
+            "5",
         ])
         .unwrap();
         assert_eq!(
@@ -297,7 +336,8 @@ mod tests {
             options.env,
             vec![
                 ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000".to_string()),
-                ("AWS_ALLOW_HTTP", "true".to_string())
+                ("AWS_ALLOW_HTTP", "true".to_string()),
+                ("VECTOR_INDEX_STORE_TIMEOUT", "5".to_string())
             ]
         );
         assert!(args(&[]).unwrap().sources.is_empty());

@@ -43,7 +43,9 @@ mod sql;
 mod staging;
 mod worker;
 
-pub use catalog::{CommitMode, Restored, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
+pub use catalog::{
+    CommitMode, KeptItem, Restored, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind,
+};
 #[cfg(feature = "codec")]
 pub use codec::VectorIndexCodec;
 pub use error::{error_line, IndexError, Result};

@@ -139,11 +139,25 @@ fn worker_processes_stage_into_one_bucket_and_a_coordinator_finalizes() {
         "row 9 (fragment 1) finds itself: {found}"
     );
 
+    // The default vacuum keeps them for now, and says why.
+    let kept = succeeds(dvi(&format!(
+        "CALL vacuum_vector_index(index => '{index}')"
+    )));
+    assert!(
+        kept.contains(&incomplete)
+            && kept.contains("| kept ")
+            && kept.contains("younger than 3600 s: its writer may still be running"),
+        "{kept}"
+    );
+
     // Vacuum removes the killed worker's leftovers.
     let vacuumed = succeeds(dvi(&format!(
         "CALL vacuum_vector_index(index => '{index}', older_than_seconds => 0)"
     )));
-    assert!(vacuumed.contains("incomplete_shard"), "{vacuumed}");
+    assert!(
+        vacuumed.contains("incomplete_shard") && vacuumed.contains("| removed "),
+        "{vacuumed}"
+    );
     let left = succeeds(dvi(&format!(
         "SELECT count(*) AS staged FROM vector_index_shards('{index}')"
     )));

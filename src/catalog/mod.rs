@@ -16,7 +16,7 @@ pub(crate) use commit::{
     Transaction,
 };
 pub(crate) use vacuum::vacuum;
-pub use vacuum::{VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
+pub use vacuum::{KeptItem, VacuumOptions, VacuumReport, VacuumedItem, VacuumedKind};
 
 pub(crate) use restore::restore;
 pub use restore::Restored;

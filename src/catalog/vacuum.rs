@@ -62,27 +62,44 @@ pub struct VacuumedItem {
     pub objects: usize,
 }
 
-/// What a vacuum removed (or would remove, on a dry run).
+/// A folder a vacuum left alone because something in it changed recently: a
+/// worker or a finalize may still be writing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptItem {
+    /// What the folder will be removed as once it is old enough.
+    pub kind: VacuumedKind,
+    pub id: String,
+    pub objects: usize,
+    /// How long ago something in it last changed.
+    pub age: Duration,
+}
+
+/// What a vacuum removed (or would remove, on a dry run), and what it kept for now.
 #[derive(Debug, Clone, Default)]
 pub struct VacuumReport {
     pub removed: Vec<VacuumedItem>,
+    pub kept: Vec<KeptItem>,
 }
 
-/// Age of the newest object below `dir`, or `None` when `dir` is empty.
-async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<Duration>> {
+/// Age of the newest object below `dir` and how many there are, or `None` when
+/// `dir` is empty.
+async fn newest_age(location: &IndexLocation, dir: &Path) -> Result<Option<(Duration, usize)>> {
     let newest = location
         .store()
         .list(Some(dir))
         .try_fold(
             None,
-            |acc: Option<chrono::DateTime<chrono::Utc>>, m| async move {
-                Ok(Some(
-                    acc.map_or(m.last_modified, |a| a.max(m.last_modified)),
-                ))
+            |acc: Option<(chrono::DateTime<chrono::Utc>, usize)>, m| async move {
+                Ok(Some(acc.map_or((m.last_modified, 1), |(a, n)| {
+                    (a.max(m.last_modified), n + 1)
+                })))
             },
         )
         .await?;
-    Ok(newest.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)))
+    Ok(newest.map(|(t, n)| {
+        let age = (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO);
+        (age, n)
+    }))
 }
 
 pub(crate) async fn vacuum(
@@ -100,11 +117,22 @@ pub(crate) async fn vacuum(
         }
     }
     let mut report = VacuumReport::default();
-    let old_enough = |age: Option<Duration>| age.is_some_and(|a| a >= options.older_than);
     for shard in list_staged_shards(location).await? {
         let kind = if consumed.contains(&shard.shard_id) {
             VacuumedKind::ConsumedShard
-        } else if !shard.has_manifest && old_enough(newest_age(location, &shard.dir).await?) {
+        } else if !shard.has_manifest {
+            let Some((age, objects)) = newest_age(location, &shard.dir).await? else {
+                continue;
+            };
+            if age < options.older_than {
+                report.kept.push(KeptItem {
+                    kind: VacuumedKind::IncompleteShard,
+                    id: shard.shard_id,
+                    objects,
+                    age,
+                });
+                continue;
+            }
             VacuumedKind::IncompleteShard
         } else {
             continue;
@@ -137,14 +165,24 @@ pub(crate) async fn vacuum(
             continue;
         }
         let dir = location.segment_dir(&segment_id);
-        if old_enough(newest_age(location, &dir).await?) {
-            let objects = remove(location, &dir, options.dry_run).await?;
-            report.removed.push(VacuumedItem {
+        let Some((age, objects)) = newest_age(location, &dir).await? else {
+            continue;
+        };
+        if age < options.older_than {
+            report.kept.push(KeptItem {
                 kind: VacuumedKind::UnreferencedSegment,
                 id: segment_id,
                 objects,
+                age,
             });
+            continue;
         }
+        let objects = remove(location, &dir, options.dry_run).await?;
+        report.removed.push(VacuumedItem {
+            kind: VacuumedKind::UnreferencedSegment,
+            id: segment_id,
+            objects,
+        });
     }
     Ok(report)
 }

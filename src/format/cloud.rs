@@ -338,6 +338,7 @@ impl EnvObjectStoreRegistry {
     }
 
     /// Whether `registry` is one of these (so that it is not wrapped twice).
+    /// `ObjectStoreRegistry` offers no downcast; its `Debug` names the type.
     pub(crate) fn is_one(registry: &dyn ObjectStoreRegistry) -> bool {
         format!("{registry:?}").starts_with("EnvObjectStoreRegistry")
     }

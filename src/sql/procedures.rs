@@ -13,7 +13,7 @@ use datafusion::sql::sqlparser::ast::{self, FunctionArguments};
 
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
 use super::{NOTHING_TO_FINALIZE, OUTCOME_KEY};
-use crate::catalog::VacuumOptions;
+use crate::catalog::{VacuumOptions, VacuumReport, VacuumedKind};
 use crate::finalize::{parse_fragment_ranges, FinalizeOptions, SegmentGrouping};
 use crate::model::{HnswParams, TrainOptions};
 use crate::{IndexError, VectorIndex};
@@ -477,26 +477,7 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
         },
         Call::Vacuum(options) => {
             let report = index.vacuum(&options).await?;
-            let r = &report.removed;
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("kind", DataType::Utf8, false),
-                Field::new("id", DataType::Utf8, false),
-                Field::new("objects", DataType::UInt64, false),
-            ]));
-            Ok(vec![RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from_iter_values(
-                        r.iter().map(|x| x.kind.name()),
-                    )),
-                    Arc::new(StringArray::from_iter_values(
-                        r.iter().map(|x| x.id.as_str()),
-                    )),
-                    Arc::new(UInt64Array::from_iter_values(
-                        r.iter().map(|x| x.objects as u64),
-                    )),
-                ],
-            )?])
+            Ok(vec![vacuum_rows(&report, &options)?])
         }
         Call::DiscardShard { shard } => {
             let discarded = index.discard_shard(&shard).await?;
@@ -534,6 +515,61 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
             ])?])
         }
     }
+}
+
+/// `vacuum_vector_index`'s answer: a row per folder it removed (or would remove, on
+/// a dry run) and per folder it kept for now, with why.
+fn vacuum_rows(report: &VacuumReport, options: &VacuumOptions) -> Result<RecordBatch> {
+    let limit = options.older_than.as_secs();
+    let removed = if options.dry_run {
+        "would_remove"
+    } else {
+        "removed"
+    };
+    let mut rows: Vec<(&str, &str, usize, &str, String)> = report
+        .removed
+        .iter()
+        .map(|r| {
+            let why = match r.kind {
+                VacuumedKind::ConsumedShard => "merged into a committed segment".to_string(),
+                VacuumedKind::IncompleteShard => {
+                    format!("no shard.json, and unchanged for {limit} s or more")
+                }
+                VacuumedKind::UnreferencedSegment => {
+                    format!("no version lists it, and unchanged for {limit} s or more")
+                }
+            };
+            (r.kind.name(), r.id.as_str(), r.objects, removed, why)
+        })
+        .collect();
+    rows.extend(report.kept.iter().map(|k| {
+        let why = format!(
+            "changed {} s ago, younger than {limit} s: its writer may still be running",
+            k.age.as_secs()
+        );
+        (k.kind.name(), k.id.as_str(), k.objects, "kept", why)
+    }));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("objects", DataType::UInt64, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.2 as u64),
+            )),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.4.as_str()),
+            )),
+        ],
+    )?)
 }
 
 /// The error of a shard build whose input had no rows (nothing was staged).

@@ -373,19 +373,10 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfSq, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 1, 2, 3, 0, 1, 2, 3]).await;
-    let plans = (
-        t.index
-            .finalize_plan(&t.ctx, &FinalizeOptions::default())
-            .await
-            .unwrap(),
-        t.index
-            .finalize_plan(&t.ctx, &FinalizeOptions::default())
-            .await
-            .unwrap(),
-    );
+    let options = FinalizeOptions::default();
     let (a, b) = tokio::join!(
-        datafusion::physical_plan::collect(plans.0, t.ctx.task_ctx()),
-        datafusion::physical_plan::collect(plans.1, t.ctx.task_ctx())
+        t.index.finalize(&t.ctx, &options),
+        t.index.finalize(&t.ctx, &options)
     );
     let ok = [a.is_ok(), b.is_ok()];
     assert_eq!(
@@ -394,17 +385,16 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
         "exactly one commits: {a:?} / {b:?}"
     );
     let err = match (a, b) {
-        (Err(e), _) | (_, Err(e)) => IndexError::from(e),
+        (Err(e), _) | (_, Err(e)) => e,
         _ => unreachable!("one of the two failed"),
     };
-    // Which check the loser trips depends on how far the winner got: its commit
-    // (a conflict), its removal of the shards (a staged file gone), or, when the
-    // winner committed before the loser planned, the committed version naming the
-    // shards as consumed.
+    // However far the winner got — its commit, its removal of the shards, or a
+    // commit before the loser planned — the loser is told it lost, or that nothing
+    // was left to finalize: never that the index is damaged.
     assert!(
         matches!(
             err,
-            IndexError::Conflict(_) | IndexError::Corrupt { .. } | IndexError::Finalize(_)
+            IndexError::Conflict(_) | IndexError::NothingToFinalize(_)
         ),
         "{err:?}"
     );

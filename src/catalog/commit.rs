@@ -7,9 +7,11 @@
 //! another writer committed first, it re-reads the latest version, re-checks that no
 //! shard it consumed was consumed meanwhile and that its fragments stay disjoint
 //! from the committed segments' (or, in `replace` mode, replaces those it
-//! overlaps), and retries up to its attempt budget. Nothing that a committed
-//! version references is written or removed here; consumed shards are removed only
-//! after the commit, by [`remove_consumed`].
+//! overlaps, each only if the new segments cover all of its fragments), and retries
+//! up to its attempt budget. A create-only write whose outcome is unknown is read
+//! back ([`put_version`]). Nothing that a committed version references is written
+//! or removed here; consumed shards are removed only after the commit, by
+//! [`remove_consumed`].
 
 use std::collections::HashMap;
 use std::sync::Arc;

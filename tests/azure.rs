@@ -14,9 +14,9 @@ mod azurite;
 use std::sync::Arc;
 
 use arrow::array::AsArray;
+use common::one_create_wins;
 use datafusion_vector_index::{FinalizeOptions, IndexError, VectorIndex, VectorIndexSession};
-use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions};
+use object_store::ObjectStore;
 
 async fn sql(session: &VectorIndexSession, statement: &str) -> Vec<arrow::array::RecordBatch> {
     session
@@ -133,31 +133,7 @@ async fn concurrent_conditional_puts_create_once() {
     let ctx = VectorIndexSession::new().context().clone();
     let index = VectorIndex::open(&ctx, &format!("az://{container}/race")).unwrap();
     let store: Arc<dyn ObjectStore> = Arc::clone(index.location().store());
-    for round in 0..10 {
-        let path = Path::from(format!("race/_versions/{round}.json"));
-        let puts = (0..8).map(|writer| {
-            let (store, path) = (Arc::clone(&store), path.clone());
-            async move {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                store
-                    .put_opts(&path, format!("writer {writer}").into(), opts)
-                    .await
-                    .map(|_| writer)
-            }
-        });
-        let results = futures::future::join_all(puts).await;
-        let won = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(won, 1, "round {round}: {results:?}");
-        for r in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert!(
-                matches!(r, object_store::Error::AlreadyExists { .. }),
-                "round {round}: {r:?}"
-            );
-        }
-    }
+    one_create_wins(store, "race", 10).await;
 }
 
 /// A container that does not exist is refused before any row is read, naming the

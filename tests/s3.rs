@@ -18,7 +18,7 @@ use datafusion_vector_index::{
 };
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 const ROWS: usize = 600;
 const FRAGMENTS: u64 = 6;
@@ -202,38 +202,7 @@ async fn concurrent_conditional_puts_create_once() {
             .build()
             .unwrap(),
     );
-    for round in 0..20 {
-        let path = Path::from(format!("_versions/{round}.json"));
-        let puts = (0..8).map(|writer| {
-            let (store, path) = (Arc::clone(&store), path.clone());
-            async move {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                store
-                    .put_opts(&path, format!("writer {writer}").into(), opts)
-                    .await
-                    .map(|_| writer)
-            }
-        });
-        let results = futures::future::join_all(puts).await;
-        let winners: Vec<usize> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().copied())
-            .collect();
-        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
-        for r in &results {
-            if let Err(e) = r {
-                assert!(
-                    matches!(e, object_store::Error::AlreadyExists { .. }),
-                    "{e}"
-                );
-            }
-        }
-        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
-        assert_eq!(stored, format!("writer {}", winners[0]).as_bytes());
-    }
+    one_create_wins(store, "conditional", 20).await;
 }
 
 /// A store that ignores `If-None-Match` (as some S3-compatible ones do) is refused

@@ -174,3 +174,45 @@ pub fn files_below(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// The guarantee the commit protocol stands on, asked of a store directly: in each
+/// of `rounds`, eight concurrent create-if-absent PUTs of one key under `prefix`;
+/// exactly one succeeds, the others see `AlreadyExists`, and the key holds the
+/// winner's bytes.
+pub async fn one_create_wins(
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: &str,
+    rounds: usize,
+) {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions};
+    for round in 0..rounds {
+        let path = object_store::path::Path::from(format!("{prefix}/_versions/{round}.json"));
+        let puts = (0..8).map(|writer| {
+            let (store, path) = (Arc::clone(&store), path.clone());
+            async move {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                store
+                    .put_opts(&path, format!("writer {writer}").into(), opts)
+                    .await
+                    .map(|_| writer)
+            }
+        });
+        let results = futures::future::join_all(puts).await;
+        let winners: Vec<usize> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(e, object_store::Error::AlreadyExists { .. }),
+                "round {round}: {e}"
+            );
+        }
+        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored, format!("writer {}", winners[0]).as_bytes());
+    }
+}

@@ -322,6 +322,8 @@ fn misconfigured(url: &url::Url, reason: impl std::fmt::Display) -> IndexError {
 #[derive(Debug)]
 pub struct EnvObjectStoreRegistry {
     inner: Arc<dyn ObjectStoreRegistry>,
+    /// Whole seconds one store operation may take, in place of the environment's.
+    timeout: Option<u64>,
 }
 
 impl Default for EnvObjectStoreRegistry {
@@ -334,7 +336,28 @@ impl Default for EnvObjectStoreRegistry {
 impl EnvObjectStoreRegistry {
     /// Stores come from `inner` first, and from the environment where it has none.
     pub fn new(inner: Arc<dyn ObjectStoreRegistry>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            timeout: None,
+        }
+    }
+
+    /// The stores it builds give up on an operation after `timeout` (retries
+    /// included; whole seconds, 1 to 86,400) instead of what
+    /// `VECTOR_INDEX_STORE_TIMEOUT` says (default 60 s).
+    pub fn with_store_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout.as_secs().clamp(1, 86_400));
+        self
+    }
+
+    /// The environment the stores are built from.
+    fn env(&self) -> StoreEnv {
+        let mut env = StoreEnv::from_process();
+        if let Some(secs) = self.timeout {
+            env.vars
+                .insert(STORE_TIMEOUT_VAR.to_string(), secs.to_string());
+        }
+        env
     }
 
     /// Whether `registry` is one of these (so that it is not wrapped twice).
@@ -362,7 +385,7 @@ impl ObjectStoreRegistry for EnvObjectStoreRegistry {
             Ok(store) => return Ok(store),
             Err(e) => e,
         };
-        match store_for(url, &StoreEnv::from_process())? {
+        match store_for(url, &self.env())? {
             Some(store) => {
                 self.inner.register_store(url, Arc::clone(&store));
                 Ok(store)
@@ -670,6 +693,22 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_registry_sets_the_store_timeout_in_place_of_the_environment() {
+        let registry = EnvObjectStoreRegistry::default()
+            .with_store_timeout(std::time::Duration::from_millis(2500));
+        assert_eq!(
+            StoreTimeout::from_env(&registry.env()).unwrap().seconds(),
+            2
+        );
+        let registry =
+            EnvObjectStoreRegistry::default().with_store_timeout(std::time::Duration::ZERO);
+        assert_eq!(
+            StoreTimeout::from_env(&registry.env()).unwrap().seconds(),
+            1
+        );
     }
 
     #[test]

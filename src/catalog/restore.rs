@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::{check_listed, list_versions, put_version, read_segment, read_version};
 use crate::error::{IndexError, Result};
 use crate::format::{IndexLocation, VersionManifest, FORMAT_VERSION};
@@ -58,9 +60,17 @@ pub(crate) async fn restore(location: &IndexLocation, version: u64) -> Result<Re
         ));
     }
     // Every segment it lists must still be there (and whole) before a version names it.
-    for s in &old.segments {
-        read_segment(location, &s.segment_id).await?;
-    }
+    // Read together, as vector_index_segments reads them: an old version may list many.
+    // Owned inputs: the future must be `Send` for any lifetime (spawned SQL calls).
+    let ids: Vec<String> = old.segments.iter().map(|s| s.segment_id.clone()).collect();
+    futures::stream::iter(ids)
+        .map(|id| {
+            let location = location.clone();
+            async move { read_segment(&location, &id).await }
+        })
+        .buffered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
     let kept: HashSet<&str> = old.segments.iter().map(|s| s.segment_id.as_str()).collect();
     let dropped: Vec<_> = current
         .segments

@@ -28,16 +28,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::IndexError;
 use crate::finalize::{
-    FinalizeOptions, VectorIndexCommitExec, VectorIndexMergeExec, VectorIndexPlanExec,
+    CommitSegments, FinalizeOptions, MergeUnits, PlanMerge, VectorIndexCommitExec,
+    VectorIndexMergeExec, VectorIndexPlanExec,
 };
 use crate::format::IndexLocation;
 use crate::model::{Model, ModelInfo, ModelParams};
 use crate::search::{
-    LoadedTarget, SearchCache, SearchOptions, SearchTarget, TaskRouting, VectorIndexProbeExec,
-    VectorIndexScanExec, VectorIndexTopKExec,
+    LoadedTarget, MergeTopK, Probe, ScanBlocks, SearchCache, SearchOptions, SearchTarget,
+    TaskRouting, VectorIndexProbeExec, VectorIndexScanExec, VectorIndexTopKExec,
 };
-use crate::staging::ShardManifestSource;
-use crate::worker::{VectorIndexShardPublishExec, VectorIndexShardWriteExec};
+use crate::staging::{ScannedShards, ShardManifestSource};
+use crate::worker::{
+    PublishShards, VectorIndexShardPublishExec, VectorIndexShardWriteExec, WriteShards,
+};
 
 /// Version of the encoded nodes; a codec refuses nodes of another version, so that
 /// a scheduler and executors of different builds fail clearly instead of guessing.
@@ -212,59 +215,60 @@ impl VectorIndexCodec {
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexPlanExec>() {
-            let (location, model, options) = exec.parts();
+            // The shards the scan below kept stay in this process.
+            let w = exec.work();
             return Ok(Node::FinalizePlan {
-                index: location.url().to_string(),
-                model: ModelIdentity::of(model),
-                options: options.clone(),
+                index: w.location.url().to_string(),
+                model: ModelIdentity::of(&w.model),
+                options: w.options.clone(),
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexMergeExec>() {
-            let (location, model) = exec.parts();
+            let w = exec.work();
             return Ok(Node::Merge {
-                index: location.url().to_string(),
-                model: ModelIdentity::of(model),
+                index: w.location.url().to_string(),
+                model: ModelIdentity::of(&w.model),
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexCommitExec>() {
-            let (location, model, options) = exec.parts();
+            let w = exec.work();
             return Ok(Node::Commit {
-                index: location.url().to_string(),
-                model: ModelIdentity::of(model),
-                options: options.clone(),
+                index: w.location.url().to_string(),
+                model: ModelIdentity::of(&w.model),
+                options: w.options.clone(),
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexProbeExec>() {
-            let (target, options, slots) = exec.parts();
+            let w = exec.work();
             return Ok(Node::Probe {
-                target: TargetRef::of(target),
-                options,
-                slots,
+                target: TargetRef::of(&w.target),
+                options: w.options,
+                slots: w.slots,
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexScanExec>() {
-            let (target, options, routing) = exec.parts();
+            let w = exec.work();
             return Ok(Node::Scan {
-                target: TargetRef::of(target),
-                options,
-                routing,
+                target: TargetRef::of(&w.target),
+                options: w.options,
+                routing: w.routing,
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexTopKExec>() {
-            return Ok(Node::TopK { k: exec.k() });
+            return Ok(Node::TopK { k: exec.work().k });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexShardWriteExec>() {
-            let (row_id, column) = exec.columns();
+            let w = exec.work();
             return Ok(Node::ShardWrite {
-                index: exec.location().url().to_string(),
-                model: exec.model().fingerprint().to_string(),
-                row_id: row_id.to_string(),
-                column: column.to_string(),
+                index: w.location.url().to_string(),
+                model: w.model.fingerprint().to_string(),
+                row_id: w.row_id.clone(),
+                column: w.column.clone(),
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexShardPublishExec>() {
             return Ok(Node::ShardPublish {
-                index: exec.location().url().to_string(),
+                index: exec.work().location.url().to_string(),
             });
         }
         Err(not_ours(plan))
@@ -301,14 +305,19 @@ impl VectorIndexCodec {
                 options,
             } => Arc::new(VectorIndexPlanExec::try_new(
                 one_input("finalize planner", inputs)?,
-                open(&index, ctx)?,
-                model.info(&index)?,
-                options,
+                PlanMerge {
+                    location: open(&index, ctx)?,
+                    model: model.info(&index)?,
+                    options,
+                    scanned: ScannedShards::default(),
+                },
             )?),
             Node::Merge { index, model } => Arc::new(VectorIndexMergeExec::try_new(
                 one_input("merge", inputs)?,
-                open(&index, ctx)?,
-                model.info(&index)?,
+                MergeUnits {
+                    location: open(&index, ctx)?,
+                    model: model.info(&index)?,
+                },
             )?),
             Node::Commit {
                 index,
@@ -316,9 +325,11 @@ impl VectorIndexCodec {
                 options,
             } => Arc::new(VectorIndexCommitExec::try_new(
                 one_input("commit", inputs)?,
-                open(&index, ctx)?,
-                model.info(&index)?,
-                options,
+                CommitSegments {
+                    location: open(&index, ctx)?,
+                    model: model.info(&index)?,
+                    options,
+                },
             )?),
             Node::Probe {
                 target,
@@ -328,10 +339,7 @@ impl VectorIndexCodec {
                 let loaded = load_target(target, ctx)?;
                 Arc::new(VectorIndexProbeExec::try_new(
                     one_input("search probe", inputs)?,
-                    loaded.target,
-                    options,
-                    loaded.cached,
-                    slots,
+                    Probe::new(loaded.target, options, loaded.cached, slots),
                 )?)
             }
             Node::Scan {
@@ -340,13 +348,15 @@ impl VectorIndexCodec {
                 routing,
             } => Arc::new(VectorIndexScanExec::try_new(
                 one_input("search scan", inputs)?,
-                load_target(target, ctx)?.target,
-                options,
-                routing,
+                ScanBlocks {
+                    target: load_target(target, ctx)?.target,
+                    options,
+                    routing,
+                },
             )?),
             Node::TopK { k } => Arc::new(VectorIndexTopKExec::try_new(
                 one_input("search top-k", inputs)?,
-                k,
+                MergeTopK { k },
             )?),
             Node::ShardWrite {
                 index,
@@ -365,16 +375,20 @@ impl VectorIndexCodec {
                 }
                 Arc::new(VectorIndexShardWriteExec::try_new(
                     one_input("shard write", inputs)?,
-                    location,
-                    Arc::new(current),
-                    row_id,
-                    column,
+                    WriteShards {
+                        location,
+                        model: Arc::new(current),
+                        row_id,
+                        column,
+                    },
                 )?)
             }
-            Node::ShardPublish { index } => Arc::new(VectorIndexShardPublishExec::new(
+            Node::ShardPublish { index } => Arc::new(VectorIndexShardPublishExec::try_new(
                 one_input("shard publish", inputs)?,
-                open(&index, ctx)?,
-            )),
+                PublishShards {
+                    location: open(&index, ctx)?,
+                },
+            )?),
         })
     }
 }

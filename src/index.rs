@@ -27,8 +27,8 @@ use crate::runner;
 use crate::search::{search_plan, SearchCache, SearchOptions, SearchTarget};
 use crate::staging::{discard_shard, DiscardedShard, ShardsTable};
 use crate::worker::{
-    fragment_key, write_rows, ShardWriter, StagedShardRow, VectorIndexShardPublishExec,
-    VectorIndexShardWriteExec,
+    fragment_key, write_rows, PublishShards, ShardWriter, StagedShardRow,
+    VectorIndexShardPublishExec, VectorIndexShardWriteExec, WriteShards,
 };
 
 /// One vector index: an object-store prefix (see FORMAT.md).
@@ -206,15 +206,19 @@ impl VectorIndex {
         )?);
         let write = VectorIndexShardWriteExec::try_new(
             input,
-            self.location.clone(),
-            Arc::new(self.model().await?),
-            row_id.to_string(),
-            column.to_string(),
+            WriteShards {
+                location: self.location.clone(),
+                model: Arc::new(self.model().await?),
+                row_id: row_id.to_string(),
+                column: column.to_string(),
+            },
         )?;
-        Ok(Arc::new(VectorIndexShardPublishExec::new(
+        Ok(Arc::new(VectorIndexShardPublishExec::try_new(
             Arc::new(CoalescePartitionsExec::new(Arc::new(write))),
-            self.location.clone(),
-        )))
+            PublishShards {
+                location: self.location.clone(),
+            },
+        )?))
     }
 
     /// Workers as one plan: stages the rows of `df` as up to `shards` shards, whole

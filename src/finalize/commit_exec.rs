@@ -3,29 +3,20 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::metrics::{
-    ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
-};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
-};
-use futures::TryStreamExt;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, Time};
+use datafusion::physical_plan::DisplayFormatType;
+use futures::{StreamExt, TryStreamExt};
 
 use super::merged_files;
 use super::{FinalizeOptions, SegmentPlan};
 use crate::catalog::{remove_consumed, Committed, NewSegment, Transaction};
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{Partitions, Work, WorkExec, WorkStream};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
@@ -51,122 +42,52 @@ pub(crate) fn commit_output_schema() -> SchemaRef {
 /// [`Transaction`], which writes the segments' manifests and commits the version
 /// (retries, re-checks and what "nothing lost" means live there); only after the
 /// commit are the consumed shards removed from the staging area.
+pub(crate) type VectorIndexCommitExec = WorkExec<CommitSegments>;
+
+/// The work of [`VectorIndexCommitExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexCommitExec {
-    input: Arc<dyn ExecutionPlan>,
-    location: IndexLocation,
-    model: Arc<ModelInfo>,
-    options: FinalizeOptions,
-    properties: Arc<PlanProperties>,
+pub(crate) struct CommitSegments {
+    pub(crate) location: IndexLocation,
+    pub(crate) model: Arc<ModelInfo>,
+    pub(crate) options: FinalizeOptions,
+}
+
+impl Work for CommitSegments {
+    const NAME: &'static str = "VectorIndexCommitExec";
+    const PARTITIONS: Partitions = Partitions::One;
     /// `cleanup_time`: removing the consumed shards after the commit.
-    metrics: ExecutionPlanMetricsSet,
-}
+    const METRICS: bool = true;
 
-impl VectorIndexCommitExec {
-    #[cfg(feature = "codec")]
-    /// What the operator was built with (the codec's view of it).
-    pub(crate) fn parts(&self) -> (&IndexLocation, &Arc<ModelInfo>, &FinalizeOptions) {
-        (&self.location, &self.model, &self.options)
+    fn schema(&self) -> SchemaRef {
+        commit_output_schema()
     }
 
-    pub(crate) fn try_new(
-        input: Arc<dyn ExecutionPlan>,
-        location: IndexLocation,
-        model: Arc<ModelInfo>,
-        options: FinalizeOptions,
-    ) -> Result<Self> {
-        Ok(Self {
-            input,
-            location,
-            model,
-            options,
-            properties: compute_properties(commit_output_schema(), 1, EmissionType::Final),
-            metrics: ExecutionPlanMetricsSet::new(),
-        })
-    }
-}
-
-impl DisplayAs for VectorIndexCommitExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VectorIndexCommitExec: index={}, mode={}, max_attempts={}",
-            self.location.url(),
-            self.options.mode,
-            self.options.max_commit_attempts
-        )
-    }
-}
-
-impl ExecutionPlan for VectorIndexCommitExec {
-    fn name(&self) -> &str {
-        "VectorIndexCommitExec"
+    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("index", self.location.url().to_string()),
+            ("mode", self.options.mode.to_string()),
+            ("max_attempts", self.options.max_commit_attempts.to_string()),
+        ]
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = single_child(self.name(), children)?;
-        Ok(Arc::new(Self::try_new(
-            input,
-            self.location.clone(),
-            Arc::clone(&self.model),
-            self.options.clone(),
-        )?))
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        _partition: usize,
+        input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return datafusion::common::exec_err!(
-                "VectorIndexCommitExec has one partition, asked for {partition}"
-            );
-        }
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
         let tracker = Tracker::of_task(&context);
-        let input = self.input.execute(0, context)?;
-        let location = self.location.clone();
-        let model = Arc::clone(&self.model);
-        let options = self.options.clone();
-        let cleanup_time = MetricBuilder::new(&self.metrics).subset_time("cleanup_time", 0);
-        let stream = futures::stream::once(async move {
+        let cleanup_time = MetricBuilder::new(metrics).subset_time("cleanup_time", 0);
+        Ok(futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let t = transaction(&batches, &location, &model, &options)?;
+            let t = transaction(&batches, &self.location, &self.model, &self.options)?;
             tracker.start(ProgressStep::Commit, Some(1));
-            let out = commit(t, &location, &cleanup_time).await?;
+            let out = commit(t, &self.location, &cleanup_time).await?;
             tracker.add(ProgressStep::Commit, 1);
             Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            commit_output_schema(),
-            stream,
-        )))
+        })
+        .boxed())
     }
 }
 

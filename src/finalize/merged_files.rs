@@ -143,6 +143,6 @@ mod tests {
         assert_eq!(from_batch(&batch).unwrap(), files);
         let without = batch.project(&[0, 1, 2, 3, 5, 6]).unwrap();
         let err = from_batch(&without).unwrap_err().to_string();
-        assert!(err.contains("lacks column 'file'"), "{err}");
+        assert!(err.contains("lack column 'file'"), "{err}");
     }
 }

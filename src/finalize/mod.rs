@@ -34,9 +34,9 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use commit_exec::{commit_output_schema, VectorIndexCommitExec};
-pub(crate) use merge_exec::VectorIndexMergeExec;
-pub(crate) use plan_exec::VectorIndexPlanExec;
+pub(crate) use commit_exec::{commit_output_schema, CommitSegments, VectorIndexCommitExec};
+pub(crate) use merge_exec::{MergeUnits, VectorIndexMergeExec};
+pub(crate) use plan_exec::{PlanMerge, VectorIndexPlanExec};
 use work_units::work_unit_key;
 
 use crate::catalog::CommitMode;
@@ -214,15 +214,16 @@ pub(crate) async fn finalize_plan(
         Ok(staging.scan(state, None, &[], None).await?)
     })?;
     let model = Arc::new(model);
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(
-        VectorIndexPlanExec::try_new(
-            Arc::new(CoalescePartitionsExec::new(scan)),
-            location.clone(),
-            Arc::clone(&model),
-            options.clone(),
-        )?
-        .using_scanned_shards(scanned),
-    );
+    let planner = PlanMerge {
+        location: location.clone(),
+        model: Arc::clone(&model),
+        options: options.clone(),
+        scanned,
+    };
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(VectorIndexPlanExec::try_new(
+        Arc::new(CoalescePartitionsExec::new(scan)),
+        planner,
+    )?);
     let partitions = options
         .merge_partitions
         .unwrap_or(state.config().target_partitions())
@@ -235,16 +236,17 @@ pub(crate) async fn finalize_plan(
         plan,
         Partitioning::Hash(unit_key, partitions),
     )?);
-    let merge = Arc::new(VectorIndexMergeExec::try_new(
-        spread,
-        location.clone(),
-        Arc::clone(&model),
-    )?);
-    let commit = VectorIndexCommitExec::try_new(
-        Arc::new(CoalescePartitionsExec::new(merge)),
-        location.clone(),
+    let merge = MergeUnits {
+        location: location.clone(),
+        model: Arc::clone(&model),
+    };
+    let merge = Arc::new(VectorIndexMergeExec::try_new(spread, merge)?);
+    let commit = CommitSegments {
+        location: location.clone(),
         model,
-        options.clone(),
-    )?;
+        options: options.clone(),
+    };
+    let commit =
+        VectorIndexCommitExec::try_new(Arc::new(CoalescePartitionsExec::new(merge)), commit)?;
     Ok(Arc::new(commit))
 }

@@ -1,18 +1,13 @@
 //! `VectorIndexPlanExec`: checks the staged shards and plans the merge.
 
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
-};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::DisplayFormatType;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use roaring::RoaringBitmap;
@@ -25,7 +20,7 @@ use super::work_units::{unit_batch, work_unit_schema};
 use super::{fragment_ranges, FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
-use crate::exec::{compute_properties, single_child, strings};
+use crate::exec::{strings, Partitions, Work, WorkExec, WorkStream};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
@@ -42,145 +37,71 @@ use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
 /// incomplete or unreadable shard, a model/type/metric/dimension mismatch, missing
 /// or truncated files, a duplicate shard id, fragments covered twice, or (append
 /// mode) fragments already covered by a committed segment.
+pub(crate) type VectorIndexPlanExec = WorkExec<PlanMerge>;
+
+/// The work of [`VectorIndexPlanExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexPlanExec {
-    input: Arc<dyn ExecutionPlan>,
-    location: IndexLocation,
-    model: Arc<ModelInfo>,
-    options: FinalizeOptions,
-    /// Shards the staging scan below kept; others are read here.
-    scanned: ScannedShards,
-    properties: Arc<PlanProperties>,
+pub(crate) struct PlanMerge {
+    pub(crate) location: IndexLocation,
+    pub(crate) model: Arc<ModelInfo>,
+    pub(crate) options: FinalizeOptions,
+    /// Shards the staging scan below kept, taken from it instead of read again
+    /// (see [`ScannedShards`]); others are read here. They stay in this process: a
+    /// codec ships the operator without them.
+    pub(crate) scanned: ScannedShards,
 }
 
-impl VectorIndexPlanExec {
-    #[cfg(feature = "codec")]
-    /// What the operator was built with (the codec's view of it; the shards kept
-    /// by the scan below stay in this process).
-    pub(crate) fn parts(&self) -> (&IndexLocation, &Arc<ModelInfo>, &FinalizeOptions) {
-        (&self.location, &self.model, &self.options)
+impl Work for PlanMerge {
+    const NAME: &'static str = "VectorIndexPlanExec";
+    const PARTITIONS: Partitions = Partitions::One;
+
+    fn schema(&self) -> SchemaRef {
+        work_unit_schema()
     }
 
-    pub(crate) fn try_new(
-        input: Arc<dyn ExecutionPlan>,
-        location: IndexLocation,
-        model: Arc<ModelInfo>,
-        options: FinalizeOptions,
-    ) -> Result<Self> {
-        Ok(Self {
-            input,
-            location,
-            model,
-            options,
-            scanned: ScannedShards::default(),
-            properties: compute_properties(work_unit_schema(), 1, EmissionType::Final),
-        })
-    }
-
-    /// Takes the shards the staging scan below kept from `scanned` instead of reading
-    /// them again (see [`ScannedShards`]).
-    pub(crate) fn using_scanned_shards(mut self, scanned: ScannedShards) -> Self {
-        self.scanned = scanned;
-        self
-    }
-}
-
-impl DisplayAs for VectorIndexPlanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let grouping = match self.options.grouping {
+    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        let options = &self.options;
+        let grouping = match options.grouping {
             SegmentGrouping::Single => "single".to_string(),
             SegmentGrouping::PerShard => "per_shard".to_string(),
             SegmentGrouping::TargetRows(n) => format!("target_rows({n})"),
         };
-        write!(
-            f,
-            "VectorIndexPlanExec: model={}, type={}, segments={grouping}, mode={}, target_file_bytes={}, skip_incomplete={}",
-            self.model.fingerprint(),
-            self.model.index_type(),
-            self.options.mode,
-            self.options.target_file_bytes,
-            self.options.skip_incomplete
-        )?;
-        if let Some(expected) = &self.options.expect_fragments {
-            write!(f, ", expect_fragments={}", fragment_ranges(expected))?;
+        let mut details = vec![
+            ("model", self.model.fingerprint().to_string()),
+            ("type", self.model.index_type().to_string()),
+            ("segments", grouping),
+            ("mode", options.mode.to_string()),
+            ("target_file_bytes", options.target_file_bytes.to_string()),
+            ("skip_incomplete", options.skip_incomplete.to_string()),
+        ];
+        if let Some(expected) = &options.expect_fragments {
+            details.push(("expect_fragments", fragment_ranges(expected)));
         }
-        Ok(())
-    }
-}
-
-impl ExecutionPlan for VectorIndexPlanExec {
-    fn name(&self) -> &str {
-        "VectorIndexPlanExec"
+        details
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = single_child(self.name(), children)?;
-        Ok(Arc::new(
-            Self::try_new(
-                input,
-                self.location.clone(),
-                Arc::clone(&self.model),
-                self.options.clone(),
-            )?
-            .using_scanned_shards(self.scanned.clone()),
-        ))
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        _partition: usize,
+        input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return datafusion::common::exec_err!(
-                "VectorIndexPlanExec has one partition, asked for {partition}"
-            );
-        }
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
         let tracker = Tracker::of_task(&context);
-        let input = self.input.execute(0, context)?;
-        let location = self.location.clone();
-        let model = Arc::clone(&self.model);
-        let options = self.options.clone();
-        let scanned = self.scanned.clone();
-        let batches = futures::stream::once(async move {
+        Ok(futures::stream::once(async move {
             // The latest version is read while the staging scan runs.
             let (rows, latest) = futures::try_join!(input.try_collect::<Vec<_>>(), async {
-                Ok(latest_version(&location).await?)
+                Ok(latest_version(&self.location).await?)
             })?;
-            let units = plan(&location, &model, &options, &scanned, &rows, latest).await?;
-            track_totals(&tracker, &model, &units.units);
+            let units = plan(&self, &rows, latest).await?;
+            track_totals(&tracker, &self.model, &units.units);
             let units = units_to_batches(&units)?;
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
                 units.into_iter().map(Ok),
             ))
         })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            work_unit_schema(),
-            batches,
-        )))
+        .try_flatten()
+        .boxed())
     }
 }
 
@@ -218,13 +139,16 @@ fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
 }
 
 async fn plan(
-    location: &IndexLocation,
-    model: &ModelInfo,
-    options: &FinalizeOptions,
-    scanned: &ScannedShards,
+    work: &PlanMerge,
     rows: &[RecordBatch],
     latest: Option<VersionManifest>,
 ) -> Result<Planned> {
+    let PlanMerge {
+        location,
+        model,
+        options,
+        scanned,
+    } = work;
     let listed = listed_shards(rows)?;
     let consumed: std::collections::HashSet<String> = latest
         .iter()

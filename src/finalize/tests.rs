@@ -11,8 +11,8 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 
-use super::merge_exec::VectorIndexMergeExec;
-use super::plan_exec::VectorIndexPlanExec;
+use super::merge_exec::{MergeUnits, VectorIndexMergeExec};
+use super::plan_exec::{PlanMerge, VectorIndexPlanExec};
 use super::planning::{plan_segments, PlannedShard};
 use super::FinalizeOptions;
 use crate::datasets::{gaussian_mixture, vector_column};
@@ -119,12 +119,11 @@ async fn a_shard_truncated_after_planning_fails_the_merge_cleanly() {
     let input =
         MemorySourceConfig::try_new_exec(std::slice::from_ref(&units), units[0].schema(), None)
             .unwrap();
-    let merge = VectorIndexMergeExec::try_new(
-        input,
-        t.index.location().clone(),
-        Arc::new(t.model.info().clone()),
-    )
-    .unwrap();
+    let merge = MergeUnits {
+        location: t.index.location().clone(),
+        model: Arc::new(t.model.info().clone()),
+    };
+    let merge = VectorIndexMergeExec::try_new(input, merge).unwrap();
     let err = collect(Arc::new(merge), t.ctx.task_ctx())
         .await
         .unwrap_err()
@@ -172,9 +171,12 @@ async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
         Arc::new(
             VectorIndexPlanExec::try_new(
                 Arc::new(CoalescePartitionsExec::new(input)),
-                t.index.location().clone(),
-                Arc::new(t.model.info().clone()),
-                options.clone(),
+                PlanMerge {
+                    location: t.index.location().clone(),
+                    model: Arc::new(t.model.info().clone()),
+                    options: options.clone(),
+                    scanned: Default::default(),
+                },
             )
             .unwrap(),
         )

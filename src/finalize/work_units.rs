@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, ListArray, RecordBatch, StringArray, StructArray,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, ListArray, RecordBatch, StringArray, StructArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, UInt32Type, UInt64Type};
@@ -20,6 +20,7 @@ use datafusion::common::{exec_datafusion_err, internal_err, Result};
 use roaring::RoaringBitmap;
 
 use super::{SegmentPlan, ShardInput, WorkUnit};
+use crate::exec::{binaries, primitive, strings, structs, NamedColumns};
 use crate::format::BlockInfo;
 
 fn block_fields() -> Fields {
@@ -158,48 +159,12 @@ pub(super) fn unit_batch(
     )?)
 }
 
-/// The column `name` of `array`, or an error naming it.
-fn column<'a>(array: &'a StructArray, name: &str) -> Result<&'a ArrayRef> {
-    array
-        .column_by_name(name)
-        .ok_or_else(|| exec_datafusion_err!("work units lack the column {name}"))
+fn u64s<'a>(of: &'a impl NamedColumns, name: &str) -> Result<&'a [u64]> {
+    Ok(primitive::<UInt64Type>(of, name)?.values())
 }
 
-fn wrong_type(name: &str) -> datafusion::error::DataFusionError {
-    exec_datafusion_err!("work unit column {name} has the wrong type")
-}
-
-fn strings<'a>(of: &'a StructArray, name: &str) -> Result<&'a StringArray> {
-    column(of, name)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| wrong_type(name))
-}
-
-fn u64s<'a>(of: &'a StructArray, name: &str) -> Result<&'a [u64]> {
-    Ok(column(of, name)?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| wrong_type(name))?
-        .values())
-}
-
-fn u32s<'a>(of: &'a StructArray, name: &str) -> Result<&'a [u32]> {
-    Ok(column(of, name)?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or_else(|| wrong_type(name))?
-        .values())
-}
-
-fn lists<'a>(of: &'a StructArray, name: &str) -> Result<&'a ListArray> {
-    column(of, name)?
-        .as_list_opt::<i32>()
-        .ok_or_else(|| wrong_type(name))
-}
-
-fn structs(list: &ListArray, i: usize, name: &str) -> Result<StructArray> {
-    list.value(i)
-        .as_struct_opt()
-        .cloned()
-        .ok_or_else(|| wrong_type(name))
+fn u32s<'a>(of: &'a impl NamedColumns, name: &str) -> Result<&'a [u32]> {
+    Ok(primitive::<UInt32Type>(of, name)?.values())
 }
 
 /// A work unit read from its row.
@@ -213,7 +178,6 @@ pub(super) struct UnitRow {
 
 /// The units of a batch of [`work_unit_schema`].
 pub(super) fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
-    let batch = &StructArray::from(batch.clone());
     let file_index = u32s(batch, "file_index")?;
     let file_name = strings(batch, "file_name")?;
     let (start, end) = (
@@ -222,11 +186,8 @@ pub(super) fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
     );
     let rows = u64s(batch, "rows")?;
     let segment = strings(batch, "segment")?;
-    let shards = lists(batch, "shards")?;
-    let fragments = column(batch, "fragments")?
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| wrong_type("fragments"))?;
-    (0..batch.len())
+    let fragments = binaries(batch, "fragments")?;
+    (0..batch.num_rows())
         .map(|i| {
             let plan: SegmentPlan = serde_json::from_str(segment.value(i))
                 .map_err(|e| exec_datafusion_err!("work unit {}: {e}", file_name.value(i)))?;
@@ -237,7 +198,7 @@ pub(super) fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
                 partition_start: start[i],
                 partition_end: end[i],
                 rows: rows[i],
-                shards: shard_inputs(&structs(shards, i, "shards")?)?,
+                shards: shard_inputs(&structs(batch, "shards", i)?)?,
             };
             check_unit(&unit)?;
             Ok(UnitRow {
@@ -274,13 +235,10 @@ fn check_unit(unit: &WorkUnit) -> Result<()> {
 
 fn shard_inputs(shards: &StructArray) -> Result<Vec<ShardInput>> {
     let (ids, dirs) = (strings(shards, "shard_id")?, strings(shards, "dir")?);
-    let fragments = column(shards, "fragments")?
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| wrong_type("fragments"))?;
-    let blocks = lists(shards, "blocks")?;
+    let fragments = binaries(shards, "fragments")?;
     (0..shards.len())
         .map(|s| {
-            let b = structs(blocks, s, "blocks")?;
+            let b = structs(shards, "blocks", s)?;
             let (rows, offset, meta_len, length, crc32) = (
                 u64s(&b, "rows")?,
                 u64s(&b, "offset")?,
@@ -388,6 +346,6 @@ mod tests {
         let batch = unit_batch(&unit(1, 1), None).unwrap();
         let without = batch.project(&[0, 1, 2, 3, 4, 5, 6, 8]).unwrap();
         let err = units_of(&without).err().expect("refused").to_string();
-        assert!(err.contains("work units lack the column shards"), "{err}");
+        assert!(err.contains("lack column 'shards'"), "{err}");
     }
 }

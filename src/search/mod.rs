@@ -37,10 +37,10 @@ use futures::{StreamExt, TryStreamExt};
 
 use cache::{BlockKey, CachedTarget, Place};
 pub use cache::{SearchCache, SearchCacheStats, DEFAULT_SEARCH_CACHE_BYTES};
-pub(crate) use probe_exec::VectorIndexProbeExec;
-pub(crate) use scan_exec::{TaskRouting, VectorIndexScanExec};
+pub(crate) use probe_exec::{Probe, VectorIndexProbeExec};
+pub(crate) use scan_exec::{ScanBlocks, TaskRouting, VectorIndexScanExec};
 pub(crate) use table::VectorSearchTable;
-pub(crate) use topk_exec::{search_output_schema, VectorIndexTopKExec};
+pub(crate) use topk_exec::{search_output_schema, MergeTopK, VectorIndexTopKExec};
 
 use crate::catalog::{check_listed, list_versions, read_segment, read_version};
 use crate::error::{IndexError, Result};
@@ -425,16 +425,19 @@ pub(crate) fn search_plan(
     let partitions = scan_partitions(&target, n, options, state.config());
     let probe = Arc::new(VectorIndexProbeExec::try_new(
         leaf,
-        Arc::clone(&target),
-        options,
-        loaded.cached,
-        partitions,
+        Probe::new(Arc::clone(&target), options, loaded.cached, partitions),
     )?);
+    let top_k = MergeTopK { k: options.k };
     if partitions == 1 {
-        let scan = VectorIndexScanExec::try_new(probe, target, options, TaskRouting::Single)?;
+        let scan = ScanBlocks {
+            target,
+            options,
+            routing: TaskRouting::Single,
+        };
+        let scan = VectorIndexScanExec::try_new(probe, scan)?;
         return Ok(Arc::new(VectorIndexTopKExec::try_new(
             Arc::new(scan),
-            options.k,
+            top_k,
         )?));
     }
     // Hash, not round robin: the probe balanced its tasks over the scan partitions
@@ -446,14 +449,13 @@ pub(crate) fn search_plan(
         probe,
         Partitioning::Hash(key, partitions),
     )?);
-    let scan = Arc::new(VectorIndexScanExec::try_new(
-        spread,
-        Arc::clone(&target),
+    let scan = ScanBlocks {
+        target,
         options,
-        TaskRouting::BySlot,
-    )?);
-    let topk =
-        VectorIndexTopKExec::try_new(Arc::new(CoalescePartitionsExec::new(scan)), options.k)?;
+        routing: TaskRouting::BySlot,
+    };
+    let scan = Arc::new(VectorIndexScanExec::try_new(spread, scan)?);
+    let topk = VectorIndexTopKExec::try_new(Arc::new(CoalescePartitionsExec::new(scan)), top_k)?;
     Ok(Arc::new(topk))
 }
 

@@ -1,26 +1,19 @@
 //! `VectorIndexProbeExec`: ranks IVF partitions once per query.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, UInt32Type};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use arrow::datatypes::{Float32Type, SchemaRef, UInt32Type};
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
-};
-use futures::TryStreamExt;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder};
+use datafusion::physical_plan::DisplayFormatType;
+use futures::{StreamExt, TryStreamExt};
 
 use super::probe_tasks::{balance, probe_task_schema, slot_keys, tasks_batch, ProbeTask, Probed};
 use super::{SearchOptions, SearchTarget};
-use crate::exec::{compute_properties, primitive, single_child, vectors};
+use crate::exec::{primitive, vectors, Partitions, Work, WorkExec, WorkStream};
 use crate::model::distance::normalize;
 use crate::model::Metric;
 use crate::progress::{ProgressStep, Tracker};
@@ -38,120 +31,73 @@ use crate::progress::{ProgressStep, Tracker};
 /// scan partitions it was balanced onto (by rows to score), which the plan's hash
 /// exchange routes it to, so each scan partition reads a block once for all the
 /// queries that probe it.
+pub(crate) type VectorIndexProbeExec = WorkExec<Probe>;
+
+/// The work of [`VectorIndexProbeExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexProbeExec {
-    input: Arc<dyn ExecutionPlan>,
-    target: Arc<SearchTarget>,
-    options: SearchOptions,
+pub(crate) struct Probe {
+    pub(crate) target: Arc<SearchTarget>,
+    pub(crate) options: SearchOptions,
     /// Whether the target came from the session's search cache.
-    target_cached: bool,
+    pub(crate) target_cached: bool,
     /// Partitions of the hash exchange above, which tasks are balanced over.
-    slots: usize,
-    metrics: ExecutionPlanMetricsSet,
-    properties: Arc<PlanProperties>,
+    pub(crate) slots: usize,
 }
 
-impl VectorIndexProbeExec {
-    #[cfg(feature = "codec")]
-    /// What the operator was built with (the codec's view of it).
-    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions, usize) {
-        (&self.target, self.options, self.slots)
-    }
-
-    pub(crate) fn try_new(
-        input: Arc<dyn ExecutionPlan>,
+impl Probe {
+    pub(crate) fn new(
         target: Arc<SearchTarget>,
         options: SearchOptions,
         target_cached: bool,
         slots: usize,
-    ) -> Result<Self> {
-        let schema = probe_task_schema(target.model.dim());
-        Ok(Self {
-            input,
+    ) -> Self {
+        Self {
             target,
             options,
             target_cached,
             slots: slots.max(1),
-            metrics: ExecutionPlanMetricsSet::new(),
-            properties: compute_properties(schema, 1, EmissionType::Final),
-        })
+        }
     }
 }
 
-impl DisplayAs for VectorIndexProbeExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VectorIndexProbeExec: index={}, version={}, segments={}, nprobes={}, partitions={}, metric={}",
-            self.target.location.url(),
-            self.target.version,
-            self.target.segments.len(),
-            self.options.nprobes.min(self.target.model.num_partitions()),
-            self.target.model.num_partitions(),
-            self.target.model.metric()
-        )
-    }
-}
-
-impl ExecutionPlan for VectorIndexProbeExec {
-    fn name(&self) -> &str {
-        "VectorIndexProbeExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(
-            single_child(self.name(), children)?,
-            Arc::clone(&self.target),
-            self.options,
-            self.target_cached,
-            self.slots,
-        )?))
-    }
-
+impl Work for Probe {
+    const NAME: &'static str = "VectorIndexProbeExec";
+    const PARTITIONS: Partitions = Partitions::One;
     /// `target_cache_hits` / `target_cache_misses`: whether the model and segment
     /// manifests came from the session's search cache or were read;
     /// `split_partitions`: partitions scored in parts by several scan partitions.
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
+    const METRICS: bool = true;
+
+    fn schema(&self) -> SchemaRef {
+        probe_task_schema(self.target.model.dim())
     }
 
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        let model = &self.target.model;
+        vec![
+            ("index", self.target.location.url().to_string()),
+            ("version", self.target.version.to_string()),
+            ("segments", self.target.segments.len().to_string()),
+            (
+                "nprobes",
+                self.options.nprobes.min(model.num_partitions()).to_string(),
+            ),
+            ("partitions", model.num_partitions().to_string()),
+            ("metric", model.metric().to_string()),
+        ]
     }
 
-    fn execute(
-        &self,
-        partition: usize,
+    fn run(
+        self: Arc<Self>,
+        _partition: usize,
+        input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return datafusion::common::exec_err!(
-                "VectorIndexProbeExec has one partition, asked for {partition}"
-            );
-        }
-        let slots = self.slots;
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
         let (hits, misses, split) = (
-            MetricBuilder::new(&self.metrics).counter("target_cache_hits", 0),
-            MetricBuilder::new(&self.metrics).counter("target_cache_misses", 0),
-            MetricBuilder::new(&self.metrics).counter("split_partitions", 0),
+            MetricBuilder::new(metrics).counter("target_cache_hits", 0),
+            MetricBuilder::new(metrics).counter("target_cache_misses", 0),
+            MetricBuilder::new(metrics).counter("split_partitions", 0),
         );
         if self.target_cached {
             hits.add(1);
@@ -159,24 +105,20 @@ impl ExecutionPlan for VectorIndexProbeExec {
             misses.add(1);
         }
         let tracker = Tracker::of_task(&context);
-        let input = self.input.execute(0, context)?;
-        let target = Arc::clone(&self.target);
-        let nprobes = self.options.nprobes;
-        let schema = self.properties.eq_properties.schema().clone();
-        let out_schema = Arc::clone(&schema);
-        let stream = futures::stream::once(async move {
+        Ok(futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
-            let (tasks, split_partitions) = probe(&target, nprobes, slots, &batches)?;
+            let (tasks, split_partitions) =
+                probe(&self.target, self.options.nprobes, self.slots, &batches)?;
             split.add(split_partitions);
             tracker.start(ProgressStep::Probes, Some(tasks.len() as u64));
-            let dim = target.model.dim();
-            let out: Vec<Result<RecordBatch>> = batches_of(&tasks, slots)
-                .map(|c| tasks_batch(&out_schema, dim, c))
+            let (schema, dim) = (self.schema(), self.target.model.dim());
+            let out: Vec<Result<RecordBatch>> = batches_of(&tasks, self.slots)
+                .map(|c| tasks_batch(&schema, dim, c))
                 .collect();
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out))
         })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        .try_flatten()
+        .boxed())
     }
 }
 

@@ -1,23 +1,14 @@
 //! `VectorIndexScanExec`: scores probed blocks and keeps each query's local top k.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::metrics::{
-    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
-};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
-    PlanProperties,
-};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
+use datafusion::physical_plan::{DisplayFormatType, Distribution};
 use futures::{StreamExt, TryStreamExt};
 
 use super::cache::{BlockKey, SearchCache};
@@ -27,7 +18,7 @@ use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{HeldBlock, SearchOptions, SearchTarget};
 use crate::error::IndexError;
-use crate::exec::{compute_properties, single_child};
+use crate::exec::{Partitions, Work, WorkExec, WorkStream};
 use crate::format::{decode_block, BlockInfo, SegmentFile, SegmentManifest, StoredBuffers};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
 use crate::model::pq_bound::{self, Columns};
@@ -64,125 +55,70 @@ const BLOCKS_PER_READ: usize = 32;
 /// Partitioning: one output partition per input partition of probe tasks, which
 /// arrive as its [`TaskRouting`] says; emits, when its input ends, each query's local
 /// top k (`query_id`, `row_id`, `distance`).
+pub(crate) type VectorIndexScanExec = WorkExec<ScanBlocks>;
+
+/// The work of [`VectorIndexScanExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexScanExec {
-    input: Arc<dyn ExecutionPlan>,
-    target: Arc<SearchTarget>,
-    options: SearchOptions,
-    routing: TaskRouting,
-    /// What `routing` asks of the input.
-    distribution: Distribution,
-    metrics: ExecutionPlanMetricsSet,
-    properties: Arc<PlanProperties>,
+pub(crate) struct ScanBlocks {
+    pub(crate) target: Arc<SearchTarget>,
+    pub(crate) options: SearchOptions,
+    pub(crate) routing: TaskRouting,
 }
 
-impl VectorIndexScanExec {
-    #[cfg(feature = "codec")]
-    /// What the operator was built with (the codec's view of it).
-    pub(crate) fn parts(&self) -> (&Arc<SearchTarget>, SearchOptions, TaskRouting) {
-        (&self.target, self.options, self.routing)
-    }
+impl Work for ScanBlocks {
+    const NAME: &'static str = "VectorIndexScanExec";
+    const PARTITIONS: Partitions = Partitions::PerInput;
+    /// `block_cache_hits` / `block_cache_misses`, `bytes_read`,
+    /// `pq_rows_skipped_by_bound`.
+    const METRICS: bool = true;
 
-    pub(crate) fn try_new(
-        input: Arc<dyn ExecutionPlan>,
-        target: Arc<SearchTarget>,
-        options: SearchOptions,
-        routing: TaskRouting,
-    ) -> Result<Self> {
-        let partitions = input.output_partitioning().partition_count();
-        let distribution = match routing {
-            TaskRouting::Single => Distribution::SinglePartition,
-            TaskRouting::BySlot => {
-                Distribution::KeyPartitioned(super::probe_tasks::probe_task_key(&input.schema())?)
-            }
-        };
-        Ok(Self {
-            routing,
-            distribution,
-            input,
-            target,
-            options,
-            metrics: ExecutionPlanMetricsSet::new(),
-            properties: compute_properties(search_output_schema(), partitions, EmissionType::Final),
-        })
-    }
-}
-
-impl DisplayAs for VectorIndexScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VectorIndexScanExec: type={}, k={}",
-            self.target.model.index_type(),
-            self.options.k
-        )?;
-        if self.target.model.index_type().is_hnsw() {
-            write!(f, ", ef={}", self.options.effective_ef())?;
-        }
-        write!(f, ", read_concurrency={READ_CONCURRENCY}")
-    }
-}
-
-impl ExecutionPlan for VectorIndexScanExec {
-    fn name(&self) -> &str {
-        "VectorIndexScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
+    fn schema(&self) -> SchemaRef {
+        search_output_schema()
     }
 
     /// Each probed block goes to one partition with all the queries that probe it,
     /// and a distributed scheduler cuts a stage at the hash exchange this asks for.
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![self.distribution.clone()]
+    fn input_distribution(&self, input: &SchemaRef) -> Result<Distribution> {
+        Ok(match self.routing {
+            TaskRouting::Single => Distribution::SinglePartition,
+            TaskRouting::BySlot => {
+                Distribution::KeyPartitioned(super::probe_tasks::probe_task_key(input)?)
+            }
+        })
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        let index_type = self.target.model.index_type();
+        let mut details = vec![
+            ("type", index_type.to_string()),
+            ("k", self.options.k.to_string()),
+        ];
+        if index_type.is_hnsw() {
+            details.push(("ef", self.options.effective_ef().to_string()));
+        }
+        details.push(("read_concurrency", READ_CONCURRENCY.to_string()));
+        details
     }
 
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(
-            single_child(self.name(), children)?,
-            Arc::clone(&self.target),
-            self.options,
-            self.routing,
-        )?))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn execute(
-        &self,
         partition: usize,
+        mut input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
         let tracker = Tracker::of_task(&context);
         let blocks = Blocks {
             target: Arc::clone(&self.target),
             cache: SearchCache::of(context.session_config()),
-            hits: MetricBuilder::new(&self.metrics).counter("block_cache_hits", partition),
-            misses: MetricBuilder::new(&self.metrics).counter("block_cache_misses", partition),
-            bytes_read: MetricBuilder::new(&self.metrics).counter("bytes_read", partition),
-            rows_skipped: MetricBuilder::new(&self.metrics)
+            hits: MetricBuilder::new(metrics).counter("block_cache_hits", partition),
+            misses: MetricBuilder::new(metrics).counter("block_cache_misses", partition),
+            bytes_read: MetricBuilder::new(metrics).counter("bytes_read", partition),
+            rows_skipped: MetricBuilder::new(metrics)
                 .counter("pq_rows_skipped_by_bound", partition),
         };
-        let mut input = self.input.execute(partition, context)?;
         let options = self.options;
-        let stream = futures::stream::once(async move {
+        Ok(futures::stream::once(async move {
             let mut tops: BTreeMap<u32, TopK> = BTreeMap::new();
             let mut preparer = Preparer::new(Arc::clone(&blocks.target));
             let mut visited = Visited::default();
@@ -202,11 +138,8 @@ impl ExecutionPlan for VectorIndexScanExec {
                 tracker.add(ProgressStep::Probes, batch.num_rows() as u64);
             }
             Ok(tops_to_batch(tops)?)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            search_output_schema(),
-            stream,
-        )))
+        })
+        .boxed())
     }
 }
 

@@ -9,7 +9,8 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, UInt64Type};
 
 pub(crate) use shard_build::{
-    fragment_key, StagedShardRow, VectorIndexShardPublishExec, VectorIndexShardWriteExec,
+    fragment_key, PublishShards, StagedShardRow, VectorIndexShardPublishExec,
+    VectorIndexShardWriteExec, WriteShards,
 };
 pub use shard_writer::ShardWriter;
 

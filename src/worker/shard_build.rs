@@ -10,28 +10,22 @@
 //!         <the table's scan>
 //! ```
 
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{col, lit, BinaryExpr, CastExpr};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
-    PlanProperties,
-};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::{DisplayFormatType, Distribution};
 use futures::StreamExt;
 
 use super::shard_writer::publish;
 use super::{write_rows, ShardWriter};
-use crate::exec::{compute_properties, single_child, strings};
+use crate::exec::{strings, Partitions, Work, WorkExec, WorkStream};
 use crate::format::{IndexLocation, ShardManifest};
 use crate::model::Model;
 use crate::progress::{ProgressStep, Tracker};
@@ -119,127 +113,63 @@ impl StagedShardRow {
 /// a new shard id, so a failed or retried task leaves at most an incomplete shard
 /// (no `shard.json`), which finalize never merges: a task that fails while writing
 /// removes its pieces (best effort), a crashed one's wait for vacuum.
+pub(crate) type VectorIndexShardWriteExec = WorkExec<WriteShards>;
+
+/// The work of [`VectorIndexShardWriteExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexShardWriteExec {
-    input: Arc<dyn ExecutionPlan>,
-    location: IndexLocation,
-    model: Arc<Model>,
-    /// Names of the input's columns, for errors.
-    row_id: String,
-    column: String,
-    /// What the input must be hash-partitioned on ([`fragment_key`]).
-    key: Arc<dyn PhysicalExpr>,
-    properties: Arc<PlanProperties>,
+pub(crate) struct WriteShards {
+    pub(crate) location: IndexLocation,
+    pub(crate) model: Arc<Model>,
+    /// Names of the input's columns.
+    pub(crate) row_id: String,
+    pub(crate) column: String,
 }
 
-impl VectorIndexShardWriteExec {
-    pub(crate) fn try_new(
-        input: Arc<dyn ExecutionPlan>,
-        location: IndexLocation,
-        model: Arc<Model>,
-        row_id: String,
-        column: String,
-    ) -> Result<Self> {
-        let partitions = input.output_partitioning().partition_count();
-        Ok(Self {
-            key: fragment_key(&input.schema(), &row_id)?,
+impl Work for WriteShards {
+    const NAME: &'static str = "VectorIndexShardWriteExec";
+    const PARTITIONS: Partitions = Partitions::PerInput;
+
+    fn schema(&self) -> SchemaRef {
+        staged_shard_schema()
+    }
+
+    /// Whole fragments per partition ([`fragment_key`]); the scheduler of a cluster
+    /// cuts a stage at the hash exchange, so the writers run as tasks on its executors.
+    fn input_distribution(&self, input: &SchemaRef) -> Result<Distribution> {
+        Ok(Distribution::KeyPartitioned(vec![fragment_key(
             input,
-            location,
-            model,
-            row_id,
-            column,
-            properties: compute_properties(staged_shard_schema(), partitions, EmissionType::Final),
-        })
+            &self.row_id,
+        )?]))
     }
 
-    #[cfg(feature = "codec")]
-    pub(crate) fn location(&self) -> &IndexLocation {
-        &self.location
+    fn benefits_from_input_partitioning(&self, _: &Distribution) -> bool {
+        false
     }
 
-    #[cfg(feature = "codec")]
-    pub(crate) fn model(&self) -> &Arc<Model> {
-        &self.model
+    fn details(&self, _: DisplayFormatType, partitions: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("index", self.location.url().to_string()),
+            ("model", self.model.fingerprint().to_string()),
+            ("row_id", self.row_id.clone()),
+            ("column", self.column.clone()),
+            ("shards", format!("one per partition ({partitions})")),
+        ]
     }
 
-    #[cfg(feature = "codec")]
-    pub(crate) fn columns(&self) -> (&str, &str) {
-        (&self.row_id, &self.column)
-    }
-}
-
-impl DisplayAs for VectorIndexShardWriteExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VectorIndexShardWriteExec: index={}, model={}, row_id={}, column={}, shards=one per partition ({})",
-            self.location.url(),
-            self.model.fingerprint(),
-            self.row_id,
-            self.column,
-            self.properties.partitioning.partition_count()
-        )
-    }
-}
-
-impl ExecutionPlan for VectorIndexShardWriteExec {
-    fn name(&self) -> &str {
-        "VectorIndexShardWriteExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    /// Whole fragments per partition; the scheduler of a cluster cuts a stage at the
-    /// hash exchange, so the writers run as tasks on its executors.
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::KeyPartitioned(vec![Arc::clone(&self.key)])]
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(
-            single_child(self.name(), children)?,
-            self.location.clone(),
-            Arc::clone(&self.model),
-            self.row_id.clone(),
-            self.column.clone(),
-        )?))
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        _partition: usize,
+        mut input: SendableRecordBatchStream,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
         let tracker = Tracker::of_task(&context);
-        let mut input = self.input.execute(partition, context)?;
         let mut writer = ShardWriter::new(self.location.clone(), Arc::clone(&self.model));
-        let (row_id, column) = (self.row_id.clone(), self.column.clone());
-        let location = self.location.clone();
-        let stream = futures::stream::once(async move {
+        Ok(futures::stream::once(async move {
             let mut rows = 0u64;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
-                write_rows(&mut writer, &batch, &row_id, &column)?;
+                write_rows(&mut writer, &batch, &self.row_id, &self.column)?;
                 rows += batch.num_rows() as u64;
                 tracker.add(ProgressStep::Encoding, batch.num_rows() as u64);
             }
@@ -252,15 +182,13 @@ impl ExecutionPlan for VectorIndexShardWriteExec {
                 Err(e) => {
                     // Best effort: without `shard.json` the shard was never complete,
                     // so nothing can have merged it; a retry writes another.
+                    let location = &self.location;
                     let _ = location.delete_dir(&location.shard_dir(&shard_id)).await;
                     Err(e.into())
                 }
             }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            staged_shard_schema(),
-            stream,
-        )))
+        })
+        .boxed())
     }
 }
 
@@ -272,80 +200,41 @@ impl ExecutionPlan for VectorIndexShardWriteExec {
 /// and emits a single partition: the input's rows, after their shards are
 /// complete. When a writer fails, removes (best effort) the pieces of the shards it
 /// had received and publishes none.
+pub(crate) type VectorIndexShardPublishExec = WorkExec<PublishShards>;
+
+/// The work of [`VectorIndexShardPublishExec`].
 #[derive(Debug)]
-pub(crate) struct VectorIndexShardPublishExec {
-    input: Arc<dyn ExecutionPlan>,
-    location: IndexLocation,
-    properties: Arc<PlanProperties>,
+pub(crate) struct PublishShards {
+    pub(crate) location: IndexLocation,
 }
 
-impl VectorIndexShardPublishExec {
-    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, location: IndexLocation) -> Self {
-        Self {
-            input,
-            location,
-            properties: compute_properties(staged_shard_schema(), 1, EmissionType::Final),
-        }
+impl Work for PublishShards {
+    const NAME: &'static str = "VectorIndexShardPublishExec";
+    const PARTITIONS: Partitions = Partitions::One;
+
+    fn schema(&self) -> SchemaRef {
+        staged_shard_schema()
     }
 
-    #[cfg(feature = "codec")]
-    pub(crate) fn location(&self) -> &IndexLocation {
-        &self.location
-    }
-}
-
-impl DisplayAs for VectorIndexShardPublishExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "VectorIndexShardPublishExec: index={}, writes=shard.json of each shard once all are written",
-            self.location.url()
-        )
-    }
-}
-
-impl ExecutionPlan for VectorIndexShardPublishExec {
-    fn name(&self) -> &str {
-        "VectorIndexShardPublishExec"
+    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("index", self.location.url().to_string()),
+            (
+                "writes",
+                "shard.json of each shard once all are written".to_string(),
+            ),
+        ]
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::new(
-            single_child(self.name(), children)?,
-            self.location.clone(),
-        )))
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let mut input = self.input.execute(partition, context)?;
-        let location = self.location.clone();
-        let stream = futures::stream::once(async move {
+        _partition: usize,
+        mut input: SendableRecordBatchStream,
+        _context: Arc<TaskContext>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<WorkStream> {
+        Ok(futures::stream::once(async move {
+            let location = &self.location;
             let mut written = Vec::new();
             let mut failure = None;
             while let Some(batch) = input.next().await {
@@ -365,14 +254,11 @@ impl ExecutionPlan for VectorIndexShardPublishExec {
                 return Err(e);
             }
             for some in written.chunks(16) {
-                let writes = some.iter().map(|row| publish(&location, &row.manifest));
+                let writes = some.iter().map(|row| publish(location, &row.manifest));
                 futures::future::try_join_all(writes).await?;
             }
             StagedShardRow::to_batch(&written)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            staged_shard_schema(),
-            stream,
-        )))
+        })
+        .boxed())
     }
 }

@@ -133,19 +133,17 @@ async fn bench_type(
 
     let t = Instant::now();
     let defaults = HnswParams::default();
-    let options = TrainOptions {
-        index_type: ty,
-        metric: Metric::L2,
-        num_partitions: PARTITIONS,
-        hnsw: HnswParams {
+    let options = TrainOptions::default()
+        .with_index_type(ty)
+        .with_metric(Metric::L2)
+        .with_num_partitions(PARTITIONS)
+        .with_hnsw(HnswParams {
             m: env_usize("FINALIZE_BENCH_HNSW_M", defaults.m as usize) as u32,
             ef_construction: env_usize(
                 "FINALIZE_BENCH_HNSW_EF_CONSTRUCTION",
                 defaults.ef_construction as usize,
             ) as u32,
-        },
-        ..Default::default()
-    };
+        });
     if ty.is_hnsw() {
         println!(
             "  graphs: m={}, ef_construction={}; search ef={}",
@@ -278,12 +276,7 @@ async fn bench_type(
     println!("  bytes written (segments):           {written:>12}");
 
     let index = VectorIndex::open(&ctx, &format!("file://{}", last.display())).unwrap();
-    let options = SearchOptions {
-        k: 10,
-        nprobes: 20,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(10).with_nprobes(20);
     index.search(&ctx, &queries[..DIM], options).await.unwrap();
     let t = Instant::now();
     let hits = index.search(&ctx, queries, options).await.unwrap();

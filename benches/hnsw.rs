@@ -62,12 +62,10 @@ fn main() {
         rayon::current_num_threads()
     );
     let mut data = gaussian_mixture(rows, DIM, 1024, 0.15, 1, 7);
-    let options = TrainOptions {
-        index_type: IndexType::IvfHnswSq,
-        metric: Metric::L2,
-        num_partitions: partitions,
-        ..Default::default()
-    };
+    let options = TrainOptions::default()
+        .with_index_type(IndexType::IvfHnswSq)
+        .with_metric(Metric::L2)
+        .with_num_partitions(partitions);
     let sample = data[..options.sample_rows().min(rows) * DIM].to_vec();
     let model = Arc::new(Model::train(DIM, sample, &options).unwrap());
     let (mut parts, mut codes) = (Vec::new(), Vec::new());

@@ -108,12 +108,10 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, runs: usize) -> St
     let index = VectorIndex::open(&ctx, &format!("s3://{bucket}/pristine")).unwrap();
 
     let t = Instant::now();
-    let options = TrainOptions {
-        index_type: ty,
-        metric: Metric::L2,
-        num_partitions: PARTITIONS,
-        ..Default::default()
-    };
+    let options = TrainOptions::default()
+        .with_index_type(ty)
+        .with_metric(Metric::L2)
+        .with_num_partitions(PARTITIONS);
     let sample_rows = options.sample_rows().min(rows);
     let sample =
         RecordBatch::try_from_iter([("vec", vector_column(&data[..sample_rows * DIM], DIM))])

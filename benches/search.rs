@@ -161,10 +161,7 @@ async fn breakdown(session: &VectorIndexSession, url: &str, s: &Setup<'_>) {
     let ctx = session.context();
     let index = VectorIndex::open(ctx, url).unwrap();
     for nprobes in [s.options.nprobes, 1] {
-        let options = SearchOptions {
-            nprobes,
-            ..s.options
-        };
+        let options = s.options.with_nprobes(nprobes);
         let api = median_ms(|| async {
             index.search(ctx, q, options).await.unwrap();
         })
@@ -206,12 +203,10 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
     let one_dir = work.path().join("one");
     let url = |dir: &std::path::Path| format!("file://{}", dir.display());
     let index = VectorIndex::open(ctx, &url(&one_dir)).unwrap();
-    let options = TrainOptions {
-        index_type: ty,
-        metric: Metric::L2,
-        num_partitions: PARTITIONS,
-        ..Default::default()
-    };
+    let options = TrainOptions::default()
+        .with_index_type(ty)
+        .with_metric(Metric::L2)
+        .with_num_partitions(PARTITIONS);
     let table = RecordBatch::try_from_iter([("vec", vector_column(data, DIM))]).unwrap();
     let model = Arc::new(
         index
@@ -248,16 +243,10 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
     ] {
         let index = VectorIndex::open(ctx, &url(dir)).unwrap();
         let committed = index
-            .finalize(
-                ctx,
-                &FinalizeOptions {
-                    grouping,
-                    ..Default::default()
-                },
-            )
+            .finalize(ctx, &FinalizeOptions::default().with_grouping(grouping))
             .await
             .unwrap();
-        let segments: usize = committed.iter().map(RecordBatch::num_rows).sum();
+        let segments: usize = committed.segments.len();
         // SEARCH_BENCH_BREAKDOWN=1 prints where a warm one-query call's time goes
         // (on the first index) and measures nothing else.
         if std::env::var("SEARCH_BENCH_BREAKDOWN").is_ok() {
@@ -377,12 +366,7 @@ fn main() {
     let setup = Setup {
         queries: &queries,
         truth: &truth,
-        options: SearchOptions {
-            k: 10,
-            nprobes,
-            ef: None,
-            ..Default::default()
-        },
+        options: SearchOptions::default().with_k(10).with_nprobes(nprobes),
         runs,
     };
     let mut summaries = Vec::new();

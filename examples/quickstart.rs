@@ -197,12 +197,7 @@ async fn main() -> Result<()> {
 
         let index = VectorIndex::open(&ctx, &url)?;
         let t = Instant::now();
-        let options = SearchOptions {
-            k: K,
-            nprobes: NPROBES,
-            ef: None,
-            ..Default::default()
-        };
+        let options = SearchOptions::default().with_k(K).with_nprobes(NPROBES);
         let hits = index.search(&ctx, &queries, options).await?;
         let secs = t.elapsed().as_secs_f64();
         let found: usize = hits

@@ -8,6 +8,7 @@ use datafusion::error::DataFusionError;
 
 /// Errors raised by the index itself (as opposed to DataFusion or the object store).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IndexError {
     /// An argument given by the caller is out of range or malformed.
     #[error("invalid argument `{name}`: {reason}")]

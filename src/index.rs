@@ -18,7 +18,7 @@ use crate::catalog::{restore, vacuum, Restored, VacuumOptions, VacuumReport};
 use crate::catalog::{ReadWhole, SegmentsTable};
 use crate::error::{IndexError, Result};
 use crate::exec::{exact_rows, primitive};
-use crate::finalize::{finalize_plan, FinalizeOptions};
+use crate::finalize::{finalize_plan, FinalizeOptions, FinalizeReport};
 use crate::format::{IndexLocation, ShardManifest, VersionManifest};
 use crate::model::input::{append_vectors, first_dim, is_vector_type};
 use crate::model::{check_before_training, train_model, Model, SampleCollector, TrainOptions};
@@ -266,7 +266,7 @@ impl VectorIndex {
         finalize_plan(&ctx.state(), &self.location, options).await
     }
 
-    /// Plans, merges and commits the staged shards; one row per new segment.
+    /// Plans, merges and commits the staged shards; says what it committed.
     ///
     /// A finalize that loses a race to another finalize of the same shards fails with
     /// [`IndexError::Conflict`], wherever it noticed (a staged file gone while it
@@ -275,14 +275,15 @@ impl VectorIndex {
         &self,
         ctx: &SessionContext,
         options: &FinalizeOptions,
-    ) -> Result<Vec<RecordBatch>> {
+    ) -> Result<FinalizeReport> {
         let base = crate::catalog::list_versions(&self.location)
             .await?
             .last()
             .copied();
         let run = async {
             let plan = self.finalize_plan(ctx, options).await?;
-            Ok(runner::collect(plan, ctx.task_ctx()).await?)
+            let rows = runner::collect(plan, ctx.task_ctx()).await?;
+            Ok(FinalizeReport::from_batches(&rows)?)
         };
         match run.await {
             Ok(batches) => Ok(batches),

@@ -49,7 +49,7 @@ pub use catalog::{
 #[cfg(feature = "codec")]
 pub use codec::VectorIndexCodec;
 pub use error::{error_line, IndexError, Result};
-pub use finalize::{FinalizeOptions, SegmentGrouping};
+pub use finalize::{FinalizeOptions, FinalizeReport, FinalizedSegment, SegmentGrouping};
 pub use format::{EnvObjectStoreRegistry, STORE_TIMEOUT_VAR};
 pub use index::{SearchHit, ShardBuild, VectorIndex};
 pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};

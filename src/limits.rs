@@ -1,4 +1,4 @@
-//! Bounds of every count a caller gives, in one place (README, "Limits"). A count
+//! Bounds of every count a caller gives, in one place (docs/guarantees.md, "Limits"). A count
 //! outside its bound is refused before anything is allocated from it, with an
 //! error that names the argument and states the bound; zero is refused alike
 //! wherever it would mean nothing.

@@ -20,6 +20,7 @@ use datafusion::prelude::SessionConfig;
 
 /// One counted step of the work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ProgressStep {
     /// `create`: rows of the input read while sampling (total when the input's
     /// row count is known exactly before it is read).
@@ -95,6 +96,7 @@ impl fmt::Display for ProgressStep {
 
 /// The unit a step counts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ProgressUnit {
     Rows,
     Iterations,

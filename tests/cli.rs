@@ -59,6 +59,27 @@ fn index_url(dir: &Path) -> String {
     format!("file://{}/idx", dir.display())
 }
 
+/// `--help` names every procedure and table function a session has, each
+/// found by its name in the help text.
+#[test]
+fn help_lists_every_procedure_and_table_function() {
+    use datafusion_vector_index::VectorIndexSession;
+    let help = succeeds(&run(&["--help"], None));
+    let names = VectorIndexSession::procedures()
+        .into_iter()
+        .chain(VectorIndexSession::table_functions());
+    for name in names {
+        let word =
+            |w: &str| w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_') == name;
+        assert!(
+            help.split_whitespace().any(word),
+            "--help omits {name}:\n{help}"
+        );
+    }
+    assert!(VectorIndexSession::procedures().contains(&"build_vector_index_shards"));
+    assert_eq!(VectorIndexSession::table_functions().len(), 4);
+}
+
 #[test]
 fn commands_files_and_piped_statements_run_in_order() {
     let dir = tempfile::tempdir().unwrap();

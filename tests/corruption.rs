@@ -33,11 +33,9 @@ fn open(store: Arc<dyn ObjectStore>) -> (SessionContext, VectorIndex) {
 }
 
 fn finalize_options() -> FinalizeOptions {
-    FinalizeOptions {
-        grouping: SegmentGrouping::TargetRows(150),
-        target_file_bytes: 1 << 10,
-        ..Default::default()
-    }
+    FinalizeOptions::default()
+        .with_grouping(SegmentGrouping::TargetRows(150))
+        .with_target_file_bytes(1 << 10)
 }
 
 async fn search(
@@ -45,12 +43,7 @@ async fn search(
     index: &VectorIndex,
     data: &[f32],
 ) -> Result<Vec<Vec<SearchHit>>, IndexError> {
-    let options = SearchOptions {
-        k: 5,
-        nprobes: 2,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(5).with_nprobes(2);
     index.search(ctx, &data[..8 * DIM], options).await
 }
 

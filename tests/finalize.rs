@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::UInt64Type;
 use common::*;
 use datafusion_vector_index::IndexError;
 use datafusion_vector_index::ShardWriter;
@@ -39,7 +38,7 @@ fn staged(t: &TestIndex) -> Vec<(String, Vec<u8>)> {
 async fn finalize(
     t: &TestIndex,
     options: &FinalizeOptions,
-) -> datafusion_vector_index::Result<Vec<arrow::array::RecordBatch>> {
+) -> datafusion_vector_index::Result<datafusion_vector_index::FinalizeReport> {
     t.index.finalize(&t.ctx, options).await
 }
 
@@ -77,7 +76,8 @@ proptest! {
             let one = build(&model, &data, &ids, &[0; FRAGMENTS as usize]).await;
             let many = build(&model, &data, &ids, &owners).await;
             let many_via_store = build_through_store(&model, &data, &ids, &owners).await;
-            let small_files = FinalizeOptions { target_file_bytes: 4096, ..Default::default() };
+            let small_files = FinalizeOptions::default()
+.with_target_file_bytes(4096);
             for t in [&one, &many, &many_via_store] {
                 finalize(t, &small_files).await.unwrap();
             }
@@ -167,23 +167,13 @@ async fn planning_errors_change_nothing() {
         .join("data.arrow");
     let original = std::fs::read(&data_file).unwrap();
     std::fs::write(&data_file, &original[..original.len() - 10]).unwrap();
-    let skip = FinalizeOptions {
-        skip_incomplete: true,
-        ..Default::default()
-    };
+    let skip = FinalizeOptions::default().with_skip_incomplete(true);
     let err = finalize(&t, &skip).await.unwrap_err().to_string();
     assert!(err.contains(&a[0]) && err.contains("truncated"), "{err}");
     std::fs::write(&data_file, &original).unwrap();
 
     let out = finalize(&t, &skip).await.unwrap();
-    assert_eq!(
-        out[0]
-            .column_by_name("rows")
-            .unwrap()
-            .as_primitive::<UInt64Type>()
-            .value(0),
-        ROWS as u64
-    );
+    assert_eq!(out.segments[0].rows, ROWS as u64);
     assert!(incomplete.exists(), "skipped shards stay for vacuum");
 }
 
@@ -198,10 +188,7 @@ async fn local_files_and_the_object_store_api_write_the_same_segments() {
         let model = train(&data, ty, Metric::L2, 8);
         let local = build(&model, &data, &ids, &owners).await;
         let via_store = build_through_store(&model, &data, &ids, &owners).await;
-        let options = FinalizeOptions {
-            target_file_bytes: 2048,
-            ..Default::default()
-        };
+        let options = FinalizeOptions::default().with_target_file_bytes(2048);
         finalize(&local, &options).await.unwrap();
         finalize(&via_store, &options).await.unwrap();
         assert_eq!(segment_data(&local), segment_data(&via_store), "{ty:?}");
@@ -340,10 +327,7 @@ async fn merge_failure_commits_nothing(data: &[f32], ids: &[u64], model: &Model,
     std::fs::write(dir.join("data.arrow"), &bytes).unwrap();
     let before = staged(&t);
 
-    let options = FinalizeOptions {
-        target_file_bytes: 2048,
-        ..Default::default()
-    };
+    let options = FinalizeOptions::default().with_target_file_bytes(2048);
     let err = finalize(&t, &options).await.unwrap_err().to_string();
     assert!(
         err.contains(&shards[1]) && err.contains("checksum"),
@@ -404,10 +388,11 @@ async fn racing_finalizes_commit_once_and_lose_nothing() {
 
     // The loser's segment files are unreferenced; vacuum removes them and nothing else.
     t.index
-        .vacuum(&VacuumOptions {
-            older_than: Duration::ZERO,
-            dry_run: false,
-        })
+        .vacuum(
+            &VacuumOptions::default()
+                .with_older_than(Duration::ZERO)
+                .with_dry_run(false),
+        )
         .await
         .unwrap();
     let hits = t
@@ -434,12 +419,9 @@ async fn commit_overlap_append_fails_replace_replaces() {
     let ids = row_ids(ROWS, FRAGMENTS);
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
-    let per_shard = FinalizeOptions {
-        grouping: SegmentGrouping::PerShard,
-        ..Default::default()
-    };
+    let per_shard = FinalizeOptions::default().with_grouping(SegmentGrouping::PerShard);
     let out = finalize(&t, &per_shard).await.unwrap();
-    assert_eq!(out[0].num_rows(), 2);
+    assert_eq!(out.segments.len(), 2);
     let first = latest_version(&t).await;
 
     // Re-index fragments 0..4 (owned by the first segment).
@@ -460,17 +442,9 @@ async fn commit_overlap_append_fails_replace_replaces() {
         "{err}"
     );
 
-    let replace = FinalizeOptions {
-        mode: CommitMode::Replace,
-        ..Default::default()
-    };
+    let replace = FinalizeOptions::default().with_mode(CommitMode::Replace);
     let out = finalize(&t, &replace).await.unwrap();
-    let replaced = out[0]
-        .column_by_name("replaced_segments")
-        .unwrap()
-        .as_string::<i32>()
-        .value(0)
-        .to_string();
+    let replaced = out.replaced_segments.join(",");
     let v2 = latest_version(&t).await;
     assert_eq!(v2.version, 2);
     assert_eq!(v2.segments.len(), 2);
@@ -491,10 +465,7 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
     let model = train(&data, IndexType::IvfFlat, Metric::L2, 8);
     let t = build(&model, &data, &ids, &[0, 0, 0, 0, 1, 1, 1, 1]).await;
     let before = staged(&t);
-    let target_rows = FinalizeOptions {
-        grouping: SegmentGrouping::TargetRows(500),
-        ..Default::default()
-    };
+    let target_rows = FinalizeOptions::default().with_grouping(SegmentGrouping::TargetRows(500));
     finalize(&t, &target_rows).await.unwrap();
     assert!(
         staged(&t).is_empty(),
@@ -531,10 +502,11 @@ async fn rerun_after_crash_between_commit_and_cleanup_merges_nothing_twice() {
     assert!(report.removed.is_empty());
     let report = t
         .index
-        .vacuum(&VacuumOptions {
-            older_than: Duration::ZERO,
-            dry_run: false,
-        })
+        .vacuum(
+            &VacuumOptions::default()
+                .with_older_than(Duration::ZERO)
+                .with_dry_run(false),
+        )
         .await
         .unwrap();
     assert_eq!(report.removed.len(), 1);
@@ -602,12 +574,7 @@ async fn consumed_shards_are_moved_aside_then_deleted_and_vacuum_finishes() {
         name.trim_start_matches("partial_").to_string()
     };
     let query = &data[..DIM];
-    let options = SearchOptions {
-        k: 5,
-        nprobes: 4,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(5).with_nprobes(4);
 
     finalize(&t, &FinalizeOptions::default()).await.unwrap();
     assert!(staged(&t).is_empty(), "consumed shards left _staging");
@@ -646,10 +613,7 @@ async fn consumed_shards_are_moved_aside_then_deleted_and_vacuum_finishes() {
         objects: files.len(),
     };
     let mut expected = vec![item(&shards[1], &saved[1]), item(&shards[0], &saved[0])];
-    let dry_run = VacuumOptions {
-        dry_run: true,
-        ..Default::default()
-    };
+    let dry_run = VacuumOptions::default().with_dry_run(true);
     let mut report = t.index.vacuum(&dry_run).await.unwrap().removed;
     report.sort_by(|a, b| a.id.cmp(&b.id));
     expected.sort_by(|a, b| a.id.cmp(&b.id));
@@ -707,10 +671,7 @@ async fn a_restaged_fragment_never_drops_rows() {
         )) && text.contains("covering all 8 fragments"),
         "{text}"
     );
-    let replace = FinalizeOptions {
-        mode: CommitMode::Replace,
-        ..Default::default()
-    };
+    let replace = FinalizeOptions::default().with_mode(CommitMode::Replace);
     let err = finalize(&t, &replace).await.unwrap_err().to_string();
     assert!(
         err.contains(&format!(
@@ -747,12 +708,10 @@ async fn a_restaged_fragment_never_drops_rows() {
     finalize(&t, &FinalizeOptions::default()).await.unwrap();
     let query = &data[fragment_one[0] * DIM..(fragment_one[0] + 1) * DIM];
     let search = |version| {
-        let options = datafusion_vector_index::SearchOptions {
-            k: 2,
-            nprobes: 8,
-            version,
-            ..Default::default()
-        };
+        let mut options = datafusion_vector_index::SearchOptions::default()
+            .with_k(2)
+            .with_nprobes(8);
+        options.version = version;
         let t = &t;
         async move { t.index.search(&t.ctx, query, options).await.unwrap() }
     };

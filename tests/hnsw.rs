@@ -42,12 +42,8 @@ async fn recall(
     queries: &[f32],
     ef: Option<usize>,
 ) -> f64 {
-    let options = SearchOptions {
-        k: 10,
-        nprobes: 2,
-        ef,
-        ..Default::default()
-    };
+    let mut options = SearchOptions::default().with_k(10).with_nprobes(2);
+    options.ef = ef;
     let hits = t.index.search(&t.ctx, queries, options).await.unwrap();
     let mut found = 0;
     for (q, h) in queries.chunks(DIM).zip(&hits) {
@@ -128,12 +124,7 @@ async fn graphs_are_stored_per_partition_and_checked_when_read() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[(block.offset + block.length - 1) as usize] ^= 0x40;
     std::fs::write(&path, bytes).unwrap();
-    let options = SearchOptions {
-        k: 5,
-        nprobes: PARTITIONS,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(5).with_nprobes(PARTITIONS);
     let err = t.search_error(&data[..DIM], options).await;
     assert!(
         err.contains(&format!(
@@ -171,12 +162,10 @@ fn graph_parameters_are_checked_when_training() {
             "`hnsw_ef_construction`",
         ),
     ] {
-        let options = TrainOptions {
-            index_type: IndexType::IvfHnswFlat,
-            num_partitions: 4,
-            hnsw,
-            ..Default::default()
-        };
+        let options = TrainOptions::default()
+            .with_index_type(IndexType::IvfHnswFlat)
+            .with_num_partitions(4)
+            .with_hnsw(hnsw);
         let err = Model::train(DIM, data.clone(), &options)
             .unwrap_err()
             .to_string();

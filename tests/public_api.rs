@@ -7,9 +7,12 @@
 //! UPDATE_PUBLIC_API=1 cargo test --test public_api
 //! ```
 //!
-//! The listing reads the sources with `syn`. It trusts `#![warn(unreachable_pub)]`
+//! The listing reads the sources with `syn`. Each item is listed under the path a
+//! user types (`datafusion_vector_index: … pub enum CommitMode`), found by following
+//! the `pub use` re-exports up from the private module that declares it; methods,
+//! fields and trait impls go with their type. It trusts `#![warn(unreachable_pub)]`
 //! (an error under `cargo clippy -- -D warnings`) that every `pub` item is reachable
-//! from the crate root, so it lists `pub` items where they are declared. It leaves
+//! from the crate root. It leaves
 //! out what a default build does not compile (`#[cfg(test)]`, `#[cfg(feature)]`
 //! but for the `codec` feature, whose `VectorIndexCodec` is API),
 //! `#[doc(hidden)]` items, and code that opts out of that lint for the `internals`
@@ -54,7 +57,9 @@ fn the_listing_shows_public_items_and_hides_crate_private_ones() {
     let text: Vec<&str> = listed.iter().map(String::as_str).collect();
     let has = |needle: &str| text.iter().any(|l| l.contains(needle));
     for shown in [
-        "pub use index::{SearchHit, ShardBuild, VectorIndex}",
+        "datafusion_vector_index: #[derive(Debug, Clone)] pub struct VectorIndex",
+        "datafusion_vector_index: #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)] #[non_exhaustive] pub enum CommitMode",
+        "datafusion_vector_index::format: ",
         "pub fn VectorIndex::open(",
         "pub struct FinalizeOptions",
         "FinalizeOptions::skip_incomplete: bool",
@@ -66,6 +71,8 @@ fn the_listing_shows_public_items_and_hides_crate_private_ones() {
         assert!(has(shown), "missing {shown}");
     }
     for hidden in [
+        "::catalog",
+        "pub use ",
         "VectorIndexMergeExec",
         "plan_segments",
         "build_graph",
@@ -90,34 +97,134 @@ fn join(lines: &[&String]) -> String {
     }
 }
 
+const ROOT: &str = "datafusion_vector_index";
+
 fn public_api(root: &Path) -> BTreeSet<String> {
     let mut lister = Lister::default();
-    lister.file(&root.join("src/lib.rs"), "datafusion_vector_index");
-    let mut out = lister.lines;
-    for (self_ty, trait_name, line) in lister.trait_impls {
+    lister.file(&root.join("src/lib.rs"), ROOT);
+    let mut entries = std::mem::take(&mut lister.entries);
+    for (module, self_ty, trait_name, line) in std::mem::take(&mut lister.trait_impls) {
         // Impls of a crate-private trait are not visible outside.
         let private_trait =
             lister.all_traits.contains(&trait_name) && !lister.types.contains(&trait_name);
         if lister.types.contains(&self_ty) && !private_trait {
-            out.insert(line);
+            entries.push((module, Some(self_ty), line));
         }
     }
-    out
+    entries
+        .into_iter()
+        .map(|(module, subject, text)| match subject {
+            Some(name) => format!("{}: {text}", lister.public_module(&module, &name)),
+            None => text,
+        })
+        .collect()
 }
 
 #[derive(Default)]
 struct Lister {
-    lines: BTreeSet<String>,
+    /// (declaring module, the item whose public path places the line, text); no
+    /// subject for lines that name their own path (`pub mod`).
+    entries: Vec<(String, Option<String>, String)>,
+    /// `pub use` re-exports: the path they create → the path they name.
+    aliases: std::collections::BTreeMap<String, String>,
+    /// Public modules, by path.
+    pub_modules: BTreeSet<String>,
     /// Names of public structs, enums and traits.
     types: BTreeSet<String>,
     /// Names of every trait the crate declares, public or not.
     all_traits: BTreeSet<String>,
-    /// Trait impls as (self type name, trait name, line), kept when the type is
-    /// public and the trait is not a crate-private one.
-    trait_impls: Vec<(String, String, String)>,
+    /// Trait impls as (module, self type name, trait name, line), kept when the type
+    /// is public and the trait is not a crate-private one.
+    trait_impls: Vec<(String, String, String, String)>,
 }
 
 impl Lister {
+    fn add(&mut self, module: &str, subject: &str, text: String) {
+        self.entries
+            .push((module.to_string(), Some(subject.to_string()), text));
+    }
+
+    /// Where users name `name`, declared in `module`: the shortest path that reaches
+    /// it through public modules and re-exports, minus the name.
+    fn public_module(&self, module: &str, name: &str) -> String {
+        let declared = format!("{module}::{name}");
+        let resolve = |path: &str| {
+            let mut path = path.to_string();
+            for _ in 0..32 {
+                match self.aliases.get(&path) {
+                    Some(next) => path = next.clone(),
+                    None => break,
+                }
+            }
+            path
+        };
+        let reachable = |path: &str| {
+            let parts: Vec<&str> = path.split("::").collect();
+            (2..parts.len()).all(|n| self.pub_modules.contains(&parts[..n].join("::")))
+        };
+        let mut paths: Vec<&String> = self
+            .aliases
+            .keys()
+            .filter(|alias| reachable(alias) && resolve(alias) == declared)
+            .collect();
+        if reachable(&declared) {
+            paths.push(&declared);
+        }
+        paths
+            .into_iter()
+            .min_by_key(|p| (p.matches("::").count(), p.len()))
+            .map_or(module.to_string(), |p| {
+                p.rsplit_once("::")
+                    .map_or(p.clone(), |(m, _)| m.to_string())
+            })
+    }
+
+    /// Records the re-exports of `tree`, a `pub use` in `module`.
+    fn uses(&mut self, module: &str, prefix: Vec<String>, tree: &syn::UseTree) {
+        let mut joined = |mut prefix: Vec<String>, name: &str, alias: &str| {
+            let target = match prefix.first().map(String::as_str) {
+                Some("crate") => {
+                    prefix[0] = ROOT.to_string();
+                    prefix
+                }
+                Some("self") => {
+                    prefix[0] = module.to_string();
+                    prefix
+                }
+                Some("super") => {
+                    let parent = module.rsplit_once("::").map_or(ROOT, |(p, _)| p);
+                    prefix[0] = parent.to_string();
+                    prefix
+                }
+                _ => std::iter::once(module.to_string()).chain(prefix).collect(),
+            };
+            self.aliases.insert(
+                format!("{module}::{alias}"),
+                format!("{}::{name}", target.join("::")),
+            );
+        };
+        match tree {
+            syn::UseTree::Path(p) => {
+                let mut prefix = prefix;
+                prefix.push(p.ident.to_string());
+                self.uses(module, prefix, &p.tree);
+            }
+            syn::UseTree::Name(n) => {
+                let name = n.ident.to_string();
+                joined(prefix, &name, &name);
+            }
+            syn::UseTree::Rename(r) => {
+                joined(prefix, &r.ident.to_string(), &r.rename.to_string());
+            }
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.uses(module, prefix.clone(), t);
+                }
+            }
+            syn::UseTree::Glob(_) => {}
+        }
+    }
+
     fn file(&mut self, path: &Path, module: &str) {
         let source = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -151,7 +258,9 @@ impl Lister {
                 let name = m.ident.to_string();
                 let child = format!("{module}::{name}");
                 if is_pub(&m.vis) {
-                    self.lines.insert(format!("pub mod {child}"));
+                    self.pub_modules.insert(child.clone());
+                    self.entries
+                        .push((module.to_string(), None, format!("pub mod {child}")));
                 }
                 match &m.content {
                     Some((_, items)) => self.items(items, &child, &dir.join(&name)),
@@ -166,69 +275,66 @@ impl Lister {
                     }
                 }
             }
-            Item::Use(u) if is_pub(&u.vis) => {
-                self.lines
-                    .insert(format!("{module}: pub use {}", tidy(&u.tree)));
-            }
+            Item::Use(u) if is_pub(&u.vis) => self.uses(module, Vec::new(), &u.tree),
             Item::Fn(f) if is_pub(&f.vis) => {
-                self.lines.insert(format!(
-                    "{module}: pub {}",
-                    signature(&f.sig, &f.sig.ident.to_string())
-                ));
+                let name = f.sig.ident.to_string();
+                let text = format!("pub {}", signature(&f.sig, &name));
+                self.add(module, &name, text);
             }
             Item::Const(c) if is_pub(&c.vis) => {
-                self.lines
-                    .insert(format!("{module}: pub const {}: {}", c.ident, tidy(&c.ty)));
+                let text = format!("pub const {}: {}", c.ident, tidy(&c.ty));
+                self.add(module, &c.ident.to_string(), text);
             }
             Item::Static(s) if is_pub(&s.vis) => {
-                self.lines
-                    .insert(format!("{module}: pub static {}: {}", s.ident, tidy(&s.ty)));
+                let text = format!("pub static {}: {}", s.ident, tidy(&s.ty));
+                self.add(module, &s.ident.to_string(), text);
             }
             Item::Type(t) if is_pub(&t.vis) => {
-                self.lines.insert(format!(
-                    "{module}: pub type {}{} = {}",
+                let text = format!(
+                    "pub type {}{} = {}",
                     t.ident,
                     tidy(&t.generics),
                     tidy(&t.ty)
-                ));
+                );
+                self.add(module, &t.ident.to_string(), text);
             }
             Item::Struct(s) if is_pub(&s.vis) => {
                 let name = s.ident.to_string();
                 self.types.insert(name.clone());
-                self.lines.insert(format!(
-                    "{module}: {}pub struct {name}{}",
-                    derives(&s.attrs),
+                let text = format!(
+                    "{}pub struct {name}{}",
+                    attributes(&s.attrs),
                     tidy(&s.generics)
-                ));
+                );
+                self.add(module, &name, text);
                 self.fields(module, &name, &s.fields);
             }
             Item::Enum(e) if is_pub(&e.vis) => {
                 let name = e.ident.to_string();
                 self.types.insert(name.clone());
-                self.lines.insert(format!(
-                    "{module}: {}pub enum {name}{}",
-                    derives(&e.attrs),
+                let text = format!(
+                    "{}pub enum {name}{}",
+                    attributes(&e.attrs),
                     tidy(&e.generics)
-                ));
+                );
+                self.add(module, &name, text);
                 for v in &e.variants {
                     let fields = match &v.fields {
                         Fields::Unit => String::new(),
                         fields => tidy(fields),
                     };
-                    self.lines
-                        .insert(format!("{module}: {name}::{}{fields}", v.ident));
+                    self.add(module, &name, format!("{name}::{}{fields}", v.ident));
                 }
             }
             Item::Trait(t) if is_pub(&t.vis) => {
                 let name = t.ident.to_string();
                 self.types.insert(name.clone());
-                self.lines
-                    .insert(format!("{module}: pub trait {name}{}", tidy(&t.generics)));
+                let text = format!("pub trait {name}{}", tidy(&t.generics));
+                self.add(module, &name, text);
                 for item in &t.items {
                     if let TraitItem::Fn(f) = item {
                         let method = format!("{name}::{}", f.sig.ident);
-                        self.lines
-                            .insert(format!("{module}: {}", signature(&f.sig, &method)));
+                        self.add(module, &name, signature(&f.sig, &method));
                     }
                 }
             }
@@ -246,10 +352,8 @@ impl Lister {
                 .ident
                 .as_ref()
                 .map_or_else(|| n.to_string(), ToString::to_string);
-            self.lines.insert(format!(
-                "{module}: pub {owner}::{name}: {}",
-                tidy(&field.ty)
-            ));
+            let text = format!("pub {owner}::{name}: {}", tidy(&field.ty));
+            self.add(module, owner, text);
         }
     }
 
@@ -258,7 +362,7 @@ impl Lister {
         match &block.trait_ {
             Some((_, path, _)) => {
                 let line = format!(
-                    "{module}: impl{} {} for {}",
+                    "impl{} {} for {}",
                     tidy(&block.generics),
                     tidy(path),
                     tidy(&block.self_ty)
@@ -267,7 +371,8 @@ impl Lister {
                     .segments
                     .last()
                     .map_or_else(String::new, |s| s.ident.to_string());
-                self.trait_impls.push((self_ty, trait_name, line));
+                self.trait_impls
+                    .push((module.to_string(), self_ty, trait_name, line));
             }
             None => {
                 for item in &block.items {
@@ -277,15 +382,12 @@ impl Lister {
                                 && !f.attrs.iter().any(|a| compiled_out(a) || opts_out(a)) =>
                         {
                             let method = format!("{self_ty}::{}", f.sig.ident);
-                            self.lines
-                                .insert(format!("{module}: pub {}", signature(&f.sig, &method)));
+                            let text = format!("pub {}", signature(&f.sig, &method));
+                            self.add(module, &self_ty, text);
                         }
                         ImplItem::Const(c) if is_pub(&c.vis) => {
-                            self.lines.insert(format!(
-                                "{module}: pub const {self_ty}::{}: {}",
-                                c.ident,
-                                tidy(&c.ty)
-                            ));
+                            let text = format!("pub const {self_ty}::{}: {}", c.ident, tidy(&c.ty));
+                            self.add(module, &self_ty, text);
                         }
                         _ => {}
                     }
@@ -347,10 +449,11 @@ fn opts_out(attr: &Attribute) -> bool {
     tokens.contains("allow") && tokens.contains("unreachable_pub")
 }
 
-fn derives(attrs: &[Attribute]) -> String {
+/// The attributes that are API: derives, and `#[non_exhaustive]`.
+fn attributes(attrs: &[Attribute]) -> String {
     attrs
         .iter()
-        .filter(|a| a.path().is_ident("derive"))
+        .filter(|a| a.path().is_ident("derive") || a.path().is_ident("non_exhaustive"))
         .map(|a| format!("#[{}] ", tidy(&a.meta)))
         .collect()
 }

@@ -41,12 +41,10 @@ async fn eight_workers_equal_one_worker_for_every_type() {
                 .finalize(&eight.ctx, &FinalizeOptions::default())
                 .await
                 .unwrap();
-            let options = SearchOptions {
-                k: 10,
-                nprobes: 4,
-                ef: Some(50),
-                ..Default::default()
-            };
+            let options = SearchOptions::default()
+                .with_k(10)
+                .with_nprobes(4)
+                .with_ef(50);
             let a = searched(&one, &queries, options).await;
             let b = searched(&eight, &queries, options).await;
             assert_eq!(a, b, "{ty} {metric}");
@@ -57,17 +55,18 @@ async fn eight_workers_equal_one_worker_for_every_type() {
             if !ty.is_hnsw() {
                 let segments = TestIndex::new(&model).await;
                 segments.stage(&model, &data, &ids, &owners).await;
-                let per_shard = FinalizeOptions {
-                    grouping: datafusion_vector_index::SegmentGrouping::PerShard,
-                    ..Default::default()
-                };
+                let per_shard = FinalizeOptions::default()
+                    .with_grouping(datafusion_vector_index::SegmentGrouping::PerShard);
                 let out = segments
                     .index
                     .finalize(&segments.ctx, &per_shard)
                     .await
                     .unwrap();
-                let rows: usize = out.iter().map(|b| b.num_rows()).sum();
-                assert_eq!(rows, 8, "{ty} {metric}: one result row per segment");
+                assert_eq!(
+                    out.segments.len(),
+                    8,
+                    "{ty} {metric}: one segment per shard"
+                );
                 let c = searched(&segments, &queries, options).await;
                 assert_eq!(a, c, "{ty} {metric}, eight segments");
             }
@@ -115,12 +114,7 @@ async fn flat_with_every_partition_probed_is_brute_force() {
             .search(
                 &t.ctx,
                 &queries,
-                SearchOptions {
-                    k: 10,
-                    nprobes: 16,
-                    ef: None,
-                    ..Default::default()
-                },
+                SearchOptions::default().with_k(10).with_nprobes(16),
             )
             .await
             .unwrap();
@@ -159,12 +153,7 @@ async fn recall_on_clustered_data() {
             .search(
                 &t.ctx,
                 &queries,
-                SearchOptions {
-                    k: 10,
-                    nprobes: 8,
-                    ef: None,
-                    ..Default::default()
-                },
+                SearchOptions::default().with_k(10).with_nprobes(8),
             )
             .await
             .unwrap();
@@ -200,55 +189,13 @@ async fn search_arguments_are_checked() {
     // Every count is bounded before anything is allocated from it; the error is
     // the argument's own variant, naming it and the bound.
     let bad = [
-        (
-            "k",
-            SearchOptions {
-                k: 0,
-                ..Default::default()
-            },
-        ),
-        (
-            "k",
-            SearchOptions {
-                k: 1 << 40,
-                ..Default::default()
-            },
-        ),
-        (
-            "k",
-            SearchOptions {
-                k: usize::MAX,
-                ..Default::default()
-            },
-        ),
-        (
-            "ef",
-            SearchOptions {
-                ef: Some(0),
-                ..Default::default()
-            },
-        ),
-        (
-            "ef",
-            SearchOptions {
-                ef: Some(1 << 40),
-                ..Default::default()
-            },
-        ),
-        (
-            "nprobes",
-            SearchOptions {
-                nprobes: 0,
-                ..Default::default()
-            },
-        ),
-        (
-            "nprobes",
-            SearchOptions {
-                nprobes: usize::MAX,
-                ..Default::default()
-            },
-        ),
+        ("k", SearchOptions::default().with_k(0)),
+        ("k", SearchOptions::default().with_k(1 << 40)),
+        ("k", SearchOptions::default().with_k(usize::MAX)),
+        ("ef", SearchOptions::default().with_ef(0)),
+        ("ef", SearchOptions::default().with_ef(1 << 40)),
+        ("nprobes", SearchOptions::default().with_nprobes(0)),
+        ("nprobes", SearchOptions::default().with_nprobes(usize::MAX)),
     ];
     for (arg, options) in bad {
         let err = t
@@ -285,12 +232,7 @@ async fn cached_and_uncached(
     cache: &Arc<SearchCache>,
     queries: &[f32],
 ) -> (Vec<Vec<SearchHit>>, Vec<Vec<SearchHit>>) {
-    let options = SearchOptions {
-        k: 10,
-        nprobes: 6,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(10).with_nprobes(6);
     let url = t.location().url().to_string();
     let cached = VectorIndexSession::with_search_cache(Arc::clone(cache));
     let plain = SessionContext::new();
@@ -508,12 +450,7 @@ async fn small_searches_run_in_one_partition_larger_ones_spread() {
     // One query reads at most every row (ROWS × DIM × 4 bytes), forty queries probing
     // 4 of 16 partitions at least ten times that: at this threshold single queries
     // run in one partition and the batch spreads. Every way gives the same hits.
-    let options = SearchOptions {
-        k: 10,
-        nprobes: 4,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(10).with_nprobes(4);
     let reference = VectorIndex::open(&SessionContext::new(), &url)
         .unwrap()
         .search(&SessionContext::new(), &queries, options)
@@ -549,12 +486,7 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
         VectorIndexSession::with_context(SessionContext::new_with_config(config))
     };
     let (whole, split) = (session(1), session(8));
-    let options = SearchOptions {
-        k: 10,
-        nprobes: 2,
-        ef: None,
-        ..Default::default()
-    };
+    let options = SearchOptions::default().with_k(10).with_nprobes(2);
     for ty in IndexType::ALL {
         let model = train(&data, ty, Metric::L2, 2);
         let t = TestIndex::new(&model).await;
@@ -563,10 +495,8 @@ async fn one_query_split_over_the_cores_answers_as_a_whole_scan() {
         t.index
             .finalize(
                 &t.ctx,
-                &FinalizeOptions {
-                    grouping: datafusion_vector_index::SegmentGrouping::PerShard,
-                    ..Default::default()
-                },
+                &FinalizeOptions::default()
+                    .with_grouping(datafusion_vector_index::SegmentGrouping::PerShard),
             )
             .await
             .unwrap();

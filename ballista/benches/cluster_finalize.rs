@@ -68,12 +68,10 @@ async fn stage(ty: IndexType, data: &[f32], rows: usize, dir: &Path) {
     let session = VectorIndexSession::new();
     let ctx = session.context();
     let index = VectorIndex::open(ctx, &format!("file://{}", dir.display())).unwrap();
-    let options = TrainOptions {
-        index_type: ty,
-        metric: Metric::L2,
-        num_partitions: PARTITIONS,
-        ..Default::default()
-    };
+    let options = TrainOptions::default()
+        .with_index_type(ty)
+        .with_metric(Metric::L2)
+        .with_num_partitions(PARTITIONS);
     let t = Instant::now();
     let table = RecordBatch::try_from_iter([("vec", vector_column(data, DIM))]).unwrap();
     let model = Arc::new(

@@ -16,7 +16,7 @@
 //!
 //! Plans travel as physical plans: the client plans them, the scheduler cuts them
 //! into stages at hash repartitions and coalesces, executors decode them and
-//! resolve each index URL through their own object stores (README, "Ballista").
+//! resolve each index URL through their own object stores (docs/ballista.md).
 
 mod cluster;
 mod runner;

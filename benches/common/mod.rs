@@ -44,10 +44,8 @@ pub async fn finalize_child(url: &str, merge_partitions: Option<usize>) {
     let session = datafusion_vector_index::VectorIndexSession::new();
     let ctx = session.context();
     let index = datafusion_vector_index::VectorIndex::open(ctx, url).unwrap();
-    let options = datafusion_vector_index::FinalizeOptions {
-        merge_partitions,
-        ..Default::default()
-    };
+    let mut options = datafusion_vector_index::FinalizeOptions::default();
+    options.merge_partitions = merge_partitions;
     let t = std::time::Instant::now();
     let plan = index.finalize_plan(ctx, &options).await.unwrap();
     datafusion::physical_plan::collect(std::sync::Arc::clone(&plan), ctx.task_ctx())

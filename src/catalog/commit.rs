@@ -29,6 +29,7 @@ use crate::model::ModelInfo;
 
 /// What happens to committed segments that new segments overlap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum CommitMode {
     /// Overlap with a committed segment is an error.
     #[default]

@@ -12,6 +12,7 @@ use crate::format::IndexLocation;
 use crate::staging::list_staged_shards;
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VacuumOptions {
     /// Incomplete shards and unreferenced segment folders are removed only when
     /// nothing in them changed for this long, so that a worker or a finalize still
@@ -30,8 +31,25 @@ impl Default for VacuumOptions {
     }
 }
 
+/// Builders, one per field: the struct is `#[non_exhaustive]` (it will grow), so
+/// code outside this crate starts from `VacuumOptions::default()`.
+impl VacuumOptions {
+    /// Sets `older_than` (default: one hour).
+    pub fn with_older_than(mut self, older_than: Duration) -> Self {
+        self.older_than = older_than;
+        self
+    }
+
+    /// Sets `dry_run` (default: false).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
 /// What a removed folder held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VacuumedKind {
     /// A staged shard that a committed segment consumed.
     ConsumedShard,

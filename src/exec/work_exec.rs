@@ -125,7 +125,8 @@ impl<W: Work> WorkExec<W> {
         })
     }
 
-    /// What the operator was built with.
+    /// What the operator was built with (the codec's view of it).
+    #[cfg(feature = "codec")]
     pub(crate) fn work(&self) -> &W {
         &self.work
     }

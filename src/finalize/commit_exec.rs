@@ -5,8 +5,8 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, Time};
@@ -14,31 +14,19 @@ use datafusion::physical_plan::DisplayFormatType;
 use futures::{StreamExt, TryStreamExt};
 
 use super::merged_files;
+use super::report::{commit_output_schema, FinalizeReport};
 use super::{FinalizeOptions, SegmentPlan};
-use crate::catalog::{remove_consumed, Committed, NewSegment, Transaction};
+use crate::catalog::{remove_consumed, NewSegment, Transaction};
 use crate::exec::{Partitions, Work, WorkExec, WorkStream};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
 
-/// Schema of the rows emitted by a finalize: one per new segment.
-pub(crate) fn commit_output_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
-        Field::new("shards", DataType::UInt64, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("num_fragments", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("version", DataType::UInt64, false),
-        Field::new("replaced_segments", DataType::Utf8, true),
-    ]))
-}
-
 /// Commits the merged files as new segments.
 ///
 /// Partitioning: requires a single input partition (every merged file) and emits
 /// a single partition with one row per new segment (schema:
-/// [`commit_output_schema`]). The merged files are grouped by segment into a
+/// [`commit_output_schema`], carrying a [`FinalizeReport`]). The merged files are grouped by segment into a
 /// [`Transaction`], which writes the segments' manifests and commits the version
 /// (retries, re-checks and what "nothing lost" means live there); only after the
 /// commit are the consumed shards removed from the staging area.
@@ -146,29 +134,5 @@ async fn commit(
     let timer = cleanup_time.timer();
     remove_consumed(location, &committed).await;
     timer.done();
-    output(&committed)
-}
-
-fn output(committed: &Committed) -> crate::Result<RecordBatch> {
-    let refs = &committed.segments;
-    let n = refs.len();
-    let replaced = (!committed.replaced.is_empty()).then(|| committed.replaced.join(","));
-    Ok(RecordBatch::try_new(
-        commit_output_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                refs.iter().map(|r| r.segment_id.as_str()),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                refs.iter().map(|r| r.consumed_shards.len() as u64),
-            )),
-            Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.rows))),
-            Arc::new(UInt64Array::from_iter_values(
-                refs.iter().map(|r| r.num_fragments),
-            )),
-            Arc::new(UInt64Array::from_iter_values(refs.iter().map(|r| r.bytes))),
-            Arc::new(UInt64Array::from(vec![committed.version; n])),
-            Arc::new(StringArray::from(vec![replaced.as_deref(); n])),
-        ],
-    )?)
+    Ok(FinalizeReport::of(&committed).to_batch()?)
 }

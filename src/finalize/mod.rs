@@ -20,6 +20,7 @@ mod merge_exec;
 mod merged_files;
 mod plan_exec;
 mod planning;
+mod report;
 #[cfg(test)]
 mod tests;
 mod work_units;
@@ -34,9 +35,11 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use commit_exec::{commit_output_schema, CommitSegments, VectorIndexCommitExec};
+pub(crate) use commit_exec::{CommitSegments, VectorIndexCommitExec};
 pub(crate) use merge_exec::{MergeUnits, VectorIndexMergeExec};
 pub(crate) use plan_exec::{PlanMerge, VectorIndexPlanExec};
+pub(crate) use report::commit_output_schema;
+pub use report::{FinalizeReport, FinalizedSegment};
 use work_units::work_unit_key;
 
 use crate::catalog::CommitMode;
@@ -47,6 +50,7 @@ use crate::staging::{ScannedShards, ShardsTable};
 
 /// How staged shards are grouped into segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SegmentGrouping {
     /// All staged shards become one segment.
     #[default]
@@ -59,6 +63,7 @@ pub enum SegmentGrouping {
 
 /// Options of a finalize.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FinalizeOptions {
     pub grouping: SegmentGrouping,
     pub mode: CommitMode,
@@ -115,6 +120,55 @@ impl Default for FinalizeOptions {
             merge_partitions: None,
             expect_fragments: None,
         }
+    }
+}
+
+/// Builders, one per field: the struct is `#[non_exhaustive]` (it will grow), so
+/// code outside this crate starts from `FinalizeOptions::default()`.
+impl FinalizeOptions {
+    /// Sets `grouping` (default: one segment).
+    pub fn with_grouping(mut self, grouping: SegmentGrouping) -> Self {
+        self.grouping = grouping;
+        self
+    }
+
+    /// Sets `mode` (default: append).
+    pub fn with_mode(mut self, mode: CommitMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets `skip_incomplete` (default: false).
+    pub fn with_skip_incomplete(mut self, skip_incomplete: bool) -> Self {
+        self.skip_incomplete = skip_incomplete;
+        self
+    }
+
+    /// Sets `target_file_bytes` (default: 4 MiB).
+    pub fn with_target_file_bytes(mut self, target_file_bytes: u64) -> Self {
+        self.target_file_bytes = target_file_bytes;
+        self
+    }
+
+    /// Sets `max_commit_attempts` (default: 5).
+    pub fn with_max_commit_attempts(mut self, max_commit_attempts: usize) -> Self {
+        self.max_commit_attempts = max_commit_attempts;
+        self
+    }
+
+    /// Sets `merge_partitions` (default: the session's target partitions).
+    pub fn with_merge_partitions(mut self, merge_partitions: usize) -> Self {
+        self.merge_partitions = Some(merge_partitions);
+        self
+    }
+
+    /// Sets `expect_fragments` (default: none expected).
+    pub fn with_expect_fragments(
+        mut self,
+        expect_fragments: Vec<std::ops::RangeInclusive<u32>>,
+    ) -> Self {
+        self.expect_fragments = Some(expect_fragments);
+        self
     }
 }
 
@@ -230,7 +284,7 @@ pub(crate) async fn finalize_plan(
         .clamp(1, crate::limits::MAX_MERGE_PARTITIONS);
     // A hash exchange, not round robin: distributed schedulers (Ballista) cut stages
     // at hash repartitions and drop round-robin ones, so this is what spreads the
-    // merge's work units over their executors (README, "Ballista").
+    // merge's work units over their executors (docs/ballista.md).
     let unit_key = work_unit_key(&plan.schema())?;
     let spread = Arc::new(RepartitionExec::try_new(
         plan,

@@ -56,7 +56,7 @@ impl IndexLocation {
             return Err(IndexError::invalid_argument(
                 "index",
                 "the index URL carries a password or a query string; pass credentials \
-                 through the environment (README, \"Object stores\") instead",
+                 through the environment (docs/object-stores.md) instead",
             ));
         }
         let store_url = ObjectStoreUrl::parse(&parsed[..url::Position::BeforePath])

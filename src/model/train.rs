@@ -17,6 +17,7 @@ use crate::progress::{ProgressStep, Tracker};
 
 /// What to train. `Default` gives IVF_FLAT, l2, 256 partitions.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TrainOptions {
     pub index_type: IndexType,
     pub metric: Metric,
@@ -42,6 +43,58 @@ impl Default for TrainOptions {
             seed: 42,
             hnsw: HnswParams::default(),
         }
+    }
+}
+
+/// Builders, one per field: the struct is `#[non_exhaustive]` (it will grow), so
+/// code outside this crate starts from `TrainOptions::default()`.
+impl TrainOptions {
+    /// Sets `index_type` (default: IVF_FLAT).
+    pub fn with_index_type(mut self, index_type: IndexType) -> Self {
+        self.index_type = index_type;
+        self
+    }
+
+    /// Sets `metric` (default: l2).
+    pub fn with_metric(mut self, metric: Metric) -> Self {
+        self.metric = metric;
+        self
+    }
+
+    /// Sets `num_partitions` (default: 256).
+    pub fn with_num_partitions(mut self, num_partitions: usize) -> Self {
+        self.num_partitions = num_partitions;
+        self
+    }
+
+    /// Sets `num_sub_vectors` (PQ; default `dim / 8`, rounded down to a divisor of dim).
+    pub fn with_num_sub_vectors(mut self, num_sub_vectors: usize) -> Self {
+        self.num_sub_vectors = Some(num_sub_vectors);
+        self
+    }
+
+    /// Sets `sample_rows` (default `max(256 × num_partitions, 16384)`).
+    pub fn with_sample_rows(mut self, sample_rows: usize) -> Self {
+        self.sample_rows = Some(sample_rows);
+        self
+    }
+
+    /// Sets `max_iterations` (default: 25).
+    pub fn with_max_iterations(mut self, max_iterations: usize) -> Self {
+        self.max_iterations = max_iterations;
+        self
+    }
+
+    /// Sets `seed` (default: 42).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets `hnsw` (HNSW types; default `HnswParams::default()`).
+    pub fn with_hnsw(mut self, hnsw: HnswParams) -> Self {
+        self.hnsw = hnsw;
+        self
     }
 }
 

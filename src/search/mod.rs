@@ -49,6 +49,7 @@ use crate::model::Model;
 
 /// Search parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct SearchOptions {
     pub k: usize,
     /// IVF partitions probed per query; default 20 (at most the number of partitions).
@@ -76,6 +77,34 @@ impl SearchOptions {
     /// The breadth HNSW searches use.
     pub fn effective_ef(&self) -> usize {
         self.ef.unwrap_or(crate::hnsw::DEFAULT_EF).max(self.k)
+    }
+}
+
+/// Builders, one per field: the struct is `#[non_exhaustive]` (it will grow), so
+/// code outside this crate starts from `SearchOptions::default()`.
+impl SearchOptions {
+    /// Sets `k` (default: 10).
+    pub fn with_k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+
+    /// Sets `nprobes` (default: 20).
+    pub fn with_nprobes(mut self, nprobes: usize) -> Self {
+        self.nprobes = nprobes;
+        self
+    }
+
+    /// Sets `ef` (default: 100, never less than `k`).
+    pub fn with_ef(mut self, ef: usize) -> Self {
+        self.ef = Some(ef);
+        self
+    }
+
+    /// Sets `version` (default: the latest version).
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
     }
 }
 

@@ -104,6 +104,11 @@ enum Procedure {
     RestoreVectorIndex,
 }
 
+/// The procedures' names, in the order of the flow.
+pub(super) fn names() -> Vec<&'static str> {
+    Procedure::names()
+}
+
 impl Procedure {
     const ALL: [Self; 7] = [
         Self::CreateVectorIndex,
@@ -125,6 +130,10 @@ impl Procedure {
             Self::DiscardVectorIndexShard => &DISCARD_SHARD,
             Self::RestoreVectorIndex => &RESTORE,
         }
+    }
+
+    fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|p| p.signature().name).collect()
     }
 
     fn named(name: &str) -> Result<Self> {
@@ -473,7 +482,7 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
         }
         Call::Finalize(options) => match index.finalize(ctx, &options).await {
             Err(IndexError::NothingToFinalize(reason)) => nothing_finalized(&index, &reason).await,
-            done => Ok(done?),
+            done => Ok(vec![done?.to_batch()?]),
         },
         Call::Vacuum(options) => {
             let report = index.vacuum(&options).await?;

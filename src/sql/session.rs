@@ -21,7 +21,8 @@ use object_store::memory::InMemory;
 
 use super::args::{vector_literal_as_text, Kind};
 use super::functions::{
-    SearchFunction, SegmentsFunction, ShardsFunction, VersionsFunction, SEARCH,
+    SearchFunction, SegmentsFunction, ShardsFunction, VersionsFunction, SEARCH, SEGMENTS, SHARDS,
+    VERSIONS,
 };
 use super::procedures;
 use crate::format::EnvObjectStoreRegistry;
@@ -39,10 +40,10 @@ pub(super) fn register(ctx: &SessionContext) {
             extensions.insert(VectorIndexConfig::default());
         }
     }
-    ctx.register_udtf("vector_index_shards", Arc::new(ShardsFunction));
-    ctx.register_udtf("vector_index_segments", Arc::new(SegmentsFunction));
-    ctx.register_udtf("vector_index_versions", Arc::new(VersionsFunction));
-    ctx.register_udtf("vector_search", Arc::new(SearchFunction));
+    ctx.register_udtf(SHARDS.name, Arc::new(ShardsFunction));
+    ctx.register_udtf(SEGMENTS.name, Arc::new(SegmentsFunction));
+    ctx.register_udtf(VERSIONS.name, Arc::new(VersionsFunction));
+    ctx.register_udtf(SEARCH.name, Arc::new(SearchFunction));
     let memory = ObjectStoreUrl::parse("memory://").expect("static URL parses");
     if ctx.runtime_env().object_store(&memory).is_err() {
         ctx.register_object_store(memory.as_ref(), Arc::new(InMemory::new()));
@@ -86,6 +87,19 @@ impl Default for VectorIndexSession {
 }
 
 impl VectorIndexSession {
+    /// The procedures a session runs (`CALL <name>(…)`), in the order of the flow.
+    pub fn procedures() -> Vec<&'static str> {
+        procedures::names()
+    }
+
+    /// The table functions a session registers.
+    pub fn table_functions() -> Vec<&'static str> {
+        [&SHARDS, &SEGMENTS, &VERSIONS, &SEARCH]
+            .iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
     /// A session with DataFusion's defaults, a [`Progress`] and a [`SearchCache`] of
     /// [`DEFAULT_SEARCH_CACHE_BYTES`] attached.
     pub fn new() -> Self {

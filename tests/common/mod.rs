@@ -47,15 +47,13 @@ pub fn vector_array(values: &[f32]) -> ArrayRef {
 }
 
 pub fn train(data: &[f32], index_type: IndexType, metric: Metric, partitions: usize) -> Model {
-    let options = TrainOptions {
-        index_type,
-        metric,
-        num_partitions: partitions,
-        num_sub_vectors: Some(4),
-        max_iterations: 10,
-        seed: 3,
-        ..Default::default()
-    };
+    let options = TrainOptions::default()
+        .with_index_type(index_type)
+        .with_metric(metric)
+        .with_num_partitions(partitions)
+        .with_num_sub_vectors(4)
+        .with_max_iterations(10)
+        .with_seed(3);
     Model::train(DIM, data.to_vec(), &options).unwrap()
 }
 

@@ -11,8 +11,8 @@
 //! Results print as tables on stdout (`--format csv|json` for programs), progress
 //! of long steps on stderr when it is a terminal. The first failing statement
 //! stops a script with a one-line error on stderr and exit status 1 (2 for bad
-//! arguments); a run in which a finalize found nothing to do exits with status 3. Object stores are configured from the environment (README, "Object
-//! stores"), or from the flags below for an S3-compatible store.
+//! arguments); a run in which a finalize found nothing to do exits with status 3. Object stores are configured from the environment
+//! (docs/object-stores.md), or from the flags below for an S3-compatible store.
 
 mod output;
 mod progress;
@@ -35,10 +35,9 @@ const USAGE: &str = "\
 usage: dvi [OPTIONS] [-c SQL | -f FILE]...
 
 Runs SQL statements (';'-separated) of a vector index session: the procedures
-(CALL create_vector_index, build_vector_index_shard(s), finalize_vector_index,
-vacuum_vector_index, discard_vector_index_shard, restore_vector_index), the table functions and any DataFusion statement. Without
--c or -f it reads statements from stdin, or shows a prompt when stdin is a terminal.
-
+(CALL …), the table functions and any DataFusion statement. Without -c or -f it
+reads statements from stdin, or shows a prompt when stdin is a terminal.
+{CATALOG}
   -c, --command SQL      run the statements in SQL
   -f, --file FILE        run the statements in FILE ('-' for stdin)
       --format FORMAT    table (default), csv, or json (one object per row)
@@ -56,6 +55,38 @@ which other users of the machine can see.
 
 Exit status: 0 when every statement ran, 1 when one failed (the run stops there),
 2 for bad arguments, 3 when a finalize found nothing to do and nothing failed.";
+
+/// The usage text, with the procedures and table functions the session has.
+fn usage() -> String {
+    let wrap = |label: &str, names: Vec<&str>| {
+        let mut out = String::from(label);
+        let mut width = label.len();
+        for (i, name) in names.iter().enumerate() {
+            let word = if i + 1 < names.len() {
+                format!("{name},")
+            } else {
+                name.to_string()
+            };
+            if width + 1 + word.len() > 84 {
+                out.push_str("\n   ");
+                width = 3;
+            }
+            out.push(' ');
+            out.push_str(&word);
+            width += 1 + word.len();
+        }
+        out
+    };
+    let catalog = format!(
+        "\n{}\n{}\n",
+        wrap(
+            "Procedures (CALL name(arg => value, …)):",
+            VectorIndexSession::procedures()
+        ),
+        wrap("Table functions:", VectorIndexSession::table_functions()),
+    );
+    USAGE.replace("{CATALOG}", &catalog)
+}
 
 /// One source of statements, in the order given.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,7 +154,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, ArgsError> 
                 }
                 options.env.push((STORE_TIMEOUT_VAR, secs));
             }
-            "-h" | "--help" => return Err(ArgsError::Info(USAGE.to_string())),
+            "-h" | "--help" => return Err(ArgsError::Info(usage())),
             "-V" | "--version" => {
                 return Err(ArgsError::Info(format!(
                     "dvi {}",
@@ -224,7 +255,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(ArgsError::Invalid(message)) => {
-            eprintln!("dvi: {message}\n\n{USAGE}");
+            eprintln!("dvi: {message}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };

@@ -140,10 +140,8 @@ pub(crate) fn line(steps: &[StepProgress]) -> String {
                 ProgressUnit::Rows => " rows",
                 ProgressUnit::Iterations => " iterations",
                 ProgressUnit::WorkUnits => " work units",
-                ProgressUnit::Bytes => "",
-                ProgressUnit::Graphs => "",
-                ProgressUnit::Versions => "",
-                ProgressUnit::Probes => "",
+                // Bytes print their unit; the others are named by their step.
+                _ => "",
             };
             match s.total {
                 Some(total) => {

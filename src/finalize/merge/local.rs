@@ -198,7 +198,7 @@ impl LocalFiles {
             out.write_made(&header)?;
             for run in &runs {
                 let (map, at) = ids_of[present[run.block]].stored.as_ref().ok_or_else(|| {
-                    IndexError::InvalidInput("row ids written before they were read".into())
+                    IndexError::Internal("row ids written before they were read".into())
                 })?;
                 let ids = at + run.start * 8..at + run.end * 8;
                 crc.update(&map[ids.clone()]);
@@ -385,6 +385,11 @@ impl<'a> BlockCursor<'a> {
         )
     }
 
+    /// A broken invariant of the cursor itself, not of the shard.
+    fn internal(&self, why: &str) -> IndexError {
+        IndexError::Internal(format!("{}: {why}", self.what()))
+    }
+
     /// Positions the cursor at the start of `block`.
     fn start(&mut self, block: BlockInfo, partition: usize) -> Result<()> {
         self.block = block;
@@ -455,7 +460,7 @@ impl<'a> BlockCursor<'a> {
         let file = self
             .file
             .as_ref()
-            .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+            .ok_or_else(|| self.internal("read before the block was started"))?;
         // SAFETY: the mapping is read-only, and staged shard files are never written
         // once their shard.json exists (FORMAT.md); `start` checked that the file holds
         // the whole span. Were a file truncated by someone else while mapped, the
@@ -483,7 +488,7 @@ impl<'a> BlockCursor<'a> {
         let map = self
             .map
             .as_ref()
-            .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+            .ok_or_else(|| self.internal("read before the block was started"))?;
         self.crc.update(&map[range.clone()]);
         Ok((map, range))
     }
@@ -534,7 +539,7 @@ impl<'a> BlockCursor<'a> {
             let map = self
                 .map
                 .as_ref()
-                .ok_or_else(|| self.corrupt("read before the block was started".into()))?;
+                .ok_or_else(|| self.internal("read before the block was started"))?;
             let piece = &map[range.clone()];
             if piece.len() < COMBINE_ABOVE {
                 self.crc.update(piece);

@@ -32,7 +32,8 @@ use crate::finalize::{
     VectorIndexMergeExec, VectorIndexPlanExec,
 };
 use crate::format::IndexLocation;
-use crate::model::{Model, ModelInfo, ModelParams};
+use crate::format::ModelParams;
+use crate::model::{Model, ModelInfo};
 use crate::search::{
     LoadedTarget, MergeTopK, Probe, ScanBlocks, SearchCache, SearchOptions, SearchTarget,
     TaskRouting, VectorIndexProbeExec, VectorIndexScanExec, VectorIndexTopKExec,
@@ -99,7 +100,7 @@ impl TargetRef {
         Self {
             index: target.location.url().to_string(),
             version: target.version,
-            model: target.model.fingerprint().to_string(),
+            model: target.model.info().fingerprint().to_string(),
         }
     }
 }
@@ -261,7 +262,7 @@ impl VectorIndexCodec {
             let w = exec.work();
             return Ok(Node::ShardWrite {
                 index: w.location.url().to_string(),
-                model: w.model.fingerprint().to_string(),
+                model: w.model.info().fingerprint().to_string(),
                 row_id: w.row_id.clone(),
                 column: w.column.clone(),
             });
@@ -366,10 +367,10 @@ impl VectorIndexCodec {
             } => {
                 let location = open(&index, ctx)?;
                 let current = block_on(Model::read_current(&location))?;
-                if current.fingerprint() != model {
+                if current.info().fingerprint() != model {
                     return Err(IndexError::Conflict(format!(
                         "index {index}: the shard build was planned with model {model}, but the index now has model {}; plan it again",
-                        current.fingerprint()
+                        current.info().fingerprint()
                     ))
                     .into());
                 }

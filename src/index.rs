@@ -348,7 +348,7 @@ impl VectorIndex {
         let state = ctx.state();
         let cache = SearchCache::of(state.config());
         let loaded = SearchTarget::load(&self.location, options.version, cache.as_deref()).await?;
-        let dim = loaded.target.model.dim();
+        let dim = loaded.target.model.info().dim();
         let n = queries.len().checked_div(dim).unwrap_or(0);
         let plan = search_plan(&state, loaded, queries.to_vec(), options)?;
         let batches = runner::collect(plan, ctx.task_ctx()).await?;

@@ -50,9 +50,11 @@ pub use catalog::{
 pub use codec::VectorIndexCodec;
 pub use error::{error_line, IndexError, Result};
 pub use finalize::{FinalizeOptions, FinalizeReport, FinalizedSegment, SegmentGrouping};
-pub use format::{EnvObjectStoreRegistry, STORE_TIMEOUT_VAR};
+pub use format::{
+    EnvObjectStoreRegistry, HnswParams, IndexType, Metric, ModelParams, STORE_TIMEOUT_VAR,
+};
 pub use index::{SearchHit, ShardBuild, VectorIndex};
-pub use model::{HnswParams, IndexType, Metric, Model, ModelInfo, ModelParams, TrainOptions};
+pub use model::{Model, ModelInfo, TrainOptions};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
 pub use runner::{attach_runner, runner_of, PlanRunner};
 pub use search::{
@@ -71,12 +73,16 @@ pub mod internals {
     pub use crate::model::{decode_rows, Encoder};
 
     /// Bytes of one stored row.
-    pub fn code_width(model: &crate::Model) -> usize {
+    pub fn code_width(model: &crate::model::Model) -> usize {
         model.code_width()
     }
 
     /// The `nprobes` partitions nearest to `query`, nearest first.
-    pub fn rank_partitions(model: &crate::Model, query: &[f32], nprobes: usize) -> Vec<usize> {
+    pub fn rank_partitions(
+        model: &crate::model::Model,
+        query: &[f32],
+        nprobes: usize,
+    ) -> Vec<usize> {
         model.rank_partitions(query, nprobes)
     }
 }

@@ -259,7 +259,7 @@ async fn a_lost_commit_race_is_a_conflict() {
     let competitor = datafusion_vector_index::format::VersionManifest {
         format_version: datafusion_vector_index::format::FORMAT_VERSION,
         version: 1,
-        model: model.fingerprint().to_string(),
+        model: model.info().fingerprint().to_string(),
         segments: vec![],
         replaced_segments: vec![],
         restored_from: None,

@@ -138,8 +138,8 @@ async fn planning_errors_change_nothing() {
         .to_string();
     assert!(
         err.contains(&foreign)
-            && err.contains(other.fingerprint())
-            && err.contains(model.fingerprint()),
+            && err.contains(other.info().fingerprint())
+            && err.contains(model.info().fingerprint()),
         "{err}"
     );
     std::fs::remove_dir_all(t.path().join("_staging").join(format!("partial_{foreign}"))).unwrap();

@@ -127,6 +127,8 @@ struct Lister {
     entries: Vec<(String, Option<String>, String)>,
     /// `pub use` re-exports: the path they create → the path they name.
     aliases: std::collections::BTreeMap<String, String>,
+    /// Private `use`s, likewise: they place an `impl` written beside one.
+    imports: std::collections::BTreeMap<String, String>,
     /// Public modules, by path.
     pub_modules: BTreeSet<String>,
     /// Names of public structs, enums and traits.
@@ -151,7 +153,7 @@ impl Lister {
         let resolve = |path: &str| {
             let mut path = path.to_string();
             for _ in 0..32 {
-                match self.aliases.get(&path) {
+                match self.aliases.get(&path).or_else(|| self.imports.get(&path)) {
                     Some(next) => path = next.clone(),
                     None => break,
                 }
@@ -162,6 +164,8 @@ impl Lister {
             let parts: Vec<&str> = path.split("::").collect();
             (2..parts.len()).all(|n| self.pub_modules.contains(&parts[..n].join("::")))
         };
+        // A type's `impl` may sit in another module than the type (a `use` there).
+        let declared = resolve(&declared);
         let mut paths: Vec<&String> = self
             .aliases
             .keys()
@@ -179,8 +183,8 @@ impl Lister {
             })
     }
 
-    /// Records the re-exports of `tree`, a `pub use` in `module`.
-    fn uses(&mut self, module: &str, prefix: Vec<String>, tree: &syn::UseTree) {
+    /// Records the paths `tree`, a `use` in `module`, creates (`public`: a re-export).
+    fn uses(&mut self, module: &str, public: bool, prefix: Vec<String>, tree: &syn::UseTree) {
         let mut joined = |mut prefix: Vec<String>, name: &str, alias: &str| {
             let target = match prefix.first().map(String::as_str) {
                 Some("crate") => {
@@ -198,7 +202,12 @@ impl Lister {
                 }
                 _ => std::iter::once(module.to_string()).chain(prefix).collect(),
             };
-            self.aliases.insert(
+            let map = if public {
+                &mut self.aliases
+            } else {
+                &mut self.imports
+            };
+            map.insert(
                 format!("{module}::{alias}"),
                 format!("{}::{name}", target.join("::")),
             );
@@ -207,7 +216,7 @@ impl Lister {
             syn::UseTree::Path(p) => {
                 let mut prefix = prefix;
                 prefix.push(p.ident.to_string());
-                self.uses(module, prefix, &p.tree);
+                self.uses(module, public, prefix, &p.tree);
             }
             syn::UseTree::Name(n) => {
                 let name = n.ident.to_string();
@@ -218,7 +227,7 @@ impl Lister {
             }
             syn::UseTree::Group(g) => {
                 for t in &g.items {
-                    self.uses(module, prefix.clone(), t);
+                    self.uses(module, public, prefix.clone(), t);
                 }
             }
             syn::UseTree::Glob(_) => {}
@@ -275,7 +284,7 @@ impl Lister {
                     }
                 }
             }
-            Item::Use(u) if is_pub(&u.vis) => self.uses(module, Vec::new(), &u.tree),
+            Item::Use(u) => self.uses(module, is_pub(&u.vis), Vec::new(), &u.tree),
             Item::Fn(f) if is_pub(&f.vis) => {
                 let name = f.sig.ident.to_string();
                 let text = format!("pub {}", signature(&f.sig, &name));

@@ -38,7 +38,7 @@ async fn shard_round_trips_and_assigns_nearest_centroid() {
         (manifest.min_fragment, manifest.max_fragment),
         (Some(0), Some(4))
     );
-    assert_eq!(manifest.model, model.fingerprint());
+    assert_eq!(manifest.model, model.info().fingerprint());
     let bytes = std::fs::read(dir.join("data.arrow")).unwrap();
     assert_eq!(bytes.len() as u64, manifest.data_file.size);
     assert_eq!(crc32fast::hash(&bytes), manifest.data_file.crc32);
@@ -174,7 +174,7 @@ async fn model_files_round_trip_and_are_content_addressed() {
         let file = t
             .path()
             .join("models")
-            .join(format!("{}.arrow", model.fingerprint()));
+            .join(format!("{}.arrow", model.info().fingerprint()));
         assert!(file.exists());
         // Writing again is a no-op; another model for the same index is refused.
         model.write(t.location()).await.unwrap();
@@ -190,7 +190,7 @@ fn training_is_deterministic_per_seed() {
     for ty in [IndexType::IvfFlat, IndexType::IvfPq, IndexType::IvfSq] {
         let a = train(&data, ty, Metric::L2, 16);
         let b = train(&data, ty, Metric::L2, 16);
-        assert_eq!(a.fingerprint(), b.fingerprint(), "{ty}");
+        assert_eq!(a.info().fingerprint(), b.info().fingerprint(), "{ty}");
         assert_eq!(a, b);
     }
 }

@@ -461,7 +461,8 @@ mod tests {
 
     use super::*;
     use crate::format::BlockInfo;
-    use crate::model::{HnswParams, IndexType, Metric, Model, ModelParams};
+    use crate::format::{HnswParams, IndexType, Metric, ModelParams};
+    use crate::model::Model;
 
     /// The objects a competitor writes, and the path suffix whose create they precede.
     type Race = Option<(String, Vec<(Path, Bytes)>)>;
@@ -563,10 +564,12 @@ mod tests {
         };
         let centroids = vec![0.0; 2 * PARTITIONS as usize];
         let codec = match index_type.quantizer() {
-            crate::model::Quantizer::Sq => crate::model::Codec::Sq(crate::model::ScalarQuantizer {
-                lower: vec![0.0; 2],
-                upper: vec![1.0; 2],
-            }),
+            crate::format::Quantizer::Sq => {
+                crate::model::Codec::Sq(crate::model::ScalarQuantizer {
+                    lower: vec![0.0; 2],
+                    upper: vec![1.0; 2],
+                })
+            }
             _ => crate::model::Codec::Flat,
         };
         Arc::new(

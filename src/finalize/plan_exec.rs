@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::DisplayFormatType;
@@ -20,11 +20,11 @@ use super::work_units::{unit_batch, work_unit_schema};
 use super::{fragment_ranges, FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
-use crate::exec::{strings, Partitions, Work, WorkExec, WorkStream};
+use crate::exec::{Partitions, Work, WorkExec, WorkStream};
 use crate::format::{IndexLocation, VersionManifest};
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
-use crate::staging::{read_shard_row, Problem, ScannedShards, ShardStatus};
+use crate::staging::{read_shard_row, ListedShard, Problem, ScannedShards, ShardStatus};
 
 /// Checks the staged shards and groups them into segments, then splits each
 /// segment into work units (contiguous ranges of IVF partitions).
@@ -105,39 +105,6 @@ impl Work for PlanMerge {
     }
 }
 
-/// One staged shard as the staging table listed it.
-struct ListedShard {
-    shard_id: String,
-    status: ShardStatus,
-    problem: Option<String>,
-    path: String,
-}
-
-/// The staging table's rows, columns found by name.
-fn listed_shards(batches: &[RecordBatch]) -> Result<Vec<ListedShard>> {
-    let mut out = Vec::new();
-    for b in batches {
-        let (ids, status, problem, path) = (
-            strings(b, "shard_id")?,
-            strings(b, "status")?,
-            strings(b, "problem")?,
-            strings(b, "path")?,
-        );
-        for i in 0..b.num_rows() {
-            let status = ShardStatus::parse(status.value(i)).ok_or_else(|| {
-                exec_datafusion_err!("staging scan: unknown shard status '{}'", status.value(i))
-            })?;
-            out.push(ListedShard {
-                shard_id: ids.value(i).to_string(),
-                status,
-                problem: problem.is_valid(i).then(|| problem.value(i).to_string()),
-                path: path.value(i).to_string(),
-            });
-        }
-    }
-    Ok(out)
-}
-
 async fn plan(
     work: &PlanMerge,
     rows: &[RecordBatch],
@@ -149,7 +116,7 @@ async fn plan(
         options,
         scanned,
     } = work;
-    let listed = listed_shards(rows)?;
+    let listed = ListedShard::from_batches(rows)?;
     let consumed: std::collections::HashSet<String> = latest
         .iter()
         .flat_map(|v| {

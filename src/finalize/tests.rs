@@ -17,7 +17,8 @@ use super::planning::{plan_segments, PlannedShard};
 use super::FinalizeOptions;
 use crate::datasets::{gaussian_mixture, vector_column};
 use crate::format::ShardManifest;
-use crate::model::{IndexType, Metric, Model, TrainOptions};
+use crate::format::{IndexType, Metric};
+use crate::model::{Model, TrainOptions};
 use crate::worker::ShardWriter;
 use crate::{VectorIndex, VectorIndexSession};
 

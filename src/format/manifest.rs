@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{BlockInfo, FORMAT_VERSION};
+use super::{IndexType, Metric, ModelParams};
 use crate::error::{IndexError, Result};
-use crate::model::{IndexType, Metric, ModelParams};
 
 /// Rejects a manifest written by a format version this reader does not know.
 pub(crate) fn check_version(what: &str, found: u32) -> Result<()> {

@@ -4,6 +4,7 @@ mod cloud;
 mod ipc;
 mod location;
 mod manifest;
+mod params;
 mod stored_rows;
 mod upload;
 
@@ -16,9 +17,11 @@ pub use manifest::{
     FileInfo, GraphFile, IndexManifest, SegmentFile, SegmentManifest, SegmentRef, ShardManifest,
     VersionManifest,
 };
+pub(crate) use params::Quantizer;
+pub use params::{HnswParams, IndexType, Metric, ModelParams};
 pub(crate) use stored_rows::{
-    stored_rows_batch, stored_rows_header, stored_rows_schema, StoredBuffers, StoredRows,
-    StoredRowsLayout,
+    stored_rows_batch, stored_rows_header, stored_rows_schema, write_gathered, StoredBuffers,
+    StoredRows, StoredRowsLayout,
 };
 pub(crate) use upload::Upload;
 

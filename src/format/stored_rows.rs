@@ -16,12 +16,13 @@ use arrow::ipc::{
     Buffer as IpcBuffer, FieldNode, MessageBuilder, MessageHeader, MetadataVersion,
     RecordBatchBuilder,
 };
+use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 
-use super::ipc::pad_to_8;
+use super::ipc::{pad_to_8, IpcFileSink};
+use super::Quantizer;
 use super::{BlockInfo, ROW_ID_COLUMN};
 use crate::error::{IndexError, Result};
-use crate::model::Quantizer;
 
 /// Name of the stored column: `vector` for FLAT, `codes` for PQ and SQ.
 pub(crate) fn stored_column_name(q: Quantizer) -> &'static str {
@@ -239,6 +240,27 @@ fn stored_column(schema: &SchemaRef) -> Result<StoredColumn> {
         }
         other => Err(bad(format!("unexpected stored column type {other}"))),
     }
+}
+
+/// Writes to `sink` one batch of the stored-rows schema (`row_id`, then one
+/// fixed-width column) whose body is given as pieces: the row ids' bytes, then the
+/// stored values' bytes, each concatenated in order (see
+/// [`IpcFileSink::write_framed`]).
+pub(crate) fn write_gathered(
+    sink: &mut IpcFileSink,
+    rows: usize,
+    ids: Vec<Bytes>,
+    values: Vec<Bytes>,
+) -> Result<Vec<Bytes>> {
+    let ids_len: usize = ids.iter().map(Bytes::len).sum();
+    let values_len: usize = values.iter().map(Bytes::len).sum();
+    let header = stored_rows_header(sink.schema(), rows, ids_len, values_len)?;
+    let pad = pad_to_8(values_len);
+    let body = ids
+        .into_iter()
+        .chain(values)
+        .chain((pad > 0).then(|| Bytes::from_static(&[0u8; 8][..pad])));
+    Ok(sink.write_framed(rows, header, body))
 }
 
 /// The framed IPC message header (continuation marker, length, flatbuffer, padding)
@@ -530,5 +552,170 @@ mod tests {
         let mixed = [parts[0].clone(), StoredBuffers::of(&batch).unwrap()];
         assert!(StoredBuffers::join(&mixed).is_none());
         assert!(StoredBuffers::join(&[]).is_none());
+    }
+}
+
+/// Files of stored rows, written through an `IpcFileSink`.
+#[cfg(test)]
+mod file_tests {
+    use super::super::ipc::{arrow_bytes, decode_block, encode_partitions, IpcFileSink};
+    use super::*;
+    use arrow::array::RecordBatch;
+    use arrow::ipc::reader::FileReader;
+
+    fn schema(stored: DataType) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("row_id", DataType::UInt64, false),
+            Field::new("codes", stored, false),
+        ]))
+    }
+
+    fn concat(pieces: &[Bytes]) -> Vec<u8> {
+        pieces.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    fn flat(dim: i32) -> DataType {
+        DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim)
+    }
+
+    fn batch(schema: &SchemaRef, rows: usize, width: usize, seed: u8) -> RecordBatch {
+        let ids: Vec<u64> = (0..rows as u64).map(|i| i * 3 + seed as u64).collect();
+        // Bytes below 0x7f: as f32 bits never a NaN, so batches compare equal.
+        let values: Vec<u8> = (0..rows * width)
+            .map(|i| ((i * 7 + seed as usize) % 61) as u8)
+            .collect();
+        // Through a MutableBuffer: aligned for f32, which a Vec<u8> is not.
+        let mut aligned = arrow::buffer::MutableBuffer::with_capacity(values.len());
+        aligned.extend_from_slice(&values);
+        crate::format::stored_rows_batch(schema, Buffer::from_vec(ids), aligned.into()).unwrap()
+    }
+
+    /// A file of gathered batches reads back, with any Arrow reader and block by
+    /// block, as the batches the pieces were cut from.
+    #[test]
+    fn gathered_batches_equal_encoded_batches() {
+        for (stored, width) in [
+            (DataType::FixedSizeBinary(5), 5),
+            (DataType::FixedSizeBinary(16), 16),
+            (flat(3), 12),
+            (flat(128), 512),
+        ] {
+            let schema = schema(stored);
+            let mut sink = IpcFileSink::try_new(&schema).unwrap();
+            let mut file = Vec::new();
+            let mut expected = Vec::new();
+            // 0 rows, odd row counts (padding), and pieces both below and above
+            // the coalescing size.
+            for (i, rows) in [0usize, 1, 7, 300, 20_000].into_iter().enumerate() {
+                let whole = batch(&schema, rows, width, i as u8);
+                let stored = crate::format::StoredBuffers::of(&whole).unwrap();
+                let (ids, values, w) = (stored.ids.into_inner(), stored.values, stored.width);
+                assert_eq!(w, width);
+                let cut = rows / 3;
+                let ids = vec![
+                    arrow_bytes(ids.slice_with_length(0, cut * 8)),
+                    arrow_bytes(ids.slice_with_length(cut * 8, (rows - cut) * 8)),
+                ];
+                let values = vec![
+                    arrow_bytes(values.slice_with_length(0, cut * width)),
+                    arrow_bytes(values.slice_with_length(cut * width, (rows - cut) * width)),
+                ];
+                file.extend(concat(
+                    &write_gathered(&mut sink, rows, ids, values).unwrap(),
+                ));
+                expected.push(whole.clone());
+                // Interleaved with batches through arrow's encoder.
+                file.extend(concat(&sink.write(&whole).unwrap()));
+                expected.push(whole);
+            }
+            let (tail, blocks, size, crc) = sink.finish().unwrap();
+            file.extend_from_slice(&tail);
+            assert_eq!(size, file.len() as u64);
+            assert_eq!(crc, crc32fast::hash(&file));
+
+            let read: Vec<RecordBatch> =
+                FileReader::try_new(std::io::Cursor::new(file.clone()), None)
+                    .unwrap()
+                    .map(|b| b.unwrap())
+                    .collect();
+            assert_eq!(read, expected);
+            for (block, want) in blocks.iter().zip(&expected) {
+                let bytes =
+                    Bytes::copy_from_slice(&file[block.offset as usize..][..block.length as usize]);
+                let got = decode_block("test", &schema, block, bytes.clone()).unwrap();
+                assert_eq!(&got, want);
+                // The byte-level layout finds the same rows without decoding.
+                let layout = crate::format::StoredRowsLayout::parse(
+                    "test",
+                    &schema,
+                    block,
+                    &bytes[..block.meta_len as usize],
+                )
+                .unwrap();
+                let stored = crate::format::StoredBuffers::of(want).unwrap();
+                let (ids, values) = (stored.ids.into_inner(), stored.values);
+                let range = |r: &std::ops::Range<u64>| &bytes[r.start as usize..r.end as usize];
+                assert_eq!((layout.rows, layout.width), (want.num_rows(), width));
+                assert_eq!(range(&layout.ids), ids.as_slice());
+                assert_eq!(range(&layout.values), values.as_slice());
+            }
+        }
+    }
+
+    /// A block header that disagrees with the manifest or the schema is refused,
+    /// naming the file and the block.
+    #[test]
+    fn layouts_that_disagree_are_refused() {
+        let schema = schema(DataType::FixedSizeBinary(4));
+        let (file, blocks, _) = encode_partitions(&schema, [batch(&schema, 10, 4, 1)]).unwrap();
+        let block = blocks[0];
+        let header = &file[block.offset as usize..][..block.meta_len as usize];
+        let parse = |schema: &SchemaRef, info: BlockInfo, header: &[u8]| {
+            crate::format::StoredRowsLayout::parse("shard s: data.arrow", schema, &info, header)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = parse(&schema, BlockInfo { rows: 11, ..block }, header);
+        assert!(
+            err.contains("shard s: data.arrow") && err.contains("has 10 rows, manifest says 11"),
+            "{err}"
+        );
+        let err = parse(
+            &schema,
+            BlockInfo {
+                length: block.length + 8,
+                ..block
+            },
+            header,
+        );
+        assert!(err.contains("manifest says"), "{err}");
+        let err = parse(&schema, block, &header[..header.len() - 8]);
+        assert!(err.contains("header bytes"), "{err}");
+        let wider = self::schema(DataType::FixedSizeBinary(8));
+        let err = parse(&wider, block, header);
+        assert!(err.contains("does not hold 80 bytes"), "{err}");
+        let err = parse(&self::schema(flat(1)), block, header);
+        assert!(err.contains("field nodes"), "{err}");
+        let mut garbled = header.to_vec();
+        garbled[8..].fill(0xee);
+        let err = parse(&schema, block, &garbled);
+        assert!(err.contains("unreadable message header"), "{err}");
+    }
+
+    #[test]
+    fn gathered_lengths_are_checked() {
+        let schema = schema(DataType::FixedSizeBinary(4));
+        let mut sink = IpcFileSink::try_new(&schema).unwrap();
+        let err = write_gathered(
+            &mut sink,
+            2,
+            vec![Bytes::from(vec![0u8; 16])],
+            vec![Bytes::from(vec![0u8; 7])],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("7 bytes of values for 2 rows"),
+            "{err}"
+        );
     }
 }

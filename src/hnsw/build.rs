@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use super::graph::HnswGraph;
 use super::search::{prefetch_bytes, search_layer, Candidate, Layers, Target, Visited};
 use super::MAX_LEVEL;
+use crate::format::{HnswParams, Metric};
 use crate::model::distance::Wide;
 use crate::model::rng::SplitMix64;
-use crate::model::{HnswParams, Metric};
 
 /// Builds the graph of `n = row_ids.len()` rows whose (decoded) vectors are
 /// `vectors` (n × dim, row-major; normalized for cosine).

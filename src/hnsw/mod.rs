@@ -33,9 +33,9 @@ const MAX_LEVEL: u8 = 15;
 mod tests {
     use super::search::Candidate;
     use super::*;
+    use crate::format::{HnswParams, Metric};
     use crate::model::distance::l2_sq;
     use crate::model::rng::SplitMix64;
-    use crate::model::{HnswParams, Metric};
 
     fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix64::new(seed);

@@ -38,9 +38,9 @@ impl Encoder {
     /// partition and its `code_width()` bytes appended to `codes`.
     pub fn encode(&self, vectors: &mut [f32], partitions: &mut Vec<u32>, codes: &mut Vec<u8>) {
         let m = &*self.model;
-        let dim = m.dim();
+        let dim = m.info().dim();
         let width = m.code_width();
-        if m.metric() == Metric::Cosine {
+        if m.info().metric() == Metric::Cosine {
             vectors.par_chunks_exact_mut(dim).for_each(normalize);
         }
         let n = vectors.len() / dim;
@@ -68,7 +68,7 @@ impl Encoder {
 /// SQ and PQ. HNSW graphs are built on these, so graph distances agree with what
 /// search scores.
 pub fn decode_rows(model: &Model, partition: usize, codes: &[u8]) -> Result<Vec<f32>> {
-    let dim = model.dim();
+    let dim = model.info().dim();
     let width = model.code_width();
     if width == 0 || !codes.len().is_multiple_of(width) {
         return Err(IndexError::corrupt(

@@ -30,7 +30,7 @@ fn tensors(model: &Model) -> Vec<(&'static str, &[f32])> {
 }
 
 fn params_json(model: &Model) -> String {
-    serde_json::to_string(model.params()).unwrap_or_default()
+    serde_json::to_string(model.info().params()).unwrap_or_default()
 }
 
 /// SHA-256 of the canonical bytes (parameters JSON, then each tensor's name,
@@ -82,11 +82,11 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
     let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(names), Arc::new(values)])?;
     let (bytes, _, _) = encode_partitions(&schema, [batch])?;
     let model_file = FileInfo {
-        name: model_file_name(model.fingerprint()),
+        name: model_file_name(model.info().fingerprint()),
         size: bytes.len() as u64,
         crc32: crc32fast::hash(&bytes),
     };
-    let model_path = location.model_file(model.fingerprint());
+    let model_path = location.model_file(model.info().fingerprint());
     if location.put_if_absent(&model_path, bytes.clone()).await? {
         // Commits rely on create-if-absent; a store that ignores it would let two
         // finalizers both commit a version. Asking twice shows it before anything
@@ -98,9 +98,9 @@ pub(super) async fn write_model(model: &Model, location: &IndexLocation) -> Resu
 
     let manifest = IndexManifest {
         format_version: crate::format::FORMAT_VERSION,
-        model: model.fingerprint().to_string(),
+        model: model.info().fingerprint().to_string(),
         model_file,
-        params: model.params().clone(),
+        params: model.info().params().clone(),
     };
     let path = location.index_manifest();
     if !location.put_if_absent(&path, manifest.to_json()?).await? {
@@ -294,10 +294,10 @@ async fn read_model(location: &IndexLocation, index: &IndexManifest) -> Result<M
         }),
     };
     let model = Model::try_new(params, centroids, codec).map_err(|e| damaged(e.to_string()))?;
-    if model.fingerprint() != fp {
+    if model.info().fingerprint() != fp {
         return Err(damaged(format!(
             "contents hash to {}, not to its name",
-            model.fingerprint()
+            model.info().fingerprint()
         )));
     }
     Ok(model)
@@ -356,7 +356,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (pq.fingerprint(), sq.fingerprint()),
+            (pq.info().fingerprint(), sq.info().fingerprint()),
             (
                 "ba93f6550dbbd806ca301d994e3cf150",
                 "927a71e2e91e06d150d15bce2b0702f0"
@@ -457,7 +457,7 @@ mod tests {
             &read_current_model_info(&location).await.unwrap(),
             model.info()
         );
-        let path = location.model_file(model.fingerprint());
+        let path = location.model_file(model.info().fingerprint());
         let good = location.get(&path).await.unwrap().to_vec();
         for at in [0, good.len() / 2, good.len() - 1] {
             let mut bad = good.clone();
@@ -465,7 +465,7 @@ mod tests {
             location.put(&path, bad).await.unwrap();
             let err = read_current_model(&location).await.unwrap_err().to_string();
             assert!(
-                err.contains(&format!("models/{}.arrow", model.fingerprint()))
+                err.contains(&format!("models/{}.arrow", model.info().fingerprint()))
                     && err.contains("index.json says"),
                 "{err}"
             );

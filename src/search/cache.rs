@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::prelude::SessionConfig;
 
-use super::scan_exec::Block;
+use super::block::Block;
 use super::SearchTarget;
 use crate::format::VersionManifest;
 
@@ -392,7 +392,7 @@ mod tests {
     }
 
     fn block() -> Arc<Block> {
-        let schema = crate::format::stored_rows_schema(crate::model::Quantizer::Sq, 1, 1);
+        let schema = crate::format::stored_rows_schema(crate::format::Quantizer::Sq, 1, 1);
         let rows = arrow::array::RecordBatch::new_empty(schema);
         Arc::new(Block {
             stored: crate::format::StoredBuffers::of(&rows).unwrap(),

@@ -14,8 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::probe_tasks::{balance, probe_task_schema, slot_keys, tasks_batch, ProbeTask, Probed};
 use super::{SearchOptions, SearchTarget};
 use crate::exec::{primitive, vectors, Partitions, Work, WorkExec, WorkStream};
+use crate::format::Metric;
 use crate::model::distance::normalize;
-use crate::model::Metric;
 use crate::progress::{ProgressStep, Tracker};
 
 /// Ranks the IVF partitions of each query once (all segments share the model) and
@@ -69,7 +69,7 @@ impl Work for Probe {
     const METRICS: bool = true;
 
     fn schema(&self) -> SchemaRef {
-        probe_task_schema(self.target.model.dim())
+        probe_task_schema(self.target.model.info().dim())
     }
 
     fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
@@ -80,10 +80,13 @@ impl Work for Probe {
             ("segments", self.target.segments.len().to_string()),
             (
                 "nprobes",
-                self.options.nprobes.min(model.num_partitions()).to_string(),
+                self.options
+                    .nprobes
+                    .min(model.info().num_partitions())
+                    .to_string(),
             ),
-            ("partitions", model.num_partitions().to_string()),
-            ("metric", model.metric().to_string()),
+            ("partitions", model.info().num_partitions().to_string()),
+            ("metric", model.info().metric().to_string()),
         ]
     }
 
@@ -111,7 +114,7 @@ impl Work for Probe {
                 probe(&self.target, self.options.nprobes, self.slots, &batches)?;
             split.add(split_partitions);
             tracker.start(ProgressStep::Probes, Some(tasks.len() as u64));
-            let (schema, dim) = (self.schema(), self.target.model.dim());
+            let (schema, dim) = (self.schema(), self.target.model.info().dim());
             let out: Vec<Result<RecordBatch>> = batches_of(&tasks, self.slots)
                 .map(|c| tasks_batch(&schema, dim, c))
                 .collect();
@@ -165,7 +168,7 @@ fn probe(
     batches: &[RecordBatch],
 ) -> Result<(Vec<ProbeTask>, usize)> {
     let model = &target.model;
-    let dim = model.dim();
+    let dim = model.info().dim();
     // Per partition, the queries (id, vector) that probe it.
     let mut probing: BTreeMap<u32, Vec<Query>> = BTreeMap::new();
     for b in batches {
@@ -175,7 +178,7 @@ fn probe(
         for i in 0..b.num_rows() {
             let start = (list.offset() + i) * dim;
             let mut q = values.values()[start..start + dim].to_vec();
-            if model.metric() == Metric::Cosine {
+            if model.info().metric() == Metric::Cosine {
                 normalize(&mut q);
             }
             let q: Arc<[f32]> = q.into();
@@ -189,7 +192,7 @@ fn probe(
             }
         }
     }
-    let splittable = !model.index_type().is_hnsw();
+    let splittable = !model.info().index_type().is_hnsw();
     let probed: Vec<Probed> = probing
         .iter()
         .map(|(&partition, queries)| Probed {

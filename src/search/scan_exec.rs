@@ -11,9 +11,10 @@ use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricB
 use datafusion::physical_plan::{DisplayFormatType, Distribution};
 use futures::{StreamExt, TryStreamExt};
 
+use super::block::{Block, Piece};
 use super::cache::{BlockKey, SearchCache};
-use super::distance::Preparer;
 use super::probe_tasks::TaskRows;
+use super::scorer::Preparer;
 use super::topk::{tops_to_batch, Scored, TopK};
 use super::topk_exec::search_output_schema;
 use super::{HeldBlock, SearchOptions, SearchTarget};
@@ -21,8 +22,6 @@ use crate::error::IndexError;
 use crate::exec::{Partitions, Work, WorkExec, WorkStream};
 use crate::format::{decode_block, BlockInfo, SegmentFile, SegmentManifest, StoredBuffers};
 use crate::hnsw::{graph_schema, HnswGraph, Visited};
-use crate::model::pq_bound::{self, Columns};
-use crate::model::IndexType;
 use crate::progress::{ProgressStep, Tracker};
 
 /// How probe tasks reach the scan's partitions; chosen when the search is planned
@@ -88,7 +87,7 @@ impl Work for ScanBlocks {
     }
 
     fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
-        let index_type = self.target.model.index_type();
+        let index_type = self.target.model.info().index_type();
         let mut details = vec![
             ("type", index_type.to_string()),
             ("k", self.options.k.to_string()),
@@ -140,36 +139,6 @@ impl Work for ScanBlocks {
             Ok(tops_to_batch(tops)?)
         })
         .boxed())
-    }
-}
-
-/// A probed partition: its rows and, for HNSW types, its graph.
-#[derive(Debug)]
-pub(super) struct Block {
-    /// Its rows' ids and stored values.
-    pub stored: StoredBuffers,
-    pub graph: Option<HnswGraph>,
-    /// IVF_PQ, where the CPU bounds distances from them: the codes by columns
-    /// (`pq_bound::columns`).
-    pub columns: Option<Vec<u8>>,
-}
-
-impl Block {
-    /// Bytes the block takes in memory (for the cache's budget).
-    pub(super) fn memory_size(&self) -> usize {
-        self.stored.ids.inner().len()
-            + self.stored.values.len()
-            + self.graph.as_ref().map_or(0, HnswGraph::memory_size)
-            + self.columns.as_ref().map_or(0, Vec::len)
-    }
-
-    /// Rows `range` of the block's codes by columns, if it keeps them.
-    fn columns(&self, range: std::ops::Range<usize>) -> Option<Columns<'_>> {
-        self.columns.as_deref().map(|codes| Columns {
-            codes,
-            stride: self.stored.num_rows(),
-            start: range.start,
-        })
     }
 }
 
@@ -280,45 +249,6 @@ impl Blocks {
     }
 }
 
-/// One segment's block of a partition, read and decoded.
-struct Piece {
-    stored: StoredBuffers,
-    graph: Option<HnswGraph>,
-    /// Bytes read for it.
-    bytes: usize,
-}
-
-impl Block {
-    /// The block of partition `p` joining `pieces` (one per segment, in order).
-    fn of_pieces(
-        target: &SearchTarget,
-        p: u32,
-        mut pieces: Vec<Piece>,
-    ) -> crate::error::Result<Self> {
-        let (stored, graph) = match pieces.len() {
-            1 => pieces.pop().map(|piece| (piece.stored, piece.graph)),
-            // Joined blocks are of types without graphs (`HeldBlock`).
-            _ => StoredBuffers::join(
-                &pieces
-                    .into_iter()
-                    .map(|piece| piece.stored)
-                    .collect::<Vec<_>>(),
-            )
-            .map(|stored| (stored, None)),
-        }
-        .ok_or_else(|| {
-            IndexError::Internal(format!("partition {p}: segments' blocks that do not join"))
-        })?;
-        let columns = (target.model.index_type() == IndexType::IvfPq && pq_bound::available())
-            .then(|| pq_bound::columns(&stored.values, stored.width));
-        Ok(Block {
-            stored,
-            graph,
-            columns,
-        })
-    }
-}
-
 /// A segment's block a scan reads: its partition and place in the manifest, numbered
 /// in the order the scan joins blocks.
 #[derive(Debug, Clone, Copy)]
@@ -346,7 +276,7 @@ async fn read_pieces(
     let graphs = async {
         let mut graphs = vec![None; partitions.len()];
         let graph = match &file.graph {
-            Some(graph) if target.model.index_type().is_hnsw() => graph,
+            Some(graph) if target.model.info().index_type().is_hnsw() => graph,
             _ => return Ok(graphs),
         };
         let held: Vec<(usize, BlockInfo)> = partitions

@@ -64,7 +64,7 @@ impl TableProvider for VectorSearchTable {
         let target = &loaded.target;
         // One query: exactly one vector of the index's dimension (the Rust API takes
         // several queries in one slice; SQL does not).
-        let dim = target.model.dim();
+        let dim = target.model.info().dim();
         if self.query.len() != dim {
             return Err(IndexError::invalid_argument(
                 "query",

@@ -15,7 +15,8 @@ use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
 use super::{NOTHING_TO_FINALIZE, OUTCOME_KEY};
 use crate::catalog::{VacuumOptions, VacuumReport, VacuumedKind};
 use crate::finalize::{parse_fragment_ranges, FinalizeOptions, SegmentGrouping};
-use crate::model::{HnswParams, TrainOptions};
+use crate::format::HnswParams;
+use crate::model::TrainOptions;
 use crate::{IndexError, VectorIndex};
 
 const CREATE: Signature = Signature {
@@ -422,13 +423,18 @@ pub(super) async fn call(ctx: &SessionContext, call: &ast::Function) -> Result<V
             let model = index.create(df, &column, &options).await?;
             Ok(vec![one_row(vec![
                 ("index", str_col(index.location().url())),
-                ("model", str_col(model.fingerprint())),
-                ("type", str_col(model.index_type().name())),
-                ("metric", str_col(model.metric().name())),
-                ("dim", Arc::new(UInt32Array::from(vec![model.dim() as u32]))),
+                ("model", str_col(model.info().fingerprint())),
+                ("type", str_col(model.info().index_type().name())),
+                ("metric", str_col(model.info().metric().name())),
+                (
+                    "dim",
+                    Arc::new(UInt32Array::from(vec![model.info().dim() as u32])),
+                ),
                 (
                     "num_partitions",
-                    Arc::new(UInt32Array::from(vec![model.num_partitions() as u32])),
+                    Arc::new(UInt32Array::from(
+                        vec![model.info().num_partitions() as u32],
+                    )),
                 ),
             ])?])
         }

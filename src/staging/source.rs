@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::Result;
@@ -23,7 +22,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use roaring::RoaringBitmap;
 
-use super::table::shards_schema;
+use super::rows::shards_schema;
 use crate::format::{IndexLocation, ShardManifest};
 
 /// Reads `shard.json` and the `fragments.roaring` sidecar of each shard and the
@@ -262,39 +261,12 @@ pub(crate) struct ShardRow {
 }
 
 impl ShardRow {
-    fn status(&self) -> ShardStatus {
+    pub(super) fn status(&self) -> ShardStatus {
         match (&self.problem, &self.manifest) {
             (Some(p), _) => p.status,
             (None, Some(_)) => ShardStatus::Complete,
             (None, None) => ShardStatus::Incomplete,
         }
-    }
-
-    fn to_batch(&self) -> Result<RecordBatch> {
-        let m = self.manifest.as_ref();
-        let status = self.status();
-        let complete = status == ShardStatus::Complete;
-        let bytes = m.map(|m| m.data_file.size + m.fragments_file.size);
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(vec![Some(self.shard_id.as_str())])),
-            Arc::new(StringArray::from(vec![m.map(|m| m.model.as_str())])),
-            Arc::new(StringArray::from(vec![m.map(|m| m.index_type.name())])),
-            Arc::new(StringArray::from(vec![m.map(|m| m.metric.name())])),
-            Arc::new(UInt32Array::from(vec![m.map(|m| m.dim)])),
-            Arc::new(UInt64Array::from(vec![m.map(|m| m.rows)])),
-            Arc::new(UInt64Array::from(vec![bytes])),
-            Arc::new(UInt64Array::from(vec![m.map(|m| m.num_fragments)])),
-            Arc::new(UInt32Array::from(vec![m.and_then(|m| m.min_fragment)])),
-            Arc::new(UInt32Array::from(vec![m.and_then(|m| m.max_fragment)])),
-            Arc::new(BooleanArray::from(vec![complete])),
-            Arc::new(StringArray::from(vec![status.as_str()])),
-            Arc::new(StringArray::from(vec![self
-                .problem
-                .as_ref()
-                .map(|p| p.reason.as_str())])),
-            Arc::new(StringArray::from(vec![Some(self.path.as_str())])),
-        ];
-        Ok(RecordBatch::try_new(shards_schema(), cols)?)
     }
 
     /// The checked shard when it is complete, else what is wrong with it.

@@ -1,9 +1,9 @@
 //! `ShardsTable`: the staged shards of an index as a DataFusion table.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::Result;
@@ -16,35 +16,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use object_store::path::Path;
 
+use super::rows::shards_schema;
 use super::{ScannedShards, ShardManifestSource};
 use crate::format::IndexLocation;
-
-static SHARDS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("shard_id", DataType::Utf8, false),
-        Field::new("model", DataType::Utf8, true),
-        Field::new("index_type", DataType::Utf8, true),
-        Field::new("metric", DataType::Utf8, true),
-        Field::new("dim", DataType::UInt32, true),
-        Field::new("rows", DataType::UInt64, true),
-        Field::new("bytes", DataType::UInt64, true),
-        Field::new("num_fragments", DataType::UInt64, true),
-        Field::new("min_fragment", DataType::UInt32, true),
-        Field::new("max_fragment", DataType::UInt32, true),
-        Field::new("complete", DataType::Boolean, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("problem", DataType::Utf8, true),
-        Field::new("path", DataType::Utf8, false),
-    ]))
-});
-
-/// Schema of `vector_index_shards(…)`. `complete` is true when `shard.json` exists
-/// and is consistent with its sidecar; otherwise `status` says whose move it is
-/// (`incomplete`: the worker's; `invalid`: the shard is damaged; `unreadable`: the
-/// store failed, retry) and `problem` says why.
-pub(crate) fn shards_schema() -> SchemaRef {
-    Arc::clone(&SHARDS_SCHEMA)
-}
 
 /// A shard folder found under `_staging/`.
 #[derive(Debug, Clone)]

@@ -149,7 +149,7 @@ impl Work for WriteShards {
     fn details(&self, _: DisplayFormatType, partitions: usize) -> Vec<(&'static str, String)> {
         vec![
             ("index", self.location.url().to_string()),
-            ("model", self.model.fingerprint().to_string()),
+            ("model", self.model.info().fingerprint().to_string()),
             ("row_id", self.row_id.clone()),
             ("column", self.column.clone()),
             ("shards", format!("one per partition ({partitions})")),

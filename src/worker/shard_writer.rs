@@ -42,7 +42,7 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn new(location: IndexLocation, model: Arc<Model>) -> Self {
-        let partitions = (0..model.num_partitions())
+        let partitions = (0..model.info().num_partitions())
             .map(|_| PartitionRows::default())
             .collect();
         Self {
@@ -94,7 +94,7 @@ impl ShardWriter {
             )));
         }
         let model = Arc::clone(self.encoder.model());
-        let dim = model.dim();
+        let dim = model.info().dim();
         self.scratch.clear();
         append_vectors(
             vectors,
@@ -188,11 +188,11 @@ impl ShardWriter {
         let manifest = ShardManifest {
             format_version: FORMAT_VERSION,
             shard_id: self.shard_id.clone(),
-            model: model.fingerprint().to_string(),
-            index_type: model.index_type(),
-            metric: model.metric(),
-            dim: model.dim() as u32,
-            num_partitions: model.num_partitions() as u32,
+            model: model.info().fingerprint().to_string(),
+            index_type: model.info().index_type(),
+            metric: model.info().metric(),
+            dim: model.info().dim() as u32,
+            num_partitions: model.info().num_partitions() as u32,
             rows: self.rows,
             num_fragments: self.fragments.len(),
             min_fragment: self.fragments.min(),

@@ -44,12 +44,12 @@ impl MergeState {
             return Ok(Arc::clone(m));
         }
         let m = Model::read_current(location).await?;
-        if m.fingerprint() != model.fingerprint() {
+        if m.info().fingerprint() != model.fingerprint() {
             return Err(IndexError::corrupt(
                 "index.json",
                 format!(
                     "names model {} while this finalize was planned with model {}",
-                    m.fingerprint(),
+                    m.info().fingerprint(),
                     model.fingerprint()
                 ),
             ));

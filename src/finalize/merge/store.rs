@@ -13,12 +13,13 @@ use object_store::path::Path;
 use super::{described, merge_runs, Run};
 use crate::error::{IndexError, Result};
 use crate::finalize::WorkUnit;
+use crate::format::HnswParams;
 use crate::format::{
-    arrow_bytes, decode_block, stored_rows_batch, GraphFile, IndexLocation, IpcFileSink,
-    SegmentFile, StoredBuffers, Upload,
+    arrow_bytes, decode_block, stored_rows_batch, write_gathered, GraphFile, IndexLocation,
+    IpcFileSink, SegmentFile, StoredBuffers, Upload,
 };
 use crate::hnsw::{build_graph, graph_schema, partition_seed};
-use crate::model::{decode_rows, HnswParams, Model, ModelInfo};
+use crate::model::{decode_rows, Model, ModelInfo};
 use futures::StreamExt;
 
 /// Staged bytes read per request batch: one request per shard covers this much.
@@ -47,7 +48,7 @@ pub(super) async fn merge_unit(
         )
     };
     let mut out = writer(&unit.file_name);
-    let with_params = graph_model.and_then(|m| m.hnsw_params().map(|params| (m, params)));
+    let with_params = graph_model.and_then(|m| m.info().hnsw_params().map(|params| (m, params)));
     let mut graphs = match with_params {
         Some((model, params)) => {
             let name = graph_file_name(&unit.file_name);
@@ -129,12 +130,12 @@ async fn partition_graph(
         let stored = StoredBuffers::of(&merged)?;
         let rows = stored.all();
         let vectors = decode_rows(&model, partition, rows.bytes)?;
-        let seed = partition_seed(model.params().seed, partition);
+        let seed = partition_seed(model.info().params().seed, partition);
         build_graph(
             &vectors,
-            model.dim(),
+            model.info().dim(),
             rows.ids,
-            model.metric(),
+            model.info().metric(),
             params,
             seed,
         )
@@ -291,7 +292,7 @@ fn gather_partition(
             slice(&block.values, run, block.width)
         })
         .collect();
-    sink.write_gathered(rows, ids, values)
+    write_gathered(sink, rows, ids, values)
 }
 
 /// The merged partition as one batch (a copy), for building its graph.

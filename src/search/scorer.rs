@@ -7,13 +7,14 @@ use std::sync::{Arc, OnceLock};
 use super::topk::TopK;
 use super::SearchTarget;
 use crate::error::{IndexError, Result};
+use crate::format::Metric;
 use crate::format::StoredRows;
 use crate::model::distance::{distance_rows, dot, l2_sq};
 use crate::model::pq::{table_lookup, table_lookup_rows, PQ_CODES};
 use crate::model::pq_bound::{Columns, PqBound, BOUND_ROWS};
 use crate::model::sq::{sq_dot, sq_dot_rows, sq_l2, sq_l2_rows};
 use crate::model::ProductQuantizer;
-use crate::model::{Codec, Metric, Model};
+use crate::model::{Codec, Model};
 
 /// A query prepared for one IVF partition.
 pub(super) enum Scorer {
@@ -65,7 +66,7 @@ pub(super) enum BoundScorer<'a> {
 impl Scorer {
     /// `query` must already be normalized for cosine.
     pub(super) fn new(model: &Model, query: &[f32], partition: usize) -> Result<Self> {
-        let metric = model.metric();
+        let metric = model.info().metric();
         let base = if metric == Metric::Cosine { 1.0 } else { 0.0 };
         Ok(match model.codec() {
             Codec::Flat => Self::Flat {
@@ -150,10 +151,10 @@ impl PqTerms {
         let Codec::Pq(pq) = model.codec() else {
             return None;
         };
-        let bytes = model.num_partitions() * pq.num_sub_vectors * PQ_CODES * 4;
-        (model.metric() == Metric::L2 && bytes <= MAX_PQ_TERMS_BYTES).then(|| Self {
+        let bytes = model.info().num_partitions() * pq.num_sub_vectors * PQ_CODES * 4;
+        (model.info().metric() == Metric::L2 && bytes <= MAX_PQ_TERMS_BYTES).then(|| Self {
             norms: pq.codeword_norms(),
-            partitions: (0..model.num_partitions())
+            partitions: (0..model.info().num_partitions())
                 .map(|_| OnceLock::new())
                 .collect(),
             bytes,
@@ -229,7 +230,7 @@ impl Preparer {
             .pq_terms
             .as_ref()
             .and_then(|t| t.of_partition(model, pq, partition));
-        Ok(Scorer::Codes(match (model.metric(), own) {
+        Ok(Scorer::Codes(match (model.info().metric(), own) {
             (Metric::L2, Some(own)) => {
                 let shared = self.shared.get_or_make(query_id, || pq.query_terms(query));
                 CodeScorer::pq(
@@ -447,9 +448,10 @@ fn score_bounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::IndexType;
     use crate::model::pq_bound;
     use crate::model::rng::SplitMix64;
-    use crate::model::{decode_rows, train_model, Encoder, IndexType, TrainOptions};
+    use crate::model::{decode_rows, train_model, Encoder, TrainOptions};
     use std::sync::Arc;
 
     /// A model of 4 partitions (and 4 PQ sub-vectors) trained on `data`.

@@ -10,6 +10,22 @@ use datafusion::physical_plan::ExecutionPlan;
 pub(crate) use columns::{binaries, primitive, strings, structs, vectors, NamedColumns};
 pub(crate) use work_exec::{Partitions, Work, WorkExec, WorkStream};
 
+use datafusion::physical_plan::DisplayFormatType;
+
+use crate::format::IndexLocation;
+
+/// The `index=<url>` detail an operator starts its display with; the tree form,
+/// read at a glance, leaves the long URL out.
+pub(crate) fn index_detail(
+    format: DisplayFormatType,
+    location: &IndexLocation,
+) -> Vec<(&'static str, String)> {
+    match format {
+        DisplayFormatType::TreeRender => Vec::new(),
+        _ => vec![("index", location.url().to_string())],
+    }
+}
+
 /// The rows `plan` will produce, when its statistics know them exactly before it runs
 /// (an in-memory table, Parquet without a filter).
 pub(crate) fn exact_rows(plan: &dyn ExecutionPlan) -> Option<u64> {

@@ -17,7 +17,7 @@ use super::merged_files;
 use super::report::{commit_output_schema, FinalizeReport};
 use super::{FinalizeOptions, SegmentPlan};
 use crate::catalog::{remove_consumed, NewSegment, Transaction};
-use crate::exec::{Partitions, Work, WorkExec, WorkStream};
+use crate::exec::{index_detail, Partitions, Work, WorkExec, WorkStream};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
@@ -50,12 +50,13 @@ impl Work for CommitSegments {
         commit_output_schema()
     }
 
-    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
-        vec![
-            ("index", self.location.url().to_string()),
+    fn details(&self, format: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        let mut details = index_detail(format, &self.location);
+        details.extend([
             ("mode", self.options.mode.to_string()),
             ("max_attempts", self.options.max_commit_attempts.to_string()),
-        ]
+        ]);
+        details
     }
 
     fn run(

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use super::merge::{merge_unit, MergeState};
 use super::merged_files::{merged_file_schema, to_batch, MergedFile};
 use super::work_units::{units_of, work_unit_key, UnitRow};
-use crate::exec::{Partitions, Work, WorkExec, WorkStream};
+use crate::exec::{index_detail, Partitions, Work, WorkExec, WorkStream};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
 use crate::progress::{ProgressStep, Tracker};
@@ -56,7 +56,7 @@ impl Work for MergeUnits {
     }
 
     fn details(&self, format: DisplayFormatType, partitions: usize) -> Vec<(&'static str, String)> {
-        let mut details = vec![("index", self.location.url().to_string())];
+        let mut details = index_detail(format, &self.location);
         if format != DisplayFormatType::TreeRender {
             let stored = self.model.storage_schema();
             let stored = stored

@@ -382,19 +382,20 @@ pub(crate) fn decode_block(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::ipc::reader::FileReader;
 
-    fn schema(stored: DataType) -> SchemaRef {
+    /// `row_id`, then one stored column of type `stored`.
+    pub(in crate::format) fn schema(stored: DataType) -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("row_id", DataType::UInt64, false),
             Field::new("codes", stored, false),
         ]))
     }
 
-    fn concat(pieces: &[Bytes]) -> Vec<u8> {
+    pub(in crate::format) fn concat(pieces: &[Bytes]) -> Vec<u8> {
         pieces.iter().flat_map(|p| p.iter().copied()).collect()
     }
 

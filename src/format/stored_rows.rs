@@ -558,21 +558,11 @@ mod tests {
 /// Files of stored rows, written through an `IpcFileSink`.
 #[cfg(test)]
 mod file_tests {
+    use super::super::ipc::tests::{concat, schema};
     use super::super::ipc::{arrow_bytes, decode_block, encode_partitions, IpcFileSink};
     use super::*;
     use arrow::array::RecordBatch;
     use arrow::ipc::reader::FileReader;
-
-    fn schema(stored: DataType) -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("row_id", DataType::UInt64, false),
-            Field::new("codes", stored, false),
-        ]))
-    }
-
-    fn concat(pieces: &[Bytes]) -> Vec<u8> {
-        pieces.iter().flat_map(|p| p.iter().copied()).collect()
-    }
 
     fn flat(dim: i32) -> DataType {
         DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim)

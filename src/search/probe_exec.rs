@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::probe_tasks::{balance, probe_task_schema, slot_keys, tasks_batch, ProbeTask, Probed};
 use super::{SearchOptions, SearchTarget};
-use crate::exec::{primitive, vectors, Partitions, Work, WorkExec, WorkStream};
+use crate::exec::{index_detail, primitive, vectors, Partitions, Work, WorkExec, WorkStream};
 use crate::format::Metric;
 use crate::model::distance::normalize;
 use crate::progress::{ProgressStep, Tracker};
@@ -72,10 +72,10 @@ impl Work for Probe {
         probe_task_schema(self.target.model.info().dim())
     }
 
-    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+    fn details(&self, format: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
         let model = &self.target.model;
-        vec![
-            ("index", self.target.location.url().to_string()),
+        let mut details = index_detail(format, &self.target.location);
+        details.extend([
             ("version", self.target.version.to_string()),
             ("segments", self.target.segments.len().to_string()),
             (
@@ -87,7 +87,8 @@ impl Work for Probe {
             ),
             ("partitions", model.info().num_partitions().to_string()),
             ("metric", model.info().metric().to_string()),
-        ]
+        ]);
+        details
     }
 
     fn run(

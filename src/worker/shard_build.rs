@@ -25,7 +25,7 @@ use futures::StreamExt;
 
 use super::shard_writer::publish;
 use super::{write_rows, ShardWriter};
-use crate::exec::{strings, Partitions, Work, WorkExec, WorkStream};
+use crate::exec::{index_detail, strings, Partitions, Work, WorkExec, WorkStream};
 use crate::format::{IndexLocation, ShardManifest};
 use crate::model::Model;
 use crate::progress::{ProgressStep, Tracker};
@@ -146,14 +146,15 @@ impl Work for WriteShards {
         false
     }
 
-    fn details(&self, _: DisplayFormatType, partitions: usize) -> Vec<(&'static str, String)> {
-        vec![
-            ("index", self.location.url().to_string()),
+    fn details(&self, format: DisplayFormatType, partitions: usize) -> Vec<(&'static str, String)> {
+        let mut details = index_detail(format, &self.location);
+        details.extend([
             ("model", self.model.info().fingerprint().to_string()),
             ("row_id", self.row_id.clone()),
             ("column", self.column.clone()),
             ("shards", format!("one per partition ({partitions})")),
-        ]
+        ]);
+        details
     }
 
     fn run(
@@ -216,14 +217,13 @@ impl Work for PublishShards {
         staged_shard_schema()
     }
 
-    fn details(&self, _: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
-        vec![
-            ("index", self.location.url().to_string()),
-            (
-                "writes",
-                "shard.json of each shard once all are written".to_string(),
-            ),
-        ]
+    fn details(&self, format: DisplayFormatType, _: usize) -> Vec<(&'static str, String)> {
+        let mut details = index_detail(format, &self.location);
+        details.extend([(
+            "writes",
+            "shard.json of each shard once all are written".to_string(),
+        )]);
+        details
     }
 
     fn run(

@@ -50,7 +50,7 @@ impl ReadWhole for SegmentsTable {
     }
 
     /// One row per committed segment of the latest version (no rows before the first commit).
-    async fn read_batch(&self) -> crate::Result<RecordBatch> {
+    async fn read_batch(&self) -> crate::error::Result<RecordBatch> {
         let loc = &self.location;
         let Some(version) = latest_version(loc).await? else {
             // No rows before the first commit, but an error where there is no index.

@@ -57,7 +57,7 @@ impl ReadWhole for VersionsTable {
 
     /// One row per committed version, oldest first (none before the first commit;
     /// an error where there is no index).
-    async fn read_batch(&self) -> crate::Result<RecordBatch> {
+    async fn read_batch(&self) -> crate::error::Result<RecordBatch> {
         let loc = &self.location;
         crate::model::ModelInfo::read_current(loc).await?;
         let dir = loc.versions_dir();
@@ -71,7 +71,7 @@ impl ReadWhole for VersionsTable {
             .try_collect()
             .await
             .map_err(|e| {
-                crate::IndexError::store(format!("listing {}", loc.object_url(&dir)), e)
+                crate::error::IndexError::store(format!("listing {}", loc.object_url(&dir)), e)
             })?;
         let mut numbers: Vec<u64> = written
             .keys()

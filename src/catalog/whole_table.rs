@@ -19,7 +19,7 @@ use datafusion::physical_plan::ExecutionPlan;
 pub(crate) trait ReadWhole: std::fmt::Debug + Send + Sync {
     fn schema(&self) -> SchemaRef;
     /// Every row, read from the store when the table is scanned.
-    async fn read_batch(&self) -> crate::Result<RecordBatch>;
+    async fn read_batch(&self) -> crate::error::Result<RecordBatch>;
 }
 
 /// A [`ReadWhole`] as a DataFusion table: one in-memory partition, read at scan.

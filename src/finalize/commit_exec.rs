@@ -13,7 +13,7 @@ use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder,
 use datafusion::physical_plan::DisplayFormatType;
 use futures::{StreamExt, TryStreamExt};
 
-use super::merged_files;
+use super::merged_files::MergedFile;
 use super::report::{commit_output_schema, FinalizeReport};
 use super::{FinalizeOptions, SegmentPlan};
 use crate::catalog::{remove_consumed, NewSegment, Transaction};
@@ -90,7 +90,7 @@ fn transaction(
 ) -> Result<Transaction> {
     let mut by_id: BTreeMap<String, (SegmentPlan, NewSegment)> = BTreeMap::new();
     for batch in batches {
-        for merged in merged_files::from_batch(batch)? {
+        for merged in MergedFile::from_batch(batch)? {
             let (_, segment) = match by_id.entry(merged.segment_id.clone()) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
@@ -130,7 +130,7 @@ async fn commit(
     t: Transaction,
     location: &IndexLocation,
     cleanup_time: &Time,
-) -> crate::Result<RecordBatch> {
+) -> crate::error::Result<RecordBatch> {
     let committed = t.commit().await?;
     let timer = cleanup_time.timer();
     remove_consumed(location, &committed).await;

@@ -12,8 +12,8 @@ use datafusion::physical_plan::{DisplayFormatType, Distribution};
 use futures::StreamExt;
 
 use super::merge::{merge_unit, MergeState};
-use super::merged_files::{merged_file_schema, to_batch, MergedFile};
-use super::work_units::{units_of, work_unit_key, UnitRow};
+use super::merged_files::{merged_file_schema, MergedFile};
+use super::work_units::{work_unit_key, UnitRow};
 use crate::exec::{index_detail, Partitions, Work, WorkExec, WorkStream};
 use crate::format::IndexLocation;
 use crate::model::ModelInfo;
@@ -117,7 +117,7 @@ async fn merge_batch(
         unit,
         segment_json,
         segment_fragments,
-    } in units_of(batch)?
+    } in UnitRow::from_batch(batch)?
     {
         let file = merge_unit(location, model, &unit, state).await?;
         tracker.add(ProgressStep::Merging, 1);
@@ -139,5 +139,5 @@ async fn merge_batch(
             fragments: segment_fragments,
         });
     }
-    to_batch(&merged)
+    MergedFile::to_batch(&merged)
 }

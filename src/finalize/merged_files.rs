@@ -11,16 +11,27 @@ use super::SegmentPlan;
 use crate::exec::{binaries, primitive, strings};
 use crate::format::SegmentFile;
 
+/// Column names of [`merged_file_schema`].
+mod col {
+    pub(super) const SEGMENT_ID: &str = "segment_id";
+    pub(super) const FILE_INDEX: &str = "file_index";
+    pub(super) const ROWS: &str = "rows";
+    pub(super) const BYTES: &str = "bytes";
+    pub(super) const FILE: &str = "file";
+    pub(super) const SEGMENT: &str = "segment";
+    pub(super) const FRAGMENTS: &str = "fragments";
+}
+
 /// Schema of the merged files emitted by [`super::VectorIndexMergeExec`].
 pub(crate) fn merged_file_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
-        Field::new("file_index", DataType::UInt32, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("file", DataType::Utf8, false),
-        Field::new("segment", DataType::Utf8, false),
-        Field::new("fragments", DataType::Binary, true),
+        Field::new(col::SEGMENT_ID, DataType::Utf8, false),
+        Field::new(col::FILE_INDEX, DataType::UInt32, false),
+        Field::new(col::ROWS, DataType::UInt64, false),
+        Field::new(col::BYTES, DataType::UInt64, false),
+        Field::new(col::FILE, DataType::Utf8, false),
+        Field::new(col::SEGMENT, DataType::Utf8, false),
+        Field::new(col::FRAGMENTS, DataType::Binary, true),
     ]))
 }
 
@@ -45,65 +56,66 @@ impl MergedFile {
             internal_datafusion_err!("merged file {}: segment plan: {e}", self.file.name)
         })
     }
-}
 
-pub(crate) fn to_batch(files: &[MergedFile]) -> Result<RecordBatch> {
-    let file_json = files
-        .iter()
-        .map(|f| serde_json::to_string(&f.file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| internal_datafusion_err!("merged file: {e}"))?;
-    Ok(RecordBatch::try_new(
-        merged_file_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                files.iter().map(|f| f.segment_id.as_str()),
-            )),
-            Arc::new(UInt32Array::from_iter_values(
-                files.iter().map(|f| f.file_index),
-            )),
-            Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.rows))),
-            Arc::new(UInt64Array::from_iter_values(
-                files.iter().map(|f| f.file.size),
-            )),
-            Arc::new(StringArray::from(file_json)),
-            Arc::new(StringArray::from_iter_values(
-                files.iter().map(|f| f.segment.as_str()),
-            )),
-            Arc::new(BinaryArray::from(
-                files
-                    .iter()
-                    .map(|f| f.fragments.as_deref())
-                    .collect::<Vec<_>>(),
-            )),
-        ],
-    )?)
-}
+    /// `files` as rows of [`merged_file_schema`].
+    pub(crate) fn to_batch(files: &[Self]) -> Result<RecordBatch> {
+        let file_json = files
+            .iter()
+            .map(|f| serde_json::to_string(&f.file))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal_datafusion_err!("merged file: {e}"))?;
+        Ok(RecordBatch::try_new(
+            merged_file_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    files.iter().map(|f| f.segment_id.as_str()),
+                )),
+                Arc::new(UInt32Array::from_iter_values(
+                    files.iter().map(|f| f.file_index),
+                )),
+                Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.rows))),
+                Arc::new(UInt64Array::from_iter_values(
+                    files.iter().map(|f| f.file.size),
+                )),
+                Arc::new(StringArray::from(file_json)),
+                Arc::new(StringArray::from_iter_values(
+                    files.iter().map(|f| f.segment.as_str()),
+                )),
+                Arc::new(BinaryArray::from(
+                    files
+                        .iter()
+                        .map(|f| f.fragments.as_deref())
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )?)
+    }
 
-/// The merged files of a batch of [`merged_file_schema`], its columns found by name.
-pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Vec<MergedFile>> {
-    let (segment_ids, files, segments) = (
-        strings(batch, "segment_id")?,
-        strings(batch, "file")?,
-        strings(batch, "segment")?,
-    );
-    let file_index = primitive::<UInt32Type>(batch, "file_index")?;
-    let rows = primitive::<UInt64Type>(batch, "rows")?;
-    let fragments = binaries(batch, "fragments")?;
-    (0..batch.num_rows())
-        .map(|i| {
-            let file: SegmentFile = serde_json::from_str(files.value(i))
-                .map_err(|e| internal_datafusion_err!("merged file {i}: {e}"))?;
-            Ok(MergedFile {
-                segment_id: segment_ids.value(i).to_string(),
-                file_index: file_index.value(i),
-                rows: rows.value(i),
-                file,
-                segment: segments.value(i).to_string(),
-                fragments: fragments.is_valid(i).then(|| fragments.value(i).to_vec()),
+    /// The merged files of a batch of [`merged_file_schema`], its columns found by name.
+    pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let (segment_ids, files, segments) = (
+            strings(batch, col::SEGMENT_ID)?,
+            strings(batch, col::FILE)?,
+            strings(batch, col::SEGMENT)?,
+        );
+        let file_index = primitive::<UInt32Type>(batch, col::FILE_INDEX)?;
+        let rows = primitive::<UInt64Type>(batch, col::ROWS)?;
+        let fragments = binaries(batch, col::FRAGMENTS)?;
+        (0..batch.num_rows())
+            .map(|i| {
+                let file: SegmentFile = serde_json::from_str(files.value(i))
+                    .map_err(|e| internal_datafusion_err!("merged file {i}: {e}"))?;
+                Ok(Self {
+                    segment_id: segment_ids.value(i).to_string(),
+                    file_index: file_index.value(i),
+                    rows: rows.value(i),
+                    file,
+                    segment: segments.value(i).to_string(),
+                    fragments: fragments.is_valid(i).then(|| fragments.value(i).to_vec()),
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -139,10 +151,10 @@ mod tests {
             file(1, None),
             file(2, Some(vec![])),
         ];
-        let batch = to_batch(&files).unwrap();
-        assert_eq!(from_batch(&batch).unwrap(), files);
+        let batch = MergedFile::to_batch(&files).unwrap();
+        assert_eq!(MergedFile::from_batch(&batch).unwrap(), files);
         let without = batch.project(&[0, 1, 2, 3, 5, 6]).unwrap();
-        let err = from_batch(&without).unwrap_err().to_string();
+        let err = MergedFile::from_batch(&without).unwrap_err().to_string();
         assert!(err.contains("lack column 'file'"), "{err}");
     }
 }

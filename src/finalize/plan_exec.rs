@@ -16,7 +16,7 @@ use super::planning::{
     check_expected_fragments, check_shard_model, plan_segments, CommittedSegment, Planned,
     PlannedShard,
 };
-use super::work_units::{unit_batch, work_unit_schema};
+use super::work_units::work_unit_schema;
 use super::{fragment_ranges, FinalizeOptions, SegmentGrouping, WorkUnit};
 use crate::catalog::{latest_version, read_segment, read_segment_fragments};
 use crate::error::IndexError;
@@ -209,14 +209,12 @@ fn units_to_batches(planned: &Planned) -> Result<Vec<RecordBatch>> {
         .units
         .iter()
         .map(|u| {
-            unit_batch(
-                u,
-                planned
-                    .fragments
-                    .iter()
-                    .find(|(id, _)| *id == u.segment.segment_id)
-                    .map(|f| &f.1),
-            )
+            let fragments = planned
+                .fragments
+                .iter()
+                .find(|(id, _)| *id == u.segment.segment_id)
+                .map(|f| &f.1);
+            u.to_batch(fragments)
         })
         .collect()
 }

@@ -18,9 +18,10 @@ use super::FinalizeOptions;
 use crate::datasets::{gaussian_mixture, vector_column};
 use crate::format::ShardManifest;
 use crate::format::{IndexType, Metric};
+use crate::index::VectorIndex;
 use crate::model::{Model, TrainOptions};
+use crate::sql::VectorIndexSession;
 use crate::worker::ShardWriter;
-use crate::{VectorIndex, VectorIndexSession};
 
 const DIM: usize = 16;
 const ROWS: usize = 1200;

@@ -46,20 +46,33 @@ fn shard_fields() -> Fields {
     ])
 }
 
+/// Column names of [`work_unit_schema`].
+mod col {
+    pub(super) const SEGMENT_ID: &str = "segment_id";
+    pub(super) const FILE_INDEX: &str = "file_index";
+    pub(super) const FILE_NAME: &str = "file_name";
+    pub(super) const PARTITION_START: &str = "partition_start";
+    pub(super) const PARTITION_END: &str = "partition_end";
+    pub(super) const ROWS: &str = "rows";
+    pub(super) const SEGMENT: &str = "segment";
+    pub(super) const SHARDS: &str = "shards";
+    pub(super) const FRAGMENTS: &str = "fragments";
+}
+
 /// Schema of the work units emitted by [`super::VectorIndexPlanExec`]: one row per
 /// unit; `shards` lists, in the segment's shard order, each shard's blocks of the
 /// unit's partitions; `fragments` is the segment's fragment set on its first unit.
 pub(crate) fn work_unit_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("segment_id", DataType::Utf8, false),
-        Field::new("file_index", DataType::UInt32, false),
-        Field::new("file_name", DataType::Utf8, false),
-        Field::new("partition_start", DataType::UInt32, false),
-        Field::new("partition_end", DataType::UInt32, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("segment", DataType::Utf8, false),
-        Field::new("shards", DataType::List(list_of(shard_fields())), false),
-        Field::new("fragments", DataType::Binary, true),
+        Field::new(col::SEGMENT_ID, DataType::Utf8, false),
+        Field::new(col::FILE_INDEX, DataType::UInt32, false),
+        Field::new(col::FILE_NAME, DataType::Utf8, false),
+        Field::new(col::PARTITION_START, DataType::UInt32, false),
+        Field::new(col::PARTITION_END, DataType::UInt32, false),
+        Field::new(col::ROWS, DataType::UInt64, false),
+        Field::new(col::SEGMENT, DataType::Utf8, false),
+        Field::new(col::SHARDS, DataType::List(list_of(shard_fields())), false),
+        Field::new(col::FRAGMENTS, DataType::Binary, true),
     ]))
 }
 
@@ -68,7 +81,7 @@ pub(crate) fn work_unit_schema() -> SchemaRef {
 pub(super) fn work_unit_key(
     schema: &SchemaRef,
 ) -> datafusion::common::Result<Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>> {
-    ["segment_id", "file_index"]
+    [col::SEGMENT_ID, col::FILE_INDEX]
         .into_iter()
         .map(|name| datafusion::physical_expr::expressions::col(name, schema))
         .collect()
@@ -80,83 +93,87 @@ fn roaring_bytes(set: &RoaringBitmap) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// One batch holding `unit`, with the segment's fragment set when given.
-pub(super) fn unit_batch(
-    unit: &WorkUnit,
-    segment_fragments: Option<&RoaringBitmap>,
-) -> Result<RecordBatch> {
-    let (mut rows, mut offsets, mut meta_lens, mut lengths, mut crcs) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut block_ends = vec![0i32];
-    let mut fragment_sets = Vec::with_capacity(unit.shards.len());
-    for s in &unit.shards {
-        for b in &s.blocks {
-            rows.push(b.rows);
-            offsets.push(b.offset);
-            meta_lens.push(b.meta_len);
-            lengths.push(b.length);
-            crcs.push(b.crc32);
+impl WorkUnit {
+    /// One batch holding this unit, with the segment's fragment set when given.
+    pub(super) fn to_batch(
+        &self,
+        segment_fragments: Option<&RoaringBitmap>,
+    ) -> Result<RecordBatch> {
+        let unit = self;
+        let (mut rows, mut offsets, mut meta_lens, mut lengths, mut crcs) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let mut block_ends = vec![0i32];
+        let mut fragment_sets = Vec::with_capacity(unit.shards.len());
+        for s in &unit.shards {
+            for b in &s.blocks {
+                rows.push(b.rows);
+                offsets.push(b.offset);
+                meta_lens.push(b.meta_len);
+                lengths.push(b.length);
+                crcs.push(b.crc32);
+            }
+            block_ends.push(i32::try_from(rows.len()).map_err(|_| {
+                exec_datafusion_err!("work unit {} lists too many blocks", unit.file_name)
+            })?);
+            fragment_sets.push(roaring_bytes(&s.fragments)?);
         }
-        block_ends.push(i32::try_from(rows.len()).map_err(|_| {
-            exec_datafusion_err!("work unit {} lists too many blocks", unit.file_name)
-        })?);
-        fragment_sets.push(roaring_bytes(&s.fragments)?);
-    }
-    let blocks = StructArray::try_new(
-        block_fields(),
-        vec![
-            Arc::new(UInt64Array::from(rows)) as ArrayRef,
-            Arc::new(UInt64Array::from(offsets)),
-            Arc::new(UInt32Array::from(meta_lens)),
-            Arc::new(UInt64Array::from(lengths)),
-            Arc::new(UInt32Array::from(crcs)),
-        ],
-        None,
-    )?;
-    let shards = StructArray::try_new(
-        shard_fields(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                unit.shards.iter().map(|s| &s.shard_id),
-            )) as ArrayRef,
-            Arc::new(StringArray::from_iter_values(
-                unit.shards.iter().map(|s| &s.dir),
-            )),
-            Arc::new(BinaryArray::from_iter_values(&fragment_sets)),
-            Arc::new(ListArray::try_new(
-                list_of(block_fields()),
-                OffsetBuffer::new(block_ends.into()),
-                Arc::new(blocks),
-                None,
-            )?),
-        ],
-        None,
-    )?;
-    let shards = ListArray::try_new(
-        list_of(shard_fields()),
-        OffsetBuffer::from_lengths([unit.shards.len()]),
-        Arc::new(shards),
-        None,
-    )?;
-    let segment = serde_json::to_string(&unit.segment).map_err(|e| exec_datafusion_err!("{e}"))?;
-    let segment_fragments = match (unit.file_index, segment_fragments) {
-        (0, Some(set)) => Some(roaring_bytes(set)?),
-        _ => None,
-    };
-    Ok(RecordBatch::try_new(
-        work_unit_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![unit.segment.segment_id.as_str()])),
-            Arc::new(UInt32Array::from(vec![unit.file_index])),
-            Arc::new(StringArray::from(vec![unit.file_name.as_str()])),
-            Arc::new(UInt32Array::from(vec![unit.partition_start])),
-            Arc::new(UInt32Array::from(vec![unit.partition_end])),
-            Arc::new(UInt64Array::from(vec![unit.rows])),
-            Arc::new(StringArray::from(vec![segment])),
+        let blocks = StructArray::try_new(
+            block_fields(),
+            vec![
+                Arc::new(UInt64Array::from(rows)) as ArrayRef,
+                Arc::new(UInt64Array::from(offsets)),
+                Arc::new(UInt32Array::from(meta_lens)),
+                Arc::new(UInt64Array::from(lengths)),
+                Arc::new(UInt32Array::from(crcs)),
+            ],
+            None,
+        )?;
+        let shards = StructArray::try_new(
+            shard_fields(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    unit.shards.iter().map(|s| &s.shard_id),
+                )) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    unit.shards.iter().map(|s| &s.dir),
+                )),
+                Arc::new(BinaryArray::from_iter_values(&fragment_sets)),
+                Arc::new(ListArray::try_new(
+                    list_of(block_fields()),
+                    OffsetBuffer::new(block_ends.into()),
+                    Arc::new(blocks),
+                    None,
+                )?),
+            ],
+            None,
+        )?;
+        let shards = ListArray::try_new(
+            list_of(shard_fields()),
+            OffsetBuffer::from_lengths([unit.shards.len()]),
             Arc::new(shards),
-            Arc::new(BinaryArray::from(vec![segment_fragments.as_deref()])),
-        ],
-    )?)
+            None,
+        )?;
+        let segment =
+            serde_json::to_string(&unit.segment).map_err(|e| exec_datafusion_err!("{e}"))?;
+        let segment_fragments = match (unit.file_index, segment_fragments) {
+            (0, Some(set)) => Some(roaring_bytes(set)?),
+            _ => None,
+        };
+        Ok(RecordBatch::try_new(
+            work_unit_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![unit.segment.segment_id.as_str()])),
+                Arc::new(UInt32Array::from(vec![unit.file_index])),
+                Arc::new(StringArray::from(vec![unit.file_name.as_str()])),
+                Arc::new(UInt32Array::from(vec![unit.partition_start])),
+                Arc::new(UInt32Array::from(vec![unit.partition_end])),
+                Arc::new(UInt64Array::from(vec![unit.rows])),
+                Arc::new(StringArray::from(vec![segment])),
+                Arc::new(shards),
+                Arc::new(BinaryArray::from(vec![segment_fragments.as_deref()])),
+            ],
+        )?)
+    }
 }
 
 fn u64s<'a>(of: &'a impl NamedColumns, name: &str) -> Result<&'a [u64]> {
@@ -176,38 +193,40 @@ pub(super) struct UnitRow {
     pub segment_fragments: Option<Vec<u8>>,
 }
 
-/// The units of a batch of [`work_unit_schema`].
-pub(super) fn units_of(batch: &RecordBatch) -> Result<Vec<UnitRow>> {
-    let file_index = u32s(batch, "file_index")?;
-    let file_name = strings(batch, "file_name")?;
-    let (start, end) = (
-        u32s(batch, "partition_start")?,
-        u32s(batch, "partition_end")?,
-    );
-    let rows = u64s(batch, "rows")?;
-    let segment = strings(batch, "segment")?;
-    let fragments = binaries(batch, "fragments")?;
-    (0..batch.num_rows())
-        .map(|i| {
-            let plan: SegmentPlan = serde_json::from_str(segment.value(i))
-                .map_err(|e| exec_datafusion_err!("work unit {}: {e}", file_name.value(i)))?;
-            let unit = WorkUnit {
-                segment: plan,
-                file_index: file_index[i],
-                file_name: file_name.value(i).to_string(),
-                partition_start: start[i],
-                partition_end: end[i],
-                rows: rows[i],
-                shards: shard_inputs(&structs(batch, "shards", i)?)?,
-            };
-            check_unit(&unit)?;
-            Ok(UnitRow {
-                unit,
-                segment_json: segment.value(i).to_string(),
-                segment_fragments: fragments.is_valid(i).then(|| fragments.value(i).to_vec()),
+impl UnitRow {
+    /// The units of a batch of [`work_unit_schema`], its columns found by name.
+    pub(super) fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
+        let file_index = u32s(batch, col::FILE_INDEX)?;
+        let file_name = strings(batch, col::FILE_NAME)?;
+        let (start, end) = (
+            u32s(batch, col::PARTITION_START)?,
+            u32s(batch, col::PARTITION_END)?,
+        );
+        let rows = u64s(batch, col::ROWS)?;
+        let segment = strings(batch, col::SEGMENT)?;
+        let fragments = binaries(batch, col::FRAGMENTS)?;
+        (0..batch.num_rows())
+            .map(|i| {
+                let plan: SegmentPlan = serde_json::from_str(segment.value(i))
+                    .map_err(|e| exec_datafusion_err!("work unit {}: {e}", file_name.value(i)))?;
+                let unit = WorkUnit {
+                    segment: plan,
+                    file_index: file_index[i],
+                    file_name: file_name.value(i).to_string(),
+                    partition_start: start[i],
+                    partition_end: end[i],
+                    rows: rows[i],
+                    shards: shard_inputs(&structs(batch, col::SHARDS, i)?)?,
+                };
+                check_unit(&unit)?;
+                Ok(Self {
+                    unit,
+                    segment_json: segment.value(i).to_string(),
+                    segment_fragments: fragments.is_valid(i).then(|| fragments.value(i).to_vec()),
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// The merge indexes blocks by partition and reads their byte ranges: a unit whose
@@ -315,25 +334,23 @@ mod tests {
         let set = RoaringBitmap::from_iter([0u32, 7]);
         let batches: Vec<RecordBatch> = units
             .iter()
-            .map(|u| unit_batch(u, Some(&set)).unwrap())
+            .map(|u| u.to_batch(Some(&set)).unwrap())
             .collect();
         // A repartition may hand the merge several units coalesced into one batch.
         let batch = arrow::compute::concat_batches(&work_unit_schema(), &batches).unwrap();
-        let read = units_of(&batch).unwrap();
+        let read = UnitRow::from_batch(&batch).unwrap();
         assert_eq!(read.len(), units.len());
         for (got, want) in read.iter().zip(&units) {
             assert_eq!(&got.unit, want);
             assert_eq!(got.segment_fragments.is_some(), want.file_index == 0);
         }
-        let first = unit_batch(
-            &WorkUnit {
-                file_index: 0,
-                ..unit(1, 1)
-            },
-            Some(&set),
-        )
+        let first = WorkUnit {
+            file_index: 0,
+            ..unit(1, 1)
+        }
+        .to_batch(Some(&set))
         .unwrap();
-        let read = units_of(&first).unwrap();
+        let read = UnitRow::from_batch(&first).unwrap();
         let bytes = read[0]
             .segment_fragments
             .as_deref()
@@ -343,9 +360,12 @@ mod tests {
 
     #[test]
     fn a_batch_without_the_shards_column_is_refused() {
-        let batch = unit_batch(&unit(1, 1), None).unwrap();
+        let batch = unit(1, 1).to_batch(None).unwrap();
         let without = batch.project(&[0, 1, 2, 3, 4, 5, 6, 8]).unwrap();
-        let err = units_of(&without).err().expect("refused").to_string();
+        let err = UnitRow::from_batch(&without)
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(err.contains("lack column 'shards'"), "{err}");
     }
 }

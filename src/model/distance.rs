@@ -2,11 +2,11 @@
 
 const LANES: usize = 8;
 
-/// `metric`'s distance ([`crate::Metric::distance`], the same arithmetic in the same
+/// `metric`'s distance ([`crate::format::Metric::distance`], the same arithmetic in the same
 /// order) from `query` to each row of `values` (rows of `query.len()` floats),
 /// appended to `out`; with AVX the compiler widens it to 8 floats per instruction.
 pub(crate) fn distance_rows(
-    metric: crate::Metric,
+    metric: crate::format::Metric,
     query: &[f32],
     values: &[f32],
     out: &mut Vec<f32>,
@@ -23,7 +23,7 @@ pub(crate) fn distance_rows(
 // inlined into the `target_feature` copy and would run without AVX.
 #[inline(always)]
 fn distance_rows_portable(
-    metric: crate::Metric,
+    metric: crate::format::Metric,
     query: &[f32],
     values: &[f32],
     out: &mut Vec<f32>,
@@ -38,7 +38,12 @@ fn distance_rows_portable(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn distance_rows_avx(metric: crate::Metric, query: &[f32], values: &[f32], out: &mut Vec<f32>) {
+fn distance_rows_avx(
+    metric: crate::format::Metric,
+    query: &[f32],
+    values: &[f32],
+    out: &mut Vec<f32>,
+) {
     distance_rows_portable(metric, query, values, out)
 }
 
@@ -97,7 +102,7 @@ pub(crate) fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
     wide::<false>(a, b)
 }
 
-/// A pair of kernels a [`crate::Metric`] turns into a distance: the exact ones
+/// A pair of kernels a [`crate::format::Metric`] turns into a distance: the exact ones
 /// search scores with, or the wide ones the HNSW graph builder uses.
 pub(crate) trait Kernels {
     fn l2_sq(a: &[f32], b: &[f32]) -> f32;

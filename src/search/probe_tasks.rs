@@ -65,20 +65,31 @@ pub(crate) struct ProbeTask {
 /// Schema of probe tasks of `dim`-dimensional queries.
 pub(crate) fn probe_task_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("slot", DataType::UInt32, false),
-        Field::new("query_id", DataType::UInt32, false),
-        Field::new("partition", DataType::UInt32, false),
-        Field::new("part", DataType::UInt32, false),
-        Field::new("parts", DataType::UInt32, false),
+        Field::new(col::SLOT, DataType::UInt32, false),
+        Field::new(col::QUERY_ID, DataType::UInt32, false),
+        Field::new(col::PARTITION, DataType::UInt32, false),
+        Field::new(col::PART, DataType::UInt32, false),
+        Field::new(col::PARTS, DataType::UInt32, false),
         super::query_field(dim),
     ]))
+}
+
+/// Column names of [`probe_task_schema`] (the last, `query`, is the queries' own).
+mod col {
+    pub(super) const SLOT: &str = "slot";
+    pub(super) const QUERY_ID: &str = "query_id";
+    pub(super) const PARTITION: &str = "partition";
+    pub(super) const PART: &str = "part";
+    pub(super) const PARTS: &str = "parts";
+    pub(super) const QUERY: &str = "query";
 }
 
 /// What the search plan hash-partitions probe tasks on, as an expression over
 /// `schema` (the probe task schema).
 pub(crate) fn probe_task_key(schema: &SchemaRef) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
     Ok(vec![datafusion::physical_expr::expressions::col(
-        "slot", schema,
+        col::SLOT,
+        schema,
     )?])
 }
 
@@ -107,7 +118,9 @@ pub(crate) fn tasks_batch(
     )?)
 }
 
-/// A batch of probe tasks, read in place.
+/// A batch of probe tasks, read in place: the reader of [`tasks_batch`]'s rows. Unlike
+/// the other row contracts it builds no owned row per task, since the scan reads
+/// every task on its hot path (the round trip is tested below all the same).
 pub(crate) struct TaskRows<'a> {
     query_ids: &'a [u32],
     partitions: &'a [u32],
@@ -120,7 +133,7 @@ pub(crate) struct TaskRows<'a> {
 impl<'a> TaskRows<'a> {
     /// Views `batch`, which must have the probe task schema.
     pub(crate) fn of(batch: &'a RecordBatch) -> Result<Self> {
-        let list = vectors(batch, "query")?;
+        let list = vectors(batch, col::QUERY)?;
         let dim = list.value_length() as usize;
         let values = list.values().as_primitive::<Float32Type>().values();
         let start = list.offset() * dim;
@@ -128,10 +141,10 @@ impl<'a> TaskRows<'a> {
             return internal_err!("probe task queries hold fewer values than their rows need");
         };
         Ok(Self {
-            query_ids: primitive::<UInt32Type>(batch, "query_id")?.values(),
-            partitions: primitive::<UInt32Type>(batch, "partition")?.values(),
-            parts: primitive::<UInt32Type>(batch, "part")?.values(),
-            part_counts: primitive::<UInt32Type>(batch, "parts")?.values(),
+            query_ids: primitive::<UInt32Type>(batch, col::QUERY_ID)?.values(),
+            partitions: primitive::<UInt32Type>(batch, col::PARTITION)?.values(),
+            parts: primitive::<UInt32Type>(batch, col::PART)?.values(),
+            part_counts: primitive::<UInt32Type>(batch, col::PARTS)?.values(),
             queries,
             dim,
         })

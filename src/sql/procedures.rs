@@ -14,10 +14,11 @@ use datafusion::sql::sqlparser::ast::{self, FunctionArguments};
 use super::args::{convert, eval_const, opt, req, Args, Kind, Signature};
 use super::{NOTHING_TO_FINALIZE, OUTCOME_KEY};
 use crate::catalog::{VacuumOptions, VacuumReport, VacuumedKind};
+use crate::error::IndexError;
 use crate::finalize::{parse_fragment_ranges, FinalizeOptions, SegmentGrouping};
 use crate::format::HnswParams;
+use crate::index::VectorIndex;
 use crate::model::TrainOptions;
-use crate::{IndexError, VectorIndex};
 
 const CREATE: Signature = Signature {
     name: "create_vector_index",

@@ -35,7 +35,7 @@ pub(crate) struct StagedShard {
 /// the whole staging area (one call, however many shards are staged).
 pub(crate) async fn list_staged_shards(
     location: &IndexLocation,
-) -> crate::Result<Vec<StagedShard>> {
+) -> crate::error::Result<Vec<StagedShard>> {
     let staging = location.staging_dir();
     let depth = staging.parts().count();
     let mut files: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();

@@ -34,11 +34,19 @@ use crate::progress::{ProgressStep, Tracker};
 /// fragments, and its `shard.json` (written by the publish step).
 pub(crate) fn staged_shard_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("shard_id", DataType::Utf8, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("num_fragments", DataType::UInt64, false),
-        Field::new("manifest", DataType::Utf8, false),
+        Field::new(col::SHARD_ID, DataType::Utf8, false),
+        Field::new(col::ROWS, DataType::UInt64, false),
+        Field::new(col::NUM_FRAGMENTS, DataType::UInt64, false),
+        Field::new(col::MANIFEST, DataType::Utf8, false),
     ]))
+}
+
+/// Column names of [`staged_shard_schema`].
+mod col {
+    pub(super) const SHARD_ID: &str = "shard_id";
+    pub(super) const ROWS: &str = "rows";
+    pub(super) const NUM_FRAGMENTS: &str = "num_fragments";
+    pub(super) const MANIFEST: &str = "manifest";
 }
 
 /// A row's fragment, `row_id >> 32`, as an expression over `schema` (whose column
@@ -89,8 +97,8 @@ impl StagedShardRow {
     }
 
     pub(crate) fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>> {
-        let ids = strings(batch, "shard_id")?;
-        let manifests = strings(batch, "manifest")?;
+        let ids = strings(batch, col::SHARD_ID)?;
+        let manifests = strings(batch, col::MANIFEST)?;
         (0..batch.num_rows())
             .map(|i| {
                 let manifest =
@@ -260,5 +268,42 @@ impl Work for PublishShards {
             StagedShardRow::to_batch(&written)
         })
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::{gaussian_mixture, vector_column};
+    use crate::model::TrainOptions;
+
+    #[tokio::test]
+    async fn staged_shard_rows_round_trip_through_a_batch() {
+        let data = gaussian_mixture(64, 4, 2, 0.1, 7, 8);
+        let options = TrainOptions::default().with_num_partitions(2);
+        let model = Arc::new(Model::train(4, data.clone(), &options).unwrap());
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let memory = url::Url::parse("memory://").unwrap();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        runtime.register_object_store(&memory, store);
+        let location = IndexLocation::from_url("memory:///shards", &runtime).unwrap();
+        let mut rows = Vec::new();
+        for fragment in 0..2u64 {
+            let mut writer = ShardWriter::new(location.clone(), Arc::clone(&model));
+            let ids: Vec<u64> = (0..32).map(|i| (fragment << 32) + i).collect();
+            let part = &data[fragment as usize * 128..(fragment as usize + 1) * 128];
+            writer.write(&ids, &vector_column(part, 4), "vec").unwrap();
+            rows.push(StagedShardRow {
+                manifest: writer.write_pieces().await.unwrap(),
+            });
+        }
+        let batch = StagedShardRow::to_batch(&rows).unwrap();
+        assert_eq!(batch.schema(), staged_shard_schema());
+        assert_eq!(StagedShardRow::from_batch(&batch).unwrap(), rows);
+        let without = batch.project(&[0, 1, 2]).unwrap();
+        let err = StagedShardRow::from_batch(&without)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lack column 'manifest'"), "{err}");
     }
 }

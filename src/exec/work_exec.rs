@@ -231,10 +231,9 @@ impl<W: Work> ExecutionPlan for WorkExec<W> {
         }
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let stream = Arc::clone(&self.work).run(partition, input, context, &self.metrics)?;
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.work.schema(),
-            stream,
-        )))
+        // The schema the properties hold, not the work's built again per partition.
+        let schema = Arc::clone(self.properties.eq_properties.schema());
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 

@@ -45,7 +45,7 @@ use crate::worker::{
 
 /// Version of the encoded nodes; a codec refuses nodes of another version, so that
 /// a scheduler and executors of different builds fail clearly instead of guessing.
-const CODEC_VERSION: u32 = 2;
+const CODEC_VERSION: u32 = 3;
 
 /// A `PhysicalExtensionCodec` for every operator and source of this crate: the
 /// finalize (staging scan, planner, merge, commit), the search (probe, scan, top-k)
@@ -118,6 +118,7 @@ enum Node {
         index: String,
         model: ModelIdentity,
         options: FinalizeOptions,
+        finalize_id: String,
     },
     Merge {
         index: String,
@@ -222,6 +223,7 @@ impl VectorIndexCodec {
                 index: w.location.url().to_string(),
                 model: ModelIdentity::of(&w.model),
                 options: w.options.clone(),
+                finalize_id: w.finalize_id.clone(),
             });
         }
         if let Some(exec) = plan.downcast_ref::<VectorIndexMergeExec>() {
@@ -304,12 +306,14 @@ impl VectorIndexCodec {
                 index,
                 model,
                 options,
+                finalize_id,
             } => Arc::new(VectorIndexPlanExec::try_new(
                 one_input("finalize planner", inputs)?,
                 PlanMerge {
                     location: open(&index, ctx)?,
                     model: model.info(&index)?,
                     options,
+                    finalize_id,
                     scanned: ScannedShards::default(),
                 },
             )?),

@@ -18,6 +18,8 @@
 //!   partitions that repeated searches share.
 //! - [`Progress`]: live counters of training, shard building, finalize and search,
 //!   attached to a session and readable while they run.
+//! - [`cli`] (feature `cli`): the `dvi` command line, for binaries that add a
+//!   cluster to it.
 //! - [`PlanRunner`]: where the plans run (this process, or a distributed engine's
 //!   cluster), and with feature `codec`, `VectorIndexCodec` to ship them there.
 //!
@@ -25,6 +27,8 @@
 #![warn(unreachable_pub)]
 
 mod catalog;
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "codec")]
 mod codec;
 pub mod datasets;

@@ -436,7 +436,7 @@ fn item_attrs(item: &Item) -> &[Attribute] {
 }
 
 /// Features whose items are API like the rest (documented, pinned here).
-const API_FEATURES: &[&str] = &["codec"];
+const API_FEATURES: &[&str] = &["codec", "cli"];
 
 /// Not compiled by default (`#[cfg(test)]`, `#[cfg(feature = …)]` but for
 /// [`API_FEATURES`]) or hidden from docs.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::extension::SessionConfigExt;
-use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -73,7 +72,7 @@ impl InProcessCluster {
                 Arc::new(move || progress.attach(SessionConfig::new_with_ballista())),
                 Arc::new(move |_: &SessionConfig| Ok(Arc::clone(&runtime))),
                 crate::ballista_codec(),
-                BallistaFunctionRegistry::default(),
+                crate::function_registry(),
             )
             .await
             .map_err(|e| {

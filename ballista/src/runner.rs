@@ -24,7 +24,9 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use datafusion_vector_index::{attach_runner, PlanRunner, Progress, VectorIndexSession};
+use datafusion_vector_index::{
+    attach_runner, IndexError, PlanRunner, Progress, VectorIndexSession,
+};
 use futures::TryStreamExt;
 
 /// Runs plans on the Ballista scheduler at a URL (`df://host:port` or
@@ -81,13 +83,101 @@ impl PlanRunner for BallistaRunner {
             config,
         )
         .await
-        .map_err(|e| {
-            DataFusionError::Execution(format!(
-                "Ballista scheduler at {}: {}",
-                self.scheduler_url,
-                e.strip_backtrace()
-            ))
-        })
+        .map_err(|e| job_error(&self.scheduler_url, &e.strip_backtrace()))
+    }
+}
+
+/// The error of a job that failed on the cluster. Ballista carries a task's error
+/// as text (its `Debug` rendering); this crate's domain errors are found in it and
+/// typed again, so that a finalize with nothing to do, a conflict or a refused
+/// finalize reads, and exits, as in one process. Others keep the stage that failed
+/// and the reason.
+fn job_error(scheduler: &str, text: &str) -> DataFusionError {
+    type Variant = fn(String) -> IndexError;
+    let variants: [(&str, Variant); 5] = [
+        ("NothingToFinalize", IndexError::NothingToFinalize),
+        ("Finalize", IndexError::Finalize),
+        ("Conflict", IndexError::Conflict),
+        ("NotFound", IndexError::NotFound),
+        ("InvalidInput", IndexError::InvalidInput),
+    ];
+    for (name, variant) in variants {
+        let marker = format!("{name}(\"");
+        let found = text.match_indices(&marker).find(|(at, _)| {
+            !text[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphanumeric)
+        });
+        if let Some(message) = found.and_then(|(at, _)| debug_string(&text[at + marker.len()..])) {
+            return DataFusionError::External(Box::new(variant(message)));
+        }
+    }
+    let stage = text
+        .split_once("due to stage ")
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    let reason = text
+        .find("(\"")
+        .and_then(|at| debug_string(&text[at + 2..]))
+        .unwrap_or_else(|| text.to_string());
+    DataFusionError::Execution(match stage {
+        Some(stage) => {
+            format!("job on the cluster at {scheduler} failed in stage {stage}: {reason}")
+        }
+        None => format!("Ballista scheduler at {scheduler}: {reason}"),
+    })
+}
+
+/// The string a `Debug`-rendered string literal holds, `text` starting after its
+/// opening quote.
+fn debug_string(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                '0' => out.push('\0'),
+                'u' => {
+                    let code: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                    out.push(char::from_u32(u32::from_str_radix(&code, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_come_back_typed() {
+        let text = "Execution error: Job 038J failed: Job failed due to stage 2 failed: Task failed \
+                    due to runtime execution error: DataFusionError(Shared(External(\
+                    NothingToFinalize(\"no complete shards are staged in s3://b/i/_staging \\\"x\\\"\"))))";
+        let DataFusionError::External(e) = job_error("http://s:1", text) else {
+            panic!("not typed")
+        };
+        assert!(matches!(
+            e.downcast_ref::<IndexError>(),
+            Some(IndexError::NothingToFinalize(m)) if m == "no complete shards are staged in s3://b/i/_staging \"x\""
+        ));
+        let other = job_error(
+            "http://s:1",
+            "Job 1 failed: Job failed due to stage 4 failed: Task failed due to runtime execution \
+             error: DataFusionError(Execution(\"disk full\"))",
+        );
+        assert_eq!(
+            other.to_string(),
+            "Execution error: job on the cluster at http://s:1 failed in stage 4: disk full"
+        );
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, UInt64Type};
 use common::faults::{Fault, FaultyStore};
-use common::{clustered, files_below, row_ids, vector_array, DIM};
+use common::{clustered, copy_dir, files_below, row_ids, vector_array, DIM};
 use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::{collect, displayable, ExecutionPlan};
@@ -145,18 +145,6 @@ fn segment_files(index_dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     files.sort();
     files
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn query_sql(url: &str, data: &[f32], row: usize) -> String {

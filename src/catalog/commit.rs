@@ -118,8 +118,14 @@ impl Transaction {
     /// types, in `expected_files` files.
     pub(crate) fn add(&mut self, mut segment: NewSegment, expected_files: usize) -> Result<()> {
         let id = segment.segment_id.clone();
-        let incomplete =
-            |why: String| IndexError::Internal(format!("segment {id}: the merged files {why}"));
+        // In one process this cannot happen; on a cluster, it is a merge task's
+        // output the engine lost (an executor gone), so the remedy is a re-run.
+        let incomplete = |why: String| {
+            IndexError::Finalize(format!(
+                "segment {id}: the merged files {why}: a merge task's output is missing (was \
+                 an executor lost?); nothing was committed, run the finalize again"
+            ))
+        };
         segment.files.sort_by_key(|f| f.partition_start);
         let mut next = 0;
         for f in &segment.files {

@@ -272,6 +272,7 @@ pub(crate) async fn finalize_plan(
         location: location.clone(),
         model: Arc::clone(&model),
         options: options.clone(),
+        finalize_id: uuid::Uuid::new_v4().to_string(),
         scanned,
     };
     let plan: Arc<dyn ExecutionPlan> = Arc::new(VectorIndexPlanExec::try_new(

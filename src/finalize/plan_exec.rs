@@ -45,6 +45,12 @@ pub(crate) struct PlanMerge {
     pub(crate) location: IndexLocation,
     pub(crate) model: Arc<ModelInfo>,
     pub(crate) options: FinalizeOptions,
+    /// Names this finalize (chosen when the plan is built). Segment ids derive from
+    /// it and the shards of each segment, so that a planner task run again — a
+    /// distributed engine re-running a stage after losing an executor — plans the
+    /// very segments the merge tasks that already ran wrote, while two finalizes
+    /// never share a segment id.
+    pub(crate) finalize_id: String,
     /// Shards the staging scan below kept, taken from it instead of read again
     /// (see [`ScannedShards`]); others are read here. They stay in this process: a
     /// codec ships the operator without them.
@@ -114,6 +120,7 @@ async fn plan(
         location,
         model,
         options,
+        finalize_id,
         scanned,
     } = work;
     let listed = ListedShard::from_batches(rows)?;
@@ -180,10 +187,28 @@ async fn plan(
     }
 
     let committed = committed_segments(location, latest.as_ref()).await?;
-    let planned = plan_segments(shards, &committed, model, options, &mut || {
-        uuid::Uuid::new_v4().to_string()
+    let planned = plan_segments(shards, &committed, model, options, &mut |shard_ids| {
+        segment_id(finalize_id, shard_ids)
     })?;
     Ok(planned)
+}
+
+/// The id of the segment finalize `finalize_id` makes of the shards `shard_ids`: a
+/// UUID (version 8) of their SHA-256.
+fn segment_id(finalize_id: &str, shard_ids: &[&str]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(finalize_id.as_bytes());
+    for id in shard_ids {
+        hash.update([0]);
+        hash.update(id.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// The segments of `latest`, with their fragments.
@@ -258,4 +283,20 @@ async fn load_shard(
         dir: shard.path,
         fragments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment_id;
+
+    #[test]
+    fn segment_ids_follow_the_finalize_and_its_shards() {
+        let id = segment_id("f1", &["a", "b"]);
+        assert_eq!(id, segment_id("f1", &["a", "b"]), "a planner run again");
+        assert_ne!(id, segment_id("f2", &["a", "b"]), "another finalize");
+        assert_ne!(id, segment_id("f1", &["a"]));
+        assert_ne!(segment_id("f1", &["ab"]), segment_id("f1", &["a", "b"]));
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 8);
+    }
 }

@@ -128,7 +128,7 @@ pub(crate) fn plan_segments(
     committed: &[CommittedSegment],
     model: &ModelInfo,
     options: &FinalizeOptions,
-    new_segment_id: &mut dyn FnMut() -> String,
+    new_segment_id: &mut dyn FnMut(&[&str]) -> String,
 ) -> Result<Planned> {
     // Shards are ordered by their first fragment: that order, not uuids, drives grouping.
     shards.sort_by(|a, b| {
@@ -236,7 +236,8 @@ pub(crate) fn plan_segments(
     let mut units = Vec::new();
     let mut fragments = Vec::new();
     for group in groups.into_iter().filter(|g| !g.is_empty()) {
-        let segment_id = new_segment_id();
+        let shard_ids: Vec<&str> = group.iter().map(|s| s.manifest.shard_id.as_str()).collect();
+        let segment_id = new_segment_id(&shard_ids);
         let mut frags = RoaringBitmap::new();
         for s in &group {
             frags |= &s.fragments;

@@ -177,6 +177,7 @@ async fn the_plan_operator_reads_shards_the_scan_did_not_keep() {
                     location: t.index.location().clone(),
                     model: Arc::new(t.model.info().clone()),
                     options: options.clone(),
+                    finalize_id: "test".to_string(),
                     scanned: Default::default(),
                 },
             )
@@ -238,7 +239,7 @@ async fn a_shard_id_planned_twice_is_refused() {
         dir: dir.to_string(),
         fragments: [fragment].into_iter().collect(),
     };
-    let mut fresh = || "new".to_string();
+    let mut fresh = |_: &[&str]| "new".to_string();
     let err = plan_segments(
         vec![shard("a", 0), shard("b", 1)],
         &[],

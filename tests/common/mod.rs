@@ -214,3 +214,16 @@ pub async fn one_create_wins(
         assert_eq!(stored, format!("writer {}", winners[0]).as_bytes());
     }
 }
+
+/// Copies the folder `from` (recursively) to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -13,6 +13,8 @@
 //! - Buckets named `lax-…` ignore `If-None-Match`, as some S3-compatible stores do.
 //! - A test can hold the `shard.json` writes of a bucket (to kill a worker between
 //!   its data and its manifest), then fail them.
+//! - A test can slow down the writes of some keys of a bucket (to kill a process
+//!   in the middle of its work).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -129,6 +131,27 @@ impl S3Server {
         self.holds.buckets.lock().unwrap().remove(bucket);
     }
 
+    /// From now on, each write (a put or a multipart part) of a key in `bucket`
+    /// that contains `key_part` waits `delay` first.
+    pub fn slow_writes(&self, bucket: &str, key_part: &str, delay: std::time::Duration) {
+        self.holds
+            .slow
+            .lock()
+            .unwrap()
+            .insert(bucket.to_string(), (key_part.to_string(), delay));
+    }
+
+    /// How many slowed writes of `bucket` have begun.
+    pub fn slow_writes_begun(&self, bucket: &str) -> u64 {
+        self.holds
+            .slow_begun
+            .lock()
+            .unwrap()
+            .get(bucket)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A new, empty bucket that ignores conditional writes.
     pub fn lax_bucket(&self) -> String {
         let name = format!("lax-{}", self.bucket());
@@ -142,11 +165,31 @@ impl S3Server {
     }
 }
 
-/// Buckets whose `shard.json` writes are held, and those with one waiting.
+/// Buckets whose `shard.json` writes are held, and those with one waiting; buckets
+/// whose writes of some keys are slowed, and how many of those have begun.
 #[derive(Default)]
 struct Holds {
     buckets: Mutex<std::collections::BTreeSet<String>>,
     waiting: Mutex<std::collections::BTreeSet<String>>,
+    slow: Mutex<BTreeMap<String, (String, std::time::Duration)>>,
+    slow_begun: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Holds {
+    /// Waits as [`S3Server::slow_writes`] says for a write of `key` in `bucket`.
+    async fn slow_down(&self, bucket: &str, key: &str) {
+        let delay = match self.slow.lock().unwrap().get(bucket) {
+            Some((part, delay)) if key.contains(part.as_str()) => *delay,
+            _ => return,
+        };
+        *self
+            .slow_begun
+            .lock()
+            .unwrap()
+            .entry(bucket.to_string())
+            .or_default() += 1;
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn start() -> S3Server {
@@ -236,6 +279,9 @@ impl S3 for CountedFs {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.requests.count(&req.input.bucket, "PutObject");
         self.bucket(&req.input.bucket)?;
+        self.holds
+            .slow_down(&req.input.bucket, &req.input.key)
+            .await;
         let bucket = req.input.bucket.clone();
         if req.input.key.ends_with("shard.json")
             && self.holds.buckets.lock().unwrap().contains(&bucket)
@@ -357,6 +403,9 @@ impl S3 for CountedFs {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         self.requests.count(&req.input.bucket, "UploadPart");
         self.bucket(&req.input.bucket)?;
+        self.holds
+            .slow_down(&req.input.bucket, &req.input.key)
+            .await;
         self.fs.upload_part(req).await
     }
 

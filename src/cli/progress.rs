@@ -4,10 +4,12 @@
 
 use std::io::{IsTerminal, Write};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion_vector_index::{Progress, ProgressUnit, StepProgress};
+use super::Cluster;
+use crate::progress::{Progress, ProgressUnit, StepProgress};
+use crate::sql::VectorIndexSession;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ProgressMode {
@@ -32,15 +34,38 @@ impl FromStr for ProgressMode {
     }
 }
 
-/// Draws a session's [`Progress`] while statements run.
+/// Where the progress line comes from.
+#[derive(Clone)]
+pub(crate) enum LineSource {
+    /// The counters of this process's work.
+    Local(Arc<Progress>),
+    /// The job the session runs on a cluster, as its scheduler reports it.
+    Cluster {
+        cluster: Arc<dyn Cluster>,
+        session: VectorIndexSession,
+    },
+}
+
+impl LineSource {
+    async fn line(&self) -> String {
+        match self {
+            LineSource::Local(progress) => line(&progress.snapshot()),
+            LineSource::Cluster { cluster, session } => {
+                cluster.status(session).await.unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// Draws a statement's progress while it runs.
 pub(crate) struct Reporter {
-    progress: Arc<Progress>,
+    source: LineSource,
     /// Redraw one line in place (a terminal), or write lines (a log).
     in_place: bool,
 }
 
 impl Reporter {
-    pub(crate) fn new(mode: ProgressMode, progress: Option<Arc<Progress>>) -> Option<Self> {
+    pub(crate) fn new(mode: ProgressMode, source: Option<LineSource>) -> Option<Self> {
         let terminal = std::io::stderr().is_terminal();
         let shown = match mode {
             ProgressMode::Auto => terminal,
@@ -48,33 +73,38 @@ impl Reporter {
             ProgressMode::Never => false,
         };
         Some(Self {
-            progress: progress.filter(|_| shown)?,
+            source: source.filter(|_| shown)?,
             in_place: terminal,
         })
     }
 
     /// Starts drawing; the drawing stops when the returned guard is finished or dropped.
     pub(crate) fn start(&self) -> Drawing {
-        self.progress.reset();
-        let progress = Arc::clone(&self.progress);
+        if let LineSource::Local(progress) = &self.source {
+            progress.reset();
+        }
+        let source = self.source.clone();
         let in_place = self.in_place;
         let period = Duration::from_millis(if in_place { 100 } else { 1000 });
+        let last = Arc::new(Mutex::new(String::new()));
+        let shown = Arc::clone(&last);
         let task = tokio::spawn(async move {
-            let mut last = String::new();
             let mut ticks = tokio::time::interval(period);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                let now = line(&progress.snapshot());
-                if now != last && !now.is_empty() {
+                let now = source.line().await;
+                let mut last = shown.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != now && !now.is_empty() {
                     draw(&now, in_place);
-                    last = now;
+                    *last = now;
                 }
             }
         });
         Drawing {
             task,
-            progress: Arc::clone(&self.progress),
+            source: self.source.clone(),
+            last,
             in_place,
         }
     }
@@ -82,19 +112,27 @@ impl Reporter {
 
 pub(crate) struct Drawing {
     task: tokio::task::JoinHandle<()>,
-    progress: Arc<Progress>,
+    source: LineSource,
+    /// The line drawn last.
+    last: Arc<Mutex<String>>,
     in_place: bool,
 }
 
 impl Drawing {
-    /// Stops drawing: clears the line on a terminal, writes the final counts in a log.
+    /// Stops drawing: clears the line on a terminal, writes the final counts in a
+    /// log (a cluster's job has ended by then: its last line stands).
     pub(crate) fn finish(self) {
         self.task.abort();
         let mut err = std::io::stderr().lock();
         if self.in_place {
             let _ = write!(err, "\r\x1b[2K");
         } else {
-            let last = line(&self.progress.snapshot());
+            let last = match &self.source {
+                LineSource::Local(progress) => line(&progress.snapshot()),
+                LineSource::Cluster { .. } => {
+                    self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                }
+            };
             if !last.is_empty() {
                 let _ = writeln!(err, "progress: {last}");
             }
@@ -182,7 +220,7 @@ fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use datafusion_vector_index::ProgressStep;
+    use crate::progress::ProgressStep;
 
     use super::*;
 

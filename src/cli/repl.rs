@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
-use crate::statements::split;
-use crate::Shell;
+use super::statements::split;
+use super::Shell;
 
 const PROMPT: &str = "dvi> ";
 const CONTINUE: &str = "  -> ";

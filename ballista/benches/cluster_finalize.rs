@@ -14,7 +14,11 @@
 //!   partitions (one per core);
 //! - `1 executor` and `2 executors`: a Ballista scheduler and one or two executors
 //!   started in this process, one task slot each (a one-core executor), the merge
-//!   spread over 8 partitions so tasks balance dynamically.
+//!   spread over 8 partitions so tasks balance dynamically;
+//! - `1 process` and `2 processes`: the same on `dvi-cluster scheduler` and one or
+//!   two `dvi-cluster executor` processes (`--slots 1`), as an operator starts them.
+//!
+//! `CLUSTER_BENCH_VARIANTS` picks some (`in-process,1e,2e,1p,2p`, all by default).
 //!
 //! Prints each variant's median, min and max and the ratios of medians:
 //! `1 ÷ 2 executors` (the speed-up from a second executor) and `2 executors ÷
@@ -22,7 +26,7 @@
 //! speed-up: every executor here shares them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,7 +114,10 @@ async fn stage(ty: IndexType, data: &[f32], rows: usize, dir: &Path) {
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     InProcess,
+    /// Executors in this process.
     Executors(usize),
+    /// `dvi-cluster` processes.
+    Processes(usize),
 }
 
 impl Variant {
@@ -119,8 +126,117 @@ impl Variant {
             Self::InProcess => "in-process".to_string(),
             Self::Executors(1) => "1 executor".to_string(),
             Self::Executors(n) => format!("{n} executors"),
+            Self::Processes(1) => "1 process".to_string(),
+            Self::Processes(n) => format!("{n} processes"),
         }
     }
+
+    fn parse(text: &str) -> Self {
+        match text.trim() {
+            "in-process" => Self::InProcess,
+            other => {
+                let (n, kind) = other.split_at(other.len() - 1);
+                let n = n
+                    .parse()
+                    .expect("CLUSTER_BENCH_VARIANTS: like in-process,1e,2p");
+                match kind {
+                    "e" => Self::Executors(n),
+                    "p" => Self::Processes(n),
+                    _ => panic!("CLUSTER_BENCH_VARIANTS: like in-process,1e,2p"),
+                }
+            }
+        }
+    }
+}
+
+/// A `dvi-cluster` scheduler and executors, killed when dropped.
+struct Processes {
+    url: String,
+    children: Vec<Child>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a scheduler and `executors` one-slot executors, and waits until all
+/// have registered.
+fn start_processes(executors: usize, work: &Path) -> Processes {
+    let program = env!("CARGO_BIN_EXE_dvi-cluster");
+    let port = free_port();
+    let spawn = |args: Vec<String>| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = vec![spawn(vec![
+        "scheduler".into(),
+        "--bind".into(),
+        format!("127.0.0.1:{port}"),
+        "--log-level".into(),
+        "warn".into(),
+    ])];
+    for n in 0..executors {
+        children.push(spawn(vec![
+            "executor".into(),
+            "--scheduler".into(),
+            format!("127.0.0.1:{port}"),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--advertise".into(),
+            "127.0.0.1".into(),
+            "--flight-port".into(),
+            free_port().to_string(),
+            "--grpc-port".into(),
+            free_port().to_string(),
+            "--slots".into(),
+            "1".into(),
+            "--work-dir".into(),
+            work.join(format!("executor-{n}")).display().to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ]));
+    }
+    let ready = format!("ready: {executors} executors");
+    let start = Instant::now();
+    while !readyz(port).contains(&ready) {
+        assert!(start.elapsed().as_secs() < 60, "the cluster did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Processes {
+        url: format!("df://127.0.0.1:{port}"),
+        children,
+    }
+}
+
+fn readyz(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }
 
 /// Finalizes a fresh copy of `pristine` `runs` times with `variant`; seconds per run.
@@ -130,8 +246,23 @@ fn time_variant(variant: Variant, pristine: &Path, work: &Path, runs: usize) -> 
         .build()
         .unwrap();
     rt.block_on(async {
+        let mut _processes = None;
         let (session, _cluster) = match variant {
             Variant::InProcess => (VectorIndexSession::new(), None),
+            Variant::Processes(n) => {
+                let processes = start_processes(n, work);
+                let session = datafusion_vector_index_ballista::connect(&processes.url).unwrap();
+                session
+                    .context()
+                    .state_ref()
+                    .write()
+                    .config_mut()
+                    .options_mut()
+                    .execution
+                    .target_partitions = CLUSTER_PARTITIONS;
+                _processes = Some(processes);
+                (session, None)
+            }
             Variant::Executors(n) => {
                 let runtime = Arc::new(RuntimeEnv::default());
                 let executors = (0..n)
@@ -185,6 +316,11 @@ fn main() {
         "finalize on Ballista: {rows} × {DIM}, {PARTITIONS} partitions, {SHARDS} shards, {runs} runs, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let variants: Vec<Variant> = std::env::var("CLUSTER_BENCH_VARIANTS")
+        .unwrap_or_else(|_| "in-process,1e,2e,1p,2p".into())
+        .split(',')
+        .map(Variant::parse)
+        .collect();
     let data = gaussian_mixture(rows, DIM, 1024, 0.15, 1, 7);
     for ty in types {
         println!("\n== {ty}");
@@ -192,13 +328,8 @@ fn main() {
         tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(stage(ty, &data, rows, &pristine));
-        let variants = [
-            Variant::InProcess,
-            Variant::Executors(1),
-            Variant::Executors(2),
-        ];
         let mut medians = Vec::new();
-        for variant in variants {
+        for &variant in &variants {
             let times = time_variant(variant, &pristine, &work, runs);
             let (median, min, max) = median_min_max(&times);
             println!(
@@ -207,13 +338,22 @@ fn main() {
             );
             medians.push(median);
         }
+        let median = |v: Variant| variants.iter().position(|x| *x == v).map(|i| medians[i]);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        let in_process = median(Variant::InProcess);
         println!(
-            "  summary type={ty} in_process={:.2} one_executor={:.2} two_executors={:.2} speedup_1_to_2={:.2} overhead_2_over_in_process={:.2}",
-            medians[0],
-            medians[1],
-            medians[2],
-            medians[1] / medians[2],
-            medians[2] / medians[0]
+            "  summary type={ty} executors_1_over_2={} processes_1_over_2={} executors_2_over_in_process={} processes_2_over_in_process={} processes_2_minus_in_process={}",
+            ratio(median(Variant::Executors(1)), median(Variant::Executors(2))),
+            ratio(median(Variant::Processes(1)), median(Variant::Processes(2))),
+            ratio(median(Variant::Executors(2)), in_process),
+            ratio(median(Variant::Processes(2)), in_process),
+            match (median(Variant::Processes(2)), in_process) {
+                (Some(p), Some(i)) => format!("{:.2}s", p - i),
+                _ => "-".to_string(),
+            },
         );
         let _ = std::fs::remove_dir_all(&pristine);
     }

@@ -4,7 +4,8 @@
 //! Every process gets its store from its environment, as on a real cluster.
 //!
 //! `dvi` is the core crate's binary, found beside `dvi-cluster` in the target
-//! directory: build it first (`cargo build --bin dvi`; `.ci/run` does).
+//! directory: the core's `cargo test` builds it (`.ci/run` runs that first), or
+//! `cargo build --bin dvi`.
 #![cfg(feature = "s3")]
 
 #[path = "../../tests/common/mod.rs"]
@@ -34,7 +35,7 @@ fn dvi_program() -> PathBuf {
     let dvi = Path::new(CLUSTER).with_file_name("dvi");
     assert!(
         dvi.is_file(),
-        "{} is missing: build it with `cargo build --bin dvi`",
+        "{} is missing: build it with `cargo build --bin dvi` (or the core's `cargo test`)",
         dvi.display()
     );
     dvi

@@ -252,14 +252,6 @@ fn time_variant(variant: Variant, pristine: &Path, work: &Path, runs: usize) -> 
             Variant::Processes(n) => {
                 let processes = start_processes(n, work);
                 let session = datafusion_vector_index_ballista::connect(&processes.url).unwrap();
-                session
-                    .context()
-                    .state_ref()
-                    .write()
-                    .config_mut()
-                    .options_mut()
-                    .execution
-                    .target_partitions = CLUSTER_PARTITIONS;
                 _processes = Some(processes);
                 (session, None)
             }
@@ -270,17 +262,20 @@ fn time_variant(variant: Variant, pristine: &Path, work: &Path, runs: usize) -> 
                     .collect();
                 let cluster = InProcessCluster::start(runtime, executors).await.unwrap();
                 let session = cluster.connect().unwrap();
-                session
-                    .context()
-                    .state_ref()
-                    .write()
-                    .config_mut()
-                    .options_mut()
-                    .execution
-                    .target_partitions = CLUSTER_PARTITIONS;
                 (session, Some(cluster))
             }
         };
+        if variant != Variant::InProcess {
+            // Merge tasks that free executors pull, so they balance dynamically.
+            session
+                .context()
+                .state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .execution
+                .target_partitions = CLUSTER_PARTITIONS;
+        }
         let mut times = Vec::new();
         for run in 0..runs {
             let target = work.join(format!("run{run}"));

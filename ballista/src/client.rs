@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +33,7 @@ pub struct ClusterClient {
 #[async_trait]
 impl Cluster for ClusterClient {
     fn connect(&self, scheduler_url: &str) -> Result<VectorIndexSession> {
-        let runner = BallistaRunner::new(scheduler_url)?;
+        let runner = Arc::new(BallistaRunner::new(scheduler_url)?);
         let authority = runner
             .scheduler_url()
             .trim_start_matches("http://")
@@ -41,7 +41,7 @@ impl Cluster for ClusterClient {
         reachable(scheduler_url, &authority)?;
         let job_name = format!("dvi-{}", uuid_like());
         let config = SessionConfig::new_with_ballista().with_ballista_job_name(&job_name);
-        let state = crate::session_state(scheduler_url, config)?;
+        let state = crate::runner::session_state_on(runner, config);
         let session = VectorIndexSession::with_context(SessionContext::new_with_state(state));
         self.sessions
             .lock()

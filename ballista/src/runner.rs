@@ -292,14 +292,21 @@ impl ExecutionPlan for OnClusterExec {
 /// through a [`BallistaRunner`], SQL queries planned here and submitted whole. Its
 /// config carries Ballista's settings and a [`Progress`].
 pub fn session_state(scheduler_url: &str, config: SessionConfig) -> Result<SessionState> {
-    let runner = Arc::new(BallistaRunner::new(scheduler_url)?);
+    Ok(session_state_on(
+        Arc::new(BallistaRunner::new(scheduler_url)?),
+        config,
+    ))
+}
+
+/// [`session_state`] with its runner already made.
+pub(crate) fn session_state_on(runner: Arc<BallistaRunner>, config: SessionConfig) -> SessionState {
     let config = Progress::new().attach(config.upgrade_for_ballista());
     let config = attach_runner(config, runner.clone());
-    Ok(SessionStateBuilder::new()
+    SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_query_planner(Arc::new(ClusterPlanner { runner }))
-        .build())
+        .build()
 }
 
 /// A [`VectorIndexSession`] whose plans run on the Ballista scheduler at

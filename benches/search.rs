@@ -17,9 +17,16 @@
 //!
 //! each with a session whose [`SearchCache`] holds nothing yet (`cold`: the model,
 //! manifests and probed partitions are read and decoded; the files themselves are
-//! in the page cache), again with the same cache (`warm`, median of
-//! `SEARCH_BENCH_RUNS`), and with a cache of zero bytes (`no cache`). Recall@10 of
+//! in the page cache), again with the same cache (`warm`), and with a cache of zero
+//! bytes (`no cache`). Every figure is measured once per round (`SEARCH_BENCH_RUNS`
+//! rounds, default 5) and printed as its median and spread (min–max). Recall@10 of
 //! the first 100 queries against brute force. One `summary` line per index.
+//!
+//! `SEARCH_BENCH_FAISS=<python with faiss>` also runs `benches/faiss_search.py
+//! --serve` on the same data and measures faiss once after each round of the
+//! one-segment index, so the two alternate in one sitting; the summary then gives
+//! ours ÷ faiss of the medians. `DVI_SIMD=avx2` (or `portable`) measures the
+//! narrower kernels on a CPU that has AVX-512.
 //!
 //! `SEARCH_BENCH_BREAKDOWN=1` instead prints where a warm one-query SQL call spends
 //! its time (parsing and planning, running, the query written as text, the API
@@ -59,15 +66,110 @@ struct Setup<'a> {
     runs: usize,
 }
 
+/// A figure measured once per round.
+#[derive(Debug, Default, Clone)]
+struct Runs(Vec<f64>);
+
+impl Runs {
+    fn median(&self) -> f64 {
+        stats(&self.0).0
+    }
+
+    /// `median (min–max)`.
+    fn show(&self) -> String {
+        let (median, min, max) = stats(&self.0);
+        format!("{median:.0} ({min:.0}–{max:.0})")
+    }
+}
+
 /// Queries per second of a batch and of one SQL call per query, cold, warm and
-/// without a cache; recall@10.
+/// without a cache, each once per round; recall@10.
 #[derive(Debug, Default)]
 struct Figures {
-    batch: [f64; 3],
-    call: [f64; 3],
+    batch_cold: Runs,
+    batch_warm: Runs,
+    batch_none: Runs,
+    call_cold: Runs,
+    call_warm: Runs,
+    call_none: Runs,
     /// Warm, the query written as text.
-    call_text: f64,
+    call_text: Runs,
     recall: f64,
+}
+
+/// faiss's figures, once per round, alternating with ours.
+#[derive(Debug, Default)]
+struct FaissFigures {
+    batch: Runs,
+    batch_one_thread: Runs,
+    call: Runs,
+    recall: f64,
+}
+
+/// `benches/faiss_search.py --serve` on the bench's data: indexes built once, then
+/// measured on request.
+struct Faiss {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    _data: tempfile::TempDir,
+}
+
+impl Faiss {
+    fn start(python: &str, data: &[f32], queries: &[f32], types: &[IndexType]) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        export(dir.path(), data, queries);
+        let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/faiss_search.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .arg(dir.path())
+            .arg("--serve")
+            .arg("--types")
+            .arg(names.join(","))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("SEARCH_BENCH_FAISS={python}: {e}"));
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            println!("  {line}");
+            if line == "ready" {
+                break;
+            }
+        }
+        Self {
+            child,
+            lines,
+            _data: dir,
+        }
+    }
+
+    /// One more measurement of `ty`, into `f`.
+    fn round(&mut self, ty: IndexType, f: &mut FaissFigures) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", ty.name()).unwrap();
+        stdin.flush().unwrap();
+        let line = self.lines.next().unwrap().unwrap();
+        assert!(line.starts_with("summary faiss"), "faiss said: {line}");
+        f.batch.0.push(common::child_field(&line, "batch_qps"));
+        f.batch_one_thread
+            .0
+            .push(common::child_field(&line, "batch_1thread_qps"));
+        f.call.0.push(common::child_field(&line, "call_qps"));
+        f.recall = common::child_field(&line, "recall_at_10");
+    }
+}
+
+/// Writes the vectors and queries (little-endian f32, row-major) for
+/// `benches/faiss_search.py`.
+fn export(dir: &std::path::Path, data: &[f32], queries: &[f32]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join("base.f32"), bytes(data)).unwrap();
+    std::fs::write(dir.join("queries.f32"), bytes(queries)).unwrap();
 }
 
 async fn batch_qps(session: &VectorIndexSession, url: &str, s: &Setup<'_>) -> (f64, f64) {
@@ -170,32 +272,41 @@ async fn breakdown(session: &VectorIndexSession, url: &str, s: &Setup<'_>) {
     }
 }
 
-async fn measure(url: &str, s: &Setup<'_>) -> Figures {
+/// `s.runs` rounds of every figure; after each, a round of faiss when given.
+async fn measure(
+    url: &str,
+    s: &Setup<'_>,
+    mut faiss: Option<(&mut Faiss, IndexType, &mut FaissFigures)>,
+) -> Figures {
     let mut f = Figures::default();
-    let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
-    let (cold, recall) = batch_qps(&cached, url, s).await;
-    f.recall = recall;
-    let mut warm = Vec::new();
-    for _ in 0..s.runs {
-        warm.push(batch_qps(&cached, url, s).await.0);
-    }
     let none = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(0)));
-    f.batch = [cold, stats(&warm).0, batch_qps(&none, url, s).await.0];
-
-    let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
-    let cold = call_qps(&cached, url, s, false).await;
-    let mut warm = Vec::new();
-    let mut text = Vec::new();
     for _ in 0..s.runs {
-        warm.push(call_qps(&cached, url, s, false).await);
-        text.push(call_qps(&cached, url, s, true).await);
+        let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+        let (cold, recall) = batch_qps(&cached, url, s).await;
+        f.recall = recall;
+        f.batch_cold.0.push(cold);
+        f.batch_warm.0.push(batch_qps(&cached, url, s).await.0);
+        f.batch_none.0.push(batch_qps(&none, url, s).await.0);
+
+        let cached = VectorIndexSession::with_search_cache(Arc::new(SearchCache::new(CACHE_BYTES)));
+        f.call_cold.0.push(call_qps(&cached, url, s, false).await);
+        f.call_warm.0.push(call_qps(&cached, url, s, false).await);
+        f.call_text.0.push(call_qps(&cached, url, s, true).await);
+        f.call_none.0.push(call_qps(&none, url, s, false).await);
+        if let Some((faiss, ty, figures)) = &mut faiss {
+            faiss.round(*ty, figures);
+        }
     }
-    f.call = [cold, stats(&warm).0, call_qps(&none, url, s, false).await];
-    f.call_text = stats(&text).0;
     f
 }
 
-async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> Vec<String> {
+async fn bench_type(
+    ty: IndexType,
+    data: &[f32],
+    rows: usize,
+    s: &Setup<'_>,
+    mut faiss: Option<&mut Faiss>,
+) -> Vec<String> {
     println!("\n== {ty}: {rows} × {DIM}, {PARTITIONS} partitions, {FRAGMENTS} workers");
     let work = tempfile::tempdir().unwrap();
     let session = VectorIndexSession::new();
@@ -296,37 +407,83 @@ async fn bench_type(ty: IndexType, data: &[f32], rows: usize, s: &Setup<'_>) -> 
             );
             return summaries;
         }
-        let f = measure(&url(dir), s).await;
+        let mut faiss_figures = FaissFigures::default();
+        // faiss alternates with the one-segment index's rounds.
+        let with_faiss = match (&mut faiss, grouping) {
+            (Some(faiss), SegmentGrouping::Single) => Some((&mut **faiss, ty, &mut faiss_figures)),
+            _ => None,
+        };
+        let has_faiss = with_faiss.is_some();
+        let f = measure(&url(dir), s, with_faiss).await;
         println!(
-            "  {segments:>2} segment(s)  batch of {QUERIES}: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0} q/s | one SQL call per query: cold {:>6.0}  warm {:>6.0}  no cache {:>6.0}  warm, query as text {:>6.0} q/s | recall@10 {:.3}",
-            f.batch[0], f.batch[1], f.batch[2], f.call[0], f.call[1], f.call[2], f.call_text, f.recall
+            "  {segments:>2} segment(s), q/s, median (min–max) of {} rounds, recall@10 {:.3}",
+            s.runs, f.recall
+        );
+        println!(
+            "    batch of {QUERIES}: cold {}  warm {}  no cache {}",
+            f.batch_cold.show(),
+            f.batch_warm.show(),
+            f.batch_none.show()
+        );
+        println!(
+            "    one SQL call per query: cold {}  warm {}  no cache {}  warm, query as text {}",
+            f.call_cold.show(),
+            f.call_warm.show(),
+            f.call_none.show(),
+            f.call_text.show()
         );
         summaries.push(format!(
             "summary {} segments={segments} nprobes={} batch_cold_qps={:.0} batch_warm_qps={:.0} batch_no_cache_qps={:.0} call_cold_qps={:.0} call_warm_qps={:.0} call_no_cache_qps={:.0} call_text_warm_qps={:.0} recall_at_10={:.3}",
             ty.name(),
             s.options.nprobes,
-            f.batch[0],
-            f.batch[1],
-            f.batch[2],
-            f.call[0],
-            f.call[1],
-            f.call[2],
-            f.call_text,
+            f.batch_cold.median(),
+            f.batch_warm.median(),
+            f.batch_none.median(),
+            f.call_cold.median(),
+            f.call_warm.median(),
+            f.call_none.median(),
+            f.call_text.median(),
             f.recall
         ));
+        if has_faiss {
+            let g = &faiss_figures;
+            println!(
+                "    faiss, alternating: batch {} (1 thread {})  one query per call {}, recall@10 {:.3}",
+                g.batch.show(),
+                g.batch_one_thread.show(),
+                g.call.show(),
+                g.recall
+            );
+            let over = |ours: &Runs, theirs: &Runs| ours.median() / theirs.median();
+            let line = format!(
+                "summary {} over_faiss batch_warm={:.2} call_warm={:.2} call_text_warm={:.2} batch_cold={:.2} call_cold={:.2} faiss_recall_at_10={:.3}",
+                ty.name(),
+                over(&f.batch_warm, &g.batch),
+                over(&f.call_warm, &g.call),
+                over(&f.call_text, &g.call),
+                over(&f.batch_cold, &g.batch),
+                over(&f.call_cold, &g.call),
+                g.recall
+            );
+            println!(
+                "    ours ÷ faiss (medians): {}",
+                &line[line.find("batch_warm").unwrap_or(0)..]
+            );
+            summaries.push(line);
+        }
         figures.push(f);
     }
     if let [one, many] = &figures[..] {
         let line = format!(
             "summary {} one_over_many_segments batch_warm={:.2} call_warm={:.2}",
             ty.name(),
-            one.batch[1] / many.batch[1],
-            one.call[1] / many.call[1]
+            one.batch_warm.median() / many.batch_warm.median(),
+            one.call_warm.median() / many.call_warm.median()
         );
         println!(
             "  one segment ÷ 64 segments, warm q/s: batch {:.2}, SQL call {:.2}",
-            one.batch[1] / many.batch[1],
-            one.call[1] / many.call[1]
+            one.batch_warm.median() / many.batch_warm.median(),
+            one.call_warm.median() / many.call_warm.median()
         );
         summaries.push(line);
     }
@@ -346,22 +503,24 @@ fn main() {
         "search bench: {rows} rows × {DIM}, {} cores, nprobes {nprobes}, k 10, {QUERIES} queries",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    println!(
+        "CPU: {}; kernels: {} ({}=avx2 or portable for narrower ones)",
+        common::cpu_description(),
+        datafusion_vector_index::simd_level().name(),
+        datafusion_vector_index::SIMD_ENV
+    );
     let data = gaussian_mixture(rows, DIM, CLUSTERS, 0.15, 1, 7);
     let queries = gaussian_mixture(QUERIES, DIM, CLUSTERS, 0.15, 1, 99);
-    // SEARCH_BENCH_EXPORT=<dir> writes the vectors and queries (little-endian f32,
-    // row-major) for benches/faiss_search.py, and measures nothing.
+    // SEARCH_BENCH_EXPORT=<dir> writes the vectors and queries for
+    // benches/faiss_search.py, and measures nothing.
     if let Ok(dir) = std::env::var("SEARCH_BENCH_EXPORT") {
-        let dir = std::path::Path::new(&dir);
-        std::fs::create_dir_all(dir).unwrap();
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        std::fs::write(dir.join("base.f32"), bytes(&data)).unwrap();
-        std::fs::write(dir.join("queries.f32"), bytes(&queries)).unwrap();
-        println!(
-            "wrote {rows} vectors and {QUERIES} queries of dimension {DIM} to {}",
-            dir.display()
-        );
+        export(std::path::Path::new(&dir), &data, &queries);
+        println!("wrote {rows} vectors and {QUERIES} queries of dimension {DIM} to {dir}");
         return;
     }
+    let mut faiss = std::env::var("SEARCH_BENCH_FAISS")
+        .ok()
+        .map(|python| Faiss::start(&python, &data, &queries, &types));
     let truth = ground_truth(&data, &queries, DIM, TRUTH_QUERIES, 10, |i| row_id(i, rows));
     let setup = Setup {
         queries: &queries,
@@ -371,7 +530,7 @@ fn main() {
     };
     let mut summaries = Vec::new();
     for ty in types {
-        summaries.extend(rt.block_on(bench_type(ty, &data, rows, &setup)));
+        summaries.extend(rt.block_on(bench_type(ty, &data, rows, &setup, faiss.as_mut())));
     }
     println!();
     for s in summaries {

@@ -58,7 +58,7 @@ pub use format::{
     EnvObjectStoreRegistry, HnswParams, IndexType, Metric, ModelParams, STORE_TIMEOUT_VAR,
 };
 pub use index::{SearchHit, ShardBuild, VectorIndex};
-pub use model::{Model, ModelInfo, TrainOptions};
+pub use model::{simd_level, Model, ModelInfo, SimdLevel, TrainOptions, SIMD_ENV};
 pub use progress::{Progress, ProgressStep, ProgressUnit, StepProgress};
 pub use runner::{attach_runner, runner_of, PlanRunner};
 pub use search::{

@@ -28,6 +28,25 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
+/// The CPU's model name and its vector extensions, from `/proc/cpuinfo`.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let simd: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| f.starts_with("avx") || *f == "fma" || *f == "f16c")
+        .collect();
+    format!("{} [{}]", field("model name"), simd.join(" "))
+}
+
 /// The index types named by `var` (comma-separated), by default FLAT, PQ and SQ.
 pub fn env_types(var: &str) -> Vec<datafusion_vector_index::IndexType> {
     std::env::var(var)

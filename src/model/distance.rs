@@ -1,21 +1,41 @@
 //! Distance kernels. Written as fixed-width lane loops so the compiler vectorizes them.
 
+use super::simd::{self, SimdLevel};
+
 const LANES: usize = 8;
 
 /// `metric`'s distance ([`crate::format::Metric::distance`], the same arithmetic in the same
 /// order) from `query` to each row of `values` (rows of `query.len()` floats),
-/// appended to `out`; with AVX the compiler widens it to 8 floats per instruction.
+/// appended to `out`, with the widest kernels [`simd::simd_level`] allows.
 pub(crate) fn distance_rows(
     metric: crate::format::Metric,
     query: &[f32],
     values: &[f32],
     out: &mut Vec<f32>,
 ) {
+    // SAFETY: `simd::simd_level` is at most the CPU's.
+    unsafe { distance_rows_at(simd::simd_level(), metric, query, values, out) }
+}
+
+/// [`distance_rows`] with the kernels of `level`.
+///
+/// # Safety
+/// The CPU must have the instructions of `level`.
+unsafe fn distance_rows_at(
+    level: SimdLevel,
+    metric: crate::format::Metric,
+    query: &[f32],
+    values: &[f32],
+    out: &mut Vec<f32>,
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU supports AVX, checked just above.
+    if level >= SimdLevel::Avx2 {
+        // With AVX the compiler widens the portable loop to 8 floats per instruction.
+        // SAFETY: the caller vouches for the CPU.
         return unsafe { distance_rows_avx(metric, query, values, out) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     distance_rows_portable(metric, query, values, out)
 }
 
@@ -36,6 +56,8 @@ fn distance_rows_portable(
     }
 }
 
+// No hand-written kernel for whole vectors: a scan of them is bound by memory, and
+// the variants tried measured slower (BENCHMARKS.md, "Search", run J).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 fn distance_rows_avx(
@@ -45,6 +67,17 @@ fn distance_rows_avx(
     out: &mut Vec<f32>,
 ) {
     distance_rows_portable(metric, query, values, out)
+}
+
+/// A row's distance from its lanes' sums and the floats after the last whole 8, as
+/// [`l2_sq`] and [`dot`] finish.
+#[inline(always)]
+fn finish<const L2: bool>(acc: &[f32; LANES], ra: &[f32], rb: &[f32]) -> f32 {
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += if L2 { (x - y) * (x - y) } else { x * y };
+    }
+    s
 }
 
 /// Squared Euclidean distance.
@@ -60,12 +93,7 @@ pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += d * d;
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        let d = x - y;
-        s += d * d;
-    }
-    s
+    finish::<true>(&acc, ra, rb)
 }
 
 /// Inner product.
@@ -80,11 +108,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    finish::<false>(&acc, ra, rb)
 }
 
 /// Squared Euclidean distance with four independent 8-lane accumulators and a tree
@@ -150,8 +174,8 @@ fn wide_term<const L2: bool>(x: f32, y: f32) -> f32 {
 fn wide<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU supports AVX, checked just above.
+    if simd::simd_level() >= SimdLevel::Avx2 {
+        // SAFETY: the CPU has AVX (`simd::simd_level`).
         return unsafe { wide_avx::<L2>(a, b) };
     }
     wide_portable::<L2>(a, b)
@@ -283,6 +307,37 @@ mod tests {
                 dot_wide(x, y).to_bits(),
                 wide_portable::<false>(x, y).to_bits()
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The rows kernel of every level the CPU has gives each row, bit for bit,
+        /// the metric's distance alone, whatever the dimension and the row count.
+        #[test]
+        fn rows_kernels_score_each_row_as_alone(
+            dim in 1usize..40,
+            rows in 0usize..30,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            use crate::format::Metric;
+            let mut rng = crate::model::rng::SplitMix64::new(seed);
+            let q: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+            let values: Vec<f32> = (0..dim * rows + dim / 2).map(|_| rng.normal() as f32).collect();
+            for level in simd::cpu_levels() {
+                for metric in [Metric::L2, Metric::Cosine, Metric::Dot] {
+                    let mut out = vec![-1.0];
+                    // SAFETY: the CPU has every level `cpu_levels` gives.
+                    unsafe { distance_rows_at(level, metric, &q, &values, &mut out) };
+                    proptest::prop_assert_eq!(out.len(), rows + 1);
+                    for (r, row) in values.chunks_exact(dim).enumerate() {
+                        proptest::prop_assert_eq!(
+                            out[r + 1].to_bits(),
+                            metric.distance(&q, row).to_bits(),
+                            "{:?} {}, row {}", level, metric, r
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod kmeans;
 pub(crate) mod pq;
 pub(crate) mod pq_bound;
 pub(crate) mod rng;
+pub(crate) mod simd;
 pub(crate) mod sq;
 mod train;
 
@@ -18,6 +19,7 @@ use crate::format::{HnswParams, IndexType, Metric, ModelParams, Quantizer};
 pub use encode::{decode_rows, Encoder};
 pub(crate) use io::check_before_training;
 pub(crate) use pq::ProductQuantizer;
+pub use simd::{simd_level, SimdLevel, SIMD_ENV};
 pub(crate) use sq::ScalarQuantizer;
 pub use train::TrainOptions;
 pub(crate) use train::{train_model, SampleCollector};

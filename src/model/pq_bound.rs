@@ -16,18 +16,10 @@ use super::pq::PQ_CODES;
 /// The most rows one [`PqBound::candidates`] call bounds.
 pub(crate) const BOUND_ROWS: usize = 64;
 
-/// Whether this CPU has the byte permutes the bounds need (AVX-512 F, BW, VBMI).
+/// Whether this CPU has the byte permutes the bounds need (AVX-512 F, BW, VBMI), and
+/// [`super::simd::simd_level`] allows them.
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::has_avx512_vbmi()
 }
 
 /// A block's codes column by column (`width` columns): code `j` of row `r` at

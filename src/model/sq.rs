@@ -1,6 +1,8 @@
 //! Scalar quantization: 8 bits per dimension, per-dimension bounds trained once by
 //! the coordinator and stored in the model, so every worker encodes alike.
 
+use super::simd::{self, SimdLevel};
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ScalarQuantizer {
     pub lower: Vec<f32>,
@@ -43,19 +45,18 @@ impl ScalarQuantizer {
         }
     }
 
-    /// Precomputes what a query needs to score codes without decoding them:
-    /// `(q' , w)` with `q'_d = (q_d - lower_d) / scale_d` and `w_d = scale_d²` for L2,
-    /// or `(q_d · scale_d, offset = Σ q_d · lower_d)` for inner products.
+    /// What a query needs to score codes by L2 without decoding them: `(u, s)` with
+    /// `u_d = q_d − lower_d` and `s_d = scale_d`, so that the distance to a row of
+    /// codes `c` is `Σ (u_d − s_d · c_d)²` ([`sq_l2`]).
     pub(crate) fn query_l2(&self, q: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let scaled = (0..q.len())
-            .map(|d| (q[d] - self.lower[d]) / self.scale(d))
-            .collect();
-        let weights = (0..q.len())
-            .map(|d| self.scale(d) * self.scale(d))
-            .collect();
-        (scaled, weights)
+        let shifted = (0..q.len()).map(|d| q[d] - self.lower[d]).collect();
+        let scales = (0..q.len()).map(|d| self.scale(d)).collect();
+        (shifted, scales)
     }
 
+    /// What a query needs for inner products: `(w, offset)` with `w_d = q_d · scale_d`
+    /// and `offset = Σ q_d · lower_d`, so that the product with a row of codes `c` is
+    /// `Σ w_d · c_d + offset` ([`sq_dot`]).
     pub(crate) fn query_dot(&self, q: &[f32]) -> (Vec<f32>, f32) {
         let weights = (0..q.len()).map(|d| q[d] * self.scale(d)).collect();
         let offset = (0..q.len()).map(|d| q[d] * self.lower[d]).sum();
@@ -63,202 +64,319 @@ impl ScalarQuantizer {
     }
 }
 
-/// [`sq_l2`] of each row of `codes` (rows of `scaled_query.len()` bytes), appended
-/// to `out`. The same arithmetic in the same order on every CPU, and for each row
-/// as [`sq_l2`] alone.
-pub(crate) fn sq_l2_rows(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { sq_l2_rows_avx2(scaled_query, weights, codes, out) };
-    }
-    sq_l2_rows_portable(scaled_query, weights, codes, out)
-}
+// Scoring codes. One order of arithmetic on every CPU, so a row's distance never
+// depends on the machine: per dimension one fused multiply-add (two for L2), summed
+// in 16 lanes over whole chunks of 16 codes, the lanes added as a tree (8 + 8, 4 + 4,
+// 2 + 2, 1 + 1), then the codes after the last whole chunk in order. The AVX2 kernels
+// keep a row's 16 lanes in two registers and the AVX-512 ones in one; both score
+// `ROWS_AT_ONCE` rows side by side, as one row's sums are chains of dependent
+// additions. A property test checks every level against [`sq_l2`] and [`sq_dot`]
+// bit for bit. The portable kernels use `f32::mul_add`, which is slow on x86 CPUs
+// without FMA: those also lack AVX2, are not what this crate is tuned for, and get
+// the same distances.
 
-// A plain loop over a pre-sized slice: iterator adapters like `extend` are not
-// inlined into the `target_feature` copy and would run without AVX2.
-#[inline(always)]
-fn sq_l2_rows_portable(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mut Vec<f32>) {
-    let width = scaled_query.len().max(1);
-    let start = out.len();
-    out.resize(start + codes.len() / width, 0.0);
-    for (o, row) in out[start..].iter_mut().zip(codes.chunks_exact(width)) {
-        *o = sq_l2(scaled_query, weights, row);
-    }
-}
+/// Lanes of the sums: one AVX-512 register, two AVX2 ones.
+const LANES: usize = 16;
 
-/// Rows the AVX2 kernels score side by side. One row's sums are chains of dependent
-/// additions, so a row alone waits on their latency; each row keeps its own sums, in
-/// the same order as [`sq_l2`] and [`sq_dot`] alone, so its distance is the same.
+/// Rows the SIMD kernels score side by side.
 #[cfg(target_arch = "x86_64")]
 const ROWS_AT_ONCE: usize = 4;
 
-/// [`sq_l2_rows`] with AVX2: `ROWS_AT_ONCE` rows at a time, 8 codes per instruction.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sq_l2_rows_avx2(scaled_query: &[f32], weights: &[f32], codes: &[u8], out: &mut Vec<f32>) {
-    use std::arch::x86_64::*;
-    let width = scaled_query.len().max(1);
-    let (qc, qr) = scaled_query.as_chunks::<8>();
-    let (wc, wr) = weights.as_chunks::<8>();
-    let chunks = qc.len().min(wc.len());
-    let groups = codes.len() / width / ROWS_AT_ONCE;
-    out.reserve(codes.len() / width);
-    for group in codes.chunks_exact(width * ROWS_AT_ONCE).take(groups) {
-        let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
-        for k in 0..chunks {
-            // SAFETY: a chunk is 8 floats.
-            let (q, w) = unsafe {
-                (
-                    _mm256_loadu_ps(qc[k].as_ptr()),
-                    _mm256_loadu_ps(wc[k].as_ptr()),
-                )
-            };
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let at = j * width + k * 8;
-                // Codes `at..at + 8` are in row j of the group (k < chunks, and
-                // 8 · chunks ≤ width).
-                let d = _mm256_sub_ps(q, eight_codes(&group[at..at + 8]));
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_mul_ps(w, d), d));
-            }
+/// `Σ (u_d − s_d · c_d)²`: squared L2 between a query prepared by
+/// [`ScalarQuantizer::query_l2`] and a row of SQ codes.
+pub(crate) fn sq_l2(shifted: &[f32], scales: &[f32], codes: &[u8]) -> f32 {
+    sq_row_fused::<true>(shifted, scales, codes)
+}
+
+/// `Σ w_d · c_d + offset`: inner product between a query prepared by
+/// [`ScalarQuantizer::query_dot`] and a row of SQ codes.
+pub(crate) fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
+    sq_row_fused::<false>(weights, weights, codes) + offset
+}
+
+/// [`sq_row`] with the CPU's fused multiply-add instruction where
+/// [`simd::simd_level`] allows it (without, `f32::mul_add` is a library call): the
+/// HNSW types score one row at a time.
+#[inline]
+fn sq_row_fused<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::simd_level() >= SimdLevel::Avx2 {
+        #[target_feature(enable = "avx2,fma")]
+        fn with_fma<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8]) -> f32 {
+            sq_row::<L2>(a, b, codes)
         }
-        finish_group(&acc, group, width, chunks * 8, out, |lanes, rest| {
-            sq_l2_finish(lanes, qr, wr, rest)
-        });
+        // SAFETY: the CPU has AVX2 and FMA (`simd::simd_level`).
+        return unsafe { with_fma::<L2>(a, b, codes) };
     }
-    let done = groups * ROWS_AT_ONCE * width;
-    sq_l2_rows_portable(scaled_query, weights, &codes[done..], out)
+    sq_row::<L2>(a, b, codes)
 }
 
-/// The first eight codes of `codes` as floats.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-fn eight_codes(codes: &[u8]) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // SAFETY: the load reads 8 bytes, and `codes[..8]` is checked to hold them.
-    let c = unsafe { _mm_loadl_epi64(codes[..8].as_ptr().cast()) };
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c))
-}
-
-/// Appends the distances of a group's rows: each row's lane sums `acc[j]`, finished
-/// by `finish` with the row's codes past the first `summed`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-fn finish_group(
-    acc: &[std::arch::x86_64::__m256; ROWS_AT_ONCE],
-    group: &[u8],
-    width: usize,
-    summed: usize,
-    out: &mut Vec<f32>,
-    finish: impl Fn(&[f32; 8], &[u8]) -> f32,
-) {
-    for (j, acc) in acc.iter().enumerate() {
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` is 8 floats.
-        unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-        out.push(finish(&lanes, &group[j * width + summed..(j + 1) * width]));
-    }
+/// [`sq_l2`] of each row of `codes` (rows of `shifted.len()` bytes), appended to
+/// `out`, with the widest kernels [`simd::simd_level`] allows.
+pub(crate) fn sq_l2_rows(shifted: &[f32], scales: &[f32], codes: &[u8], out: &mut Vec<f32>) {
+    // SAFETY: `simd::simd_level` is at most the CPU's.
+    unsafe { sq_rows_at::<true>(simd::simd_level(), shifted, scales, codes, out) }
 }
 
 /// [`sq_dot`] of each row of `codes`, appended to `out`; see [`sq_l2_rows`].
 pub(crate) fn sq_dot_rows(weights: &[f32], offset: f32, codes: &[u8], out: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { sq_dot_rows_avx2(weights, offset, codes, out) };
+    let from = out.len();
+    // SAFETY: `simd::simd_level` is at most the CPU's.
+    unsafe { sq_rows_at::<false>(simd::simd_level(), weights, weights, codes, out) };
+    for d in &mut out[from..] {
+        *d += offset;
     }
-    sq_dot_rows_portable(weights, offset, codes, out)
 }
 
+/// One dimension's term added to `acc`: `(a − b·c)²` for L2, `a·c` for dot.
 #[inline(always)]
-fn sq_dot_rows_portable(weights: &[f32], offset: f32, codes: &[u8], out: &mut Vec<f32>) {
-    let width = weights.len().max(1);
+fn term<const L2: bool>(acc: f32, a: f32, b: f32, c: u8) -> f32 {
+    let c = c as f32;
+    if L2 {
+        let t = (-b).mul_add(c, a);
+        t.mul_add(t, acc)
+    } else {
+        a.mul_add(c, acc)
+    }
+}
+
+/// The reference every kernel reproduces: one row's L2 (`a` shifted, `b` scales) or
+/// dot (`a` weights, `b` ignored) sum.
+#[inline(always)]
+fn sq_row<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, ar) = a.as_chunks::<LANES>();
+    let (bc, br) = b.as_chunks::<LANES>();
+    let (cc, cr) = codes.as_chunks::<LANES>();
+    for ((a, b), c) in ac.iter().zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] = term::<L2>(acc[l], a[l], b[l], c[l]);
+        }
+    }
+    finish::<L2>(reduce(&acc), ar, br, cr)
+}
+
+/// The lanes' sums added as a tree: 8 + 8, 4 + 4, 2 + 2, 1 + 1.
+#[inline(always)]
+fn reduce(acc: &[f32; LANES]) -> f32 {
+    let s8: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// `sum` and the terms of the codes after the last whole chunk, in order.
+#[inline(always)]
+fn finish<const L2: bool>(mut sum: f32, ar: &[f32], br: &[f32], cr: &[u8]) -> f32 {
+    for ((&a, &b), &c) in ar.iter().zip(br).zip(cr) {
+        sum = term::<L2>(sum, a, b, c);
+    }
+    sum
+}
+
+/// [`sq_row`] of each row of `codes`, appended to `out`, with the kernels of `level`.
+///
+/// # Safety
+/// The CPU must have the instructions of `level`.
+unsafe fn sq_rows_at<const L2: bool>(
+    level: SimdLevel,
+    a: &[f32],
+    b: &[f32],
+    codes: &[u8],
+    out: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: the caller vouches for the CPU.
+        SimdLevel::Avx512 => return unsafe { sq_rows_avx512::<L2>(a, b, codes, out) },
+        SimdLevel::Avx2 => return unsafe { sq_rows_avx2::<L2>(a, b, codes, out) },
+        SimdLevel::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    sq_rows_portable::<L2>(a, b, codes, out)
+}
+
+// A plain loop over a pre-sized slice: iterator adapters like `extend` are not
+// inlined into a `target_feature` copy and would run without its instructions.
+#[inline(always)]
+fn sq_rows_portable<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8], out: &mut Vec<f32>) {
+    let width = a.len().max(1);
     let start = out.len();
     out.resize(start + codes.len() / width, 0.0);
     for (o, row) in out[start..].iter_mut().zip(codes.chunks_exact(width)) {
-        *o = sq_dot(weights, offset, row);
+        *o = sq_row::<L2>(a, b, row);
     }
 }
 
-/// [`sq_dot_rows`] with AVX2: `ROWS_AT_ONCE` rows at a time, 8 codes per instruction.
+/// A prepared query's whole chunks of [`LANES`] floats and the floats after them,
+/// as the SIMD kernels read it.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sq_dot_rows_avx2(weights: &[f32], offset: f32, codes: &[u8], out: &mut Vec<f32>) {
+struct Split<'a> {
+    /// Codes a row holds.
+    width: usize,
+    ac: &'a [[f32; LANES]],
+    ar: &'a [f32],
+    bc: &'a [[f32; LANES]],
+    br: &'a [f32],
+    /// Whole chunks of both `a` and `b`.
+    chunks: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Split<'a> {
+    fn of(a: &'a [f32], b: &'a [f32]) -> Self {
+        let (ac, ar) = a.as_chunks::<LANES>();
+        let (bc, br) = b.as_chunks::<LANES>();
+        Self {
+            width: a.len().max(1),
+            chunks: ac.len().min(bc.len()),
+            ac,
+            ar,
+            bc,
+            br,
+        }
+    }
+}
+
+/// Eight codes at `p` as floats.
+///
+/// # Safety
+/// `p` must point to 8 readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn eight_codes(p: *const u8) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    let width = weights.len().max(1);
-    let (wc, wr) = weights.as_chunks::<8>();
-    let chunks = wc.len();
-    let groups = codes.len() / width / ROWS_AT_ONCE;
+    // SAFETY: the caller vouches for 8 bytes.
+    let c = unsafe { _mm_loadl_epi64(p.cast()) };
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c))
+}
+
+/// [`term`] on 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn term8<const L2: bool>(
+    acc: std::arch::x86_64::__m256,
+    a: std::arch::x86_64::__m256,
+    b: std::arch::x86_64::__m256,
+    c: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    if L2 {
+        let t = _mm256_fnmadd_ps(b, c, a);
+        _mm256_fmadd_ps(t, t, acc)
+    } else {
+        _mm256_fmadd_ps(a, c, acc)
+    }
+}
+
+/// [`reduce`] of the 16 lanes `low` (lanes 0–7) and `high` (8–15).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce8(low: std::arch::x86_64::__m256, high: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s8 = _mm256_add_ps(low, high);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+}
+
+/// [`sq_rows_at`] with AVX2 and FMA: `ROWS_AT_ONCE` rows at a time, each row's 16
+/// lanes in two registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sq_rows_avx2<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8], out: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let q = Split::of(a, b);
+    let width = q.width;
     out.reserve(codes.len() / width);
-    for group in codes.chunks_exact(width * ROWS_AT_ONCE).take(groups) {
-        let mut acc = [_mm256_setzero_ps(); ROWS_AT_ONCE];
-        for (k, w) in wc.iter().enumerate() {
-            // SAFETY: a chunk is 8 floats.
-            let w = unsafe { _mm256_loadu_ps(w.as_ptr()) };
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let at = j * width + k * 8;
-                // Codes `at..at + 8` are in row j of the group (8 · chunks ≤ width).
-                let c = eight_codes(&group[at..at + 8]);
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(w, c));
-            }
+    for group in codes.chunks_exact(width * ROWS_AT_ONCE) {
+        let rows = group.as_ptr();
+        // Named sums, not an array: an array of registers is kept in memory.
+        let zero = _mm256_setzero_ps();
+        let (mut l0, mut h0, mut l1, mut h1) = (zero, zero, zero, zero);
+        let (mut l2, mut h2, mut l3, mut h3) = (zero, zero, zero, zero);
+        for (k, (a, b)) in q.ac.iter().zip(q.bc).enumerate() {
+            // SAFETY: a chunk is 16 floats.
+            let (al, ah, bl, bh) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr()),
+                    _mm256_loadu_ps(a.as_ptr().add(8)),
+                    _mm256_loadu_ps(b.as_ptr()),
+                    _mm256_loadu_ps(b.as_ptr().add(8)),
+                )
+            };
+            let step = |low, high, j: usize| {
+                let at = j * width + k * LANES;
+                // SAFETY: codes `at..at + 16` are in row j of the group, as
+                // 16 · (k + 1) ≤ 16 · chunks ≤ width.
+                let (cl, ch) =
+                    unsafe { (eight_codes(rows.add(at)), eight_codes(rows.add(at + 8))) };
+                (term8::<L2>(low, al, bl, cl), term8::<L2>(high, ah, bh, ch))
+            };
+            (l0, h0) = step(l0, h0, 0);
+            (l1, h1) = step(l1, h1, 1);
+            (l2, h2) = step(l2, h2, 2);
+            (l3, h3) = step(l3, h3, 3);
         }
-        finish_group(&acc, group, width, chunks * 8, out, |lanes, rest| {
-            sq_dot_finish(lanes, wr, rest, offset)
-        });
-    }
-    let done = groups * ROWS_AT_ONCE * width;
-    sq_dot_rows_portable(weights, offset, &codes[done..], out)
-}
-
-/// Σ w_d (q'_d − c_d)²: squared L2 between a prepared query and SQ codes.
-#[inline(always)]
-pub(crate) fn sq_l2(scaled_query: &[f32], weights: &[f32], codes: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (qc, qr) = scaled_query.as_chunks::<8>();
-    let (wc, wr) = weights.as_chunks::<8>();
-    let (cc, cr) = codes.as_chunks::<8>();
-    for ((q, w), c) in qc.iter().zip(wc).zip(cc) {
-        for l in 0..8 {
-            let d = q[l] - c[l] as f32;
-            acc[l] += w[l] * d * d;
-        }
-    }
-    sq_l2_finish(&acc, qr, wr, cr)
-}
-
-/// [`sq_l2`] from its lanes' sums and the codes after the last whole 8.
-#[inline(always)]
-fn sq_l2_finish(acc: &[f32; 8], qr: &[f32], wr: &[f32], cr: &[u8]) -> f32 {
-    let tail: f32 = qr
-        .iter()
-        .zip(wr)
-        .zip(cr)
-        .map(|((q, w), &c)| w * (q - c as f32) * (q - c as f32))
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Σ w_d c_d + offset: inner product between a prepared query and SQ codes.
-#[inline(always)]
-pub(crate) fn sq_dot(weights: &[f32], offset: f32, codes: &[u8]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (wc, wr) = weights.as_chunks::<8>();
-    let (cc, cr) = codes.as_chunks::<8>();
-    for (w, c) in wc.iter().zip(cc) {
-        for l in 0..8 {
-            acc[l] += w[l] * c[l] as f32;
+        let summed = q.chunks * LANES;
+        for (j, (low, high)) in [(l0, h0), (l1, h1), (l2, h2), (l3, h3)]
+            .into_iter()
+            .enumerate()
+        {
+            let rest = &group[j * width + summed..(j + 1) * width];
+            out.push(finish::<L2>(reduce8(low, high), q.ar, q.br, rest));
         }
     }
-    sq_dot_finish(&acc, wr, cr, offset)
+    let done = codes.len() / (width * ROWS_AT_ONCE) * (width * ROWS_AT_ONCE);
+    sq_rows_portable::<L2>(a, b, &codes[done..], out)
 }
 
-/// [`sq_dot`] from its lanes' sums and the codes after the last whole 8.
-#[inline(always)]
-fn sq_dot_finish(acc: &[f32; 8], wr: &[f32], cr: &[u8], offset: f32) -> f32 {
-    let tail: f32 = wr.iter().zip(cr).map(|(w, &c)| w * c as f32).sum();
-    acc.iter().sum::<f32>() + tail + offset
+/// [`sq_rows_at`] with AVX-512: `ROWS_AT_ONCE` rows at a time, each row's 16 lanes
+/// in one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+fn sq_rows_avx512<const L2: bool>(a: &[f32], b: &[f32], codes: &[u8], out: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let q = Split::of(a, b);
+    let width = q.width;
+    out.reserve(codes.len() / width);
+    for group in codes.chunks_exact(width * ROWS_AT_ONCE) {
+        let rows = group.as_ptr();
+        // Named sums, not an array: an array of registers is kept in memory.
+        let [mut s0, mut s1, mut s2, mut s3] = [_mm512_setzero_ps(); ROWS_AT_ONCE];
+        for (k, (a, b)) in q.ac.iter().zip(q.bc).enumerate() {
+            // SAFETY: a chunk is 16 floats.
+            let (a, b) = unsafe { (_mm512_loadu_ps(a.as_ptr()), _mm512_loadu_ps(b.as_ptr())) };
+            let step = |acc, j: usize| {
+                let at = j * width + k * LANES;
+                // SAFETY: codes `at..at + 16` are in row j of the group, as
+                // 16 · (k + 1) ≤ 16 · chunks ≤ width.
+                let c = unsafe { _mm_loadu_si128(rows.add(at).cast()) };
+                let c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
+                if L2 {
+                    let t = _mm512_fnmadd_ps(b, c, a);
+                    _mm512_fmadd_ps(t, t, acc)
+                } else {
+                    _mm512_fmadd_ps(a, c, acc)
+                }
+            };
+            (s0, s1, s2, s3) = (step(s0, 0), step(s1, 1), step(s2, 2), step(s3, 3));
+        }
+        let summed = q.chunks * LANES;
+        for (j, sum) in [s0, s1, s2, s3].into_iter().enumerate() {
+            let lanes = reduce8(
+                _mm512_castps512_ps256(sum),
+                _mm512_extractf32x8_ps::<1>(sum),
+            );
+            let rest = &group[j * width + summed..(j + 1) * width];
+            out.push(finish::<L2>(lanes, q.ar, q.br, rest));
+        }
+    }
+    let done = codes.len() / (width * ROWS_AT_ONCE) * (width * ROWS_AT_ONCE);
+    sq_rows_portable::<L2>(a, b, &codes[done..], out)
 }
 
 #[cfg(test)]
@@ -266,12 +384,12 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// A row's distance from the rows kernels (widened for the CPU) is bit for
-        /// bit its distance alone, whatever the width and the number of rows.
+        /// A row's distance from the rows kernels of every level the CPU has is bit
+        /// for bit its distance alone, whatever the width and the number of rows.
         #[test]
         fn rows_kernels_score_each_row_as_alone(
-            width in 1usize..40,
-            rows in 0usize..11,
+            width in 1usize..70,
+            rows in 0usize..12,
             seed in proptest::prelude::any::<u64>(),
         ) {
             let mut rng = crate::model::rng::SplitMix64::new(seed);
@@ -280,15 +398,24 @@ mod tests {
             };
             let (q, w) = (floats(width), floats(width));
             let codes: Vec<u8> = floats(width * rows + width / 2).iter().map(|f| *f as u8).collect();
-            let mut l2 = vec![-1.0];
-            sq_l2_rows(&q, &w, &codes, &mut l2);
-            let mut ip = vec![-1.0];
-            sq_dot_rows(&w, 0.25, &codes, &mut ip);
-            proptest::prop_assert_eq!(l2.len(), rows + 1);
-            proptest::prop_assert_eq!(ip.len(), rows + 1);
-            for (r, row) in codes.chunks_exact(width).enumerate() {
-                proptest::prop_assert_eq!(l2[r + 1].to_bits(), sq_l2(&q, &w, row).to_bits(), "row {}", r);
-                proptest::prop_assert_eq!(ip[r + 1].to_bits(), sq_dot(&w, 0.25, row).to_bits(), "row {}", r);
+            // One row at a time, as the HNSW types score: the same as the reference.
+            for row in codes.chunks_exact(width) {
+                proptest::prop_assert_eq!(sq_l2(&q, &w, row).to_bits(), sq_row::<true>(&q, &w, row).to_bits());
+                proptest::prop_assert_eq!(sq_dot(&w, 0.0, row).to_bits(), sq_row::<false>(&w, &w, row).to_bits());
+            }
+            for level in simd::cpu_levels() {
+                let (mut l2, mut ip) = (vec![-1.0], vec![-1.0]);
+                // SAFETY: the CPU has every level `cpu_levels` gives.
+                unsafe {
+                    sq_rows_at::<true>(level, &q, &w, &codes, &mut l2);
+                    sq_rows_at::<false>(level, &w, &w, &codes, &mut ip);
+                }
+                proptest::prop_assert_eq!(l2.len(), rows + 1);
+                proptest::prop_assert_eq!(ip.len(), rows + 1);
+                for (r, row) in codes.chunks_exact(width).enumerate() {
+                    proptest::prop_assert_eq!(l2[r + 1].to_bits(), sq_row::<true>(&q, &w, row).to_bits(), "{:?}, row {}", level, r);
+                    proptest::prop_assert_eq!(ip[r + 1].to_bits(), sq_row::<false>(&w, &w, row).to_bits(), "{:?}, row {}", level, r);
+                }
             }
         }
     }

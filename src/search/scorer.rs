@@ -34,10 +34,8 @@ pub(super) enum CodeScorer {
         /// The table in steps, made on the first scan of rows stored by columns.
         bound: OnceCell<Option<PqBound>>,
     },
-    SqL2 {
-        scaled: Vec<f32>,
-        weights: Vec<f32>,
-    },
+    /// `distance = Σ (shifted − scale·code)²`.
+    SqL2 { shifted: Vec<f32>, scales: Vec<f32> },
     /// `distance = base − (offset + Σ w·code)`: the metric's distance of a dot product
     /// (`base` is 1 for cosine, 0 for dot).
     SqDot {
@@ -83,8 +81,8 @@ impl Scorer {
                 })
             }
             Codec::Sq(sq) => Self::Codes(if metric == Metric::L2 {
-                let (scaled, weights) = sq.query_l2(query);
-                CodeScorer::SqL2 { scaled, weights }
+                let (shifted, scales) = sq.query_l2(query);
+                CodeScorer::SqL2 { shifted, scales }
             } else {
                 let (weights, offset) = sq.query_dot(query);
                 CodeScorer::SqDot {
@@ -271,7 +269,7 @@ impl CodeScorer {
                 sign,
                 ..
             } => sign * table_lookup(table, codes) + offset,
-            Self::SqL2 { scaled, weights } => sq_l2(scaled, weights, codes),
+            Self::SqL2 { shifted, scales } => sq_l2(shifted, scales, codes),
             Self::SqDot {
                 weights,
                 offset,
@@ -311,9 +309,7 @@ impl BoundScorer<'_> {
         }
         distances.clear();
         self.distances(distances);
-        for (&distance, &row_id) in distances.iter().zip(ids) {
-            top.offer(distance, row_id);
-        }
+        top.offer_all(distances, ids);
         0
     }
 
@@ -322,10 +318,10 @@ impl BoundScorer<'_> {
     fn distances(&self, out: &mut Vec<f32>) {
         match self {
             Self::Codes {
-                scorer: CodeScorer::SqL2 { scaled, weights },
+                scorer: CodeScorer::SqL2 { shifted, scales },
                 bytes,
                 ..
-            } => sq_l2_rows(scaled, weights, bytes, out),
+            } => sq_l2_rows(shifted, scales, bytes, out),
             Self::Codes {
                 scorer:
                     CodeScorer::SqDot {
@@ -426,9 +422,7 @@ fn score_bounded(
                 *offset,
                 distances,
             );
-            for (&distance, &row_id) in distances.iter().zip(&ids[first..end]) {
-                top.offer(distance, row_id);
-            }
+            top.offer_all(distances, &ids[first..end]);
             scored += end - first;
             first = end;
             continue;

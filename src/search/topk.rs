@@ -74,6 +74,19 @@ impl TopK {
         }
     }
 
+    /// [`TopK::offer`] of each row (distance and row id side by side), with the
+    /// threshold read again only after a row entered: most rows of a scan do not.
+    #[inline]
+    pub(crate) fn offer_all(&mut self, distances: &[f32], row_ids: &[u64]) {
+        let mut threshold = self.threshold();
+        for (&distance, &row_id) in distances.iter().zip(row_ids) {
+            if distance <= threshold {
+                self.push(Scored { distance, row_id });
+                threshold = self.threshold();
+            }
+        }
+    }
+
     pub(crate) fn into_sorted(self) -> Vec<Scored> {
         self.heap.into_sorted_vec()
     }
@@ -97,4 +110,27 @@ pub(crate) fn tops_to_batch(tops: BTreeMap<u32, TopK>) -> arrow::error::Result<R
             Arc::new(Float32Array::from(d)),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// `offer_all` keeps what offering each row in turn keeps, ties included.
+        #[test]
+        fn offer_all_is_offer_of_each(
+            k in 1usize..12,
+            rows in proptest::collection::vec((0u8..20, 0u64..50), 0..200),
+        ) {
+            let distances: Vec<f32> = rows.iter().map(|r| f32::from(r.0) / 4.0).collect();
+            let ids: Vec<u64> = rows.iter().map(|r| r.1).collect();
+            let (mut one, mut all) = (TopK::new(k), TopK::new(k));
+            for (&d, &id) in distances.iter().zip(&ids) {
+                one.offer(d, id);
+            }
+            all.offer_all(&distances, &ids);
+            proptest::prop_assert_eq!(one.into_sorted(), all.into_sorted());
+        }
+    }
 }
